@@ -1,0 +1,3 @@
+from saver_search.cli import main
+
+main()

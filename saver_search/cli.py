@@ -1,0 +1,66 @@
+"""Command line: ``python -m saver_search [SUBCOMMAND] ...``; without a subcommand it runs the search."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from saver_search.errors import SaverSearchError
+
+# Each subcommand lives in its own module exposing ``register(subparsers)``; the module is
+# imported only when its subcommand runs, so ``--help`` and the search never import torch.
+SUBCOMMANDS: dict[str, str] = {
+    "search": "saver_search.cli_search",
+    "import": "saver_search.cli_import",
+    "costs": "saver_search.cli_costs",
+    "cache": "saver_search.cli_cache",
+    "report": "saver_search.cli_report",
+}
+
+
+def _build_parser(command: str) -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="python -m saver_search",
+        description="Find the cheapest tiny-model-first cascade for a large image classifier.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    importlib.import_module(SUBCOMMANDS[command]).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse ``argv``, run the subcommand, and turn user errors into one line on stderr with exit code 2."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in ("-h", "--help"):
+        print(_overview())
+        return
+    command = args_list[0] if args_list and args_list[0] in SUBCOMMANDS else "search"
+    if not (args_list and args_list[0] == command):
+        args_list.insert(0, command)
+    parser = _build_parser(command)
+    args = parser.parse_args(args_list)
+    run: Callable[[argparse.Namespace], int | None] = args.func
+    try:
+        code = run(args)
+    except SaverSearchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: finished work is kept; rerun the same command to resume.", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
+
+
+def _overview() -> str:
+    return (
+        "usage: python -m saver_search [SUBCOMMAND] [options]\n\n"
+        "  (none) | search  find the cheapest cascade: --target NAME --max-drop PTS [--data STORE]\n"
+        "  import           add a model's predictions to a store from CSV / .npz / .npy\n"
+        "  costs            GMACs, GFLOPs and parameters of timm models at their real resolution\n"
+        "  cache            run timm models over an image folder and store their predictions\n"
+        "  report           plots and a Markdown summary of a stored search\n\n"
+        "Run `python -m saver_search SUBCOMMAND --help` for a subcommand's options."
+    )
