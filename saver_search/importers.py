@@ -1,0 +1,212 @@
+"""Bring predictions made elsewhere into a prediction store: CSV, TinySaver ``.npz`` and ``.npy`` matrices."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from saver_search.errors import SaverSearchError
+from saver_search.store import ModelMeta, PredictionStore, topk_from_probabilities
+
+TOP_K = 5
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """A model's top-k predictions before they enter a store: rank-major ``(k, n)``, optional logits, ids."""
+
+    classes: np.ndarray
+    probs: np.ndarray
+    sample_ids: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    logits: np.ndarray | None = None
+
+
+def _read_csv(path: Path, columns: tuple[str, ...]) -> dict[str, list[str]]:
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in columns if c not in (reader.fieldnames or [])]
+            if missing:
+                raise SaverSearchError(
+                    f"{path} lacks column(s) {', '.join(missing)}: expected a header {','.join(columns)}"
+                    f" (found {','.join(reader.fieldnames or []) or 'no header'})"
+                )
+            rows = {c: [] for c in columns}
+            for row in reader:
+                for c in columns:
+                    rows[c].append(row[c])
+    except FileNotFoundError:
+        raise SaverSearchError(f"file not found: {path}") from None
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise SaverSearchError(f"{path} is not a readable CSV file: {err}") from err
+    if not rows[columns[0]]:
+        raise SaverSearchError(f"{path} has a header but no rows")
+    return rows
+
+
+def _parse_numbers(values: list[str], kind: type, path: Path, column: str) -> np.ndarray:
+    try:
+        return np.array([kind(v) for v in values])
+    except (TypeError, ValueError) as err:
+        raise SaverSearchError(f"{path}: column '{column}' must hold numbers ({err})") from err
+
+
+def read_labels_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Sample ids and labels from a ``file_name,label`` CSV."""
+    path = Path(path)
+    rows = _read_csv(path, ("file_name", "label"))
+    return np.array(rows["file_name"], dtype=str), _parse_numbers(rows["label"], int, path, "label")
+
+
+def read_predictions_csv(path: str | Path) -> Predictions:
+    """A ``file_name,predicted_class,predicted_probability`` CSV (top-1 only, k = 1)."""
+    path = Path(path)
+    rows = _read_csv(path, ("file_name", "predicted_class", "predicted_probability"))
+    classes = _parse_numbers(rows["predicted_class"], int, path, "predicted_class")
+    probs = _parse_numbers(rows["predicted_probability"], float, path, "predicted_probability")
+    return Predictions(classes[None, :], probs[None, :], sample_ids=np.array(rows["file_name"], dtype=str))
+
+
+def _load_numpy(path: Path) -> np.lib.npyio.NpzFile | np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise SaverSearchError(f"file not found: {path}") from None
+    except (OSError, ValueError) as err:
+        raise SaverSearchError(f"{path} is not a readable NumPy file: {err}") from err
+
+
+def read_tinysaver_npz(path: str | Path) -> Predictions:
+    """TinySaver's per-model record: ``confs`` and ``preds`` (n,) or (n, k), and ``label`` (n,)."""
+    path = Path(path)
+    record = _load_numpy(path)
+    missing = [key for key in ("confs", "preds", "label") if key not in record.files]
+    if missing:
+        raise SaverSearchError(f"{path} lacks array(s) {', '.join(missing)}: expected TinySaver's confs, preds, label")
+    confs, preds = np.asarray(record["confs"]), np.asarray(record["preds"])
+    if confs.ndim == 2:
+        confs, preds = confs.T, preds.T
+    return Predictions(np.atleast_2d(preds), np.atleast_2d(confs), labels=np.asarray(record["label"]))
+
+
+def read_matrix_npy(path: str | Path) -> Predictions:
+    """An ``(n, classes)`` matrix of probabilities, or of logits (converted by softmax, kept as float16)."""
+    path = Path(path)
+    matrix = _load_numpy(path)
+    if not isinstance(matrix, np.ndarray) or matrix.ndim != 2:
+        raise SaverSearchError(f"{path} must hold one (samples x classes) matrix of probabilities or logits")
+    matrix = matrix.astype(np.float32)
+    if not np.isfinite(matrix).all():
+        raise SaverSearchError(f"{path} holds NaN or infinite values; fix the model outputs before importing")
+    is_probability = matrix.min() >= 0 and matrix.max() <= 1 and np.allclose(matrix.sum(axis=1), 1.0, atol=1e-3)
+    logits = None
+    if not is_probability:
+        logits = matrix
+        shifted = matrix - matrix.max(axis=1, keepdims=True)
+        np.exp(shifted, out=shifted)
+        matrix = shifted / shifted.sum(axis=1, keepdims=True)
+    classes, probs = topk_from_probabilities(matrix, TOP_K)
+    return Predictions(classes, probs, logits=logits)
+
+
+def read_predictions(path: str | Path) -> Predictions:
+    """Read predictions in whichever supported format the file's suffix names."""
+    suffix = Path(path).suffix.lower()
+    readers = {".csv": read_predictions_csv, ".npz": read_tinysaver_npz, ".npy": read_matrix_npy}
+    if suffix not in readers:
+        raise SaverSearchError(f"unsupported predictions file {path}: use a .csv, TinySaver .npz or .npy")
+    return readers[suffix](path)
+
+
+def _align_to_store(store: PredictionStore, predictions: Predictions, path: str | Path) -> Predictions:
+    """Reorder predictions that carry sample ids to the store's order; check position-aligned ones."""
+    if predictions.sample_ids is not None:
+        ids = predictions.sample_ids
+        unique, counts = np.unique(ids, return_counts=True)
+        if unique.size != ids.size:
+            raise SaverSearchError(f"{path}: sample id {unique[counts > 1][0]!r} occurs more than once")
+        store_ids = np.asarray(store.sample_ids)
+        order = np.argsort(ids)
+        position = np.searchsorted(ids, store_ids, sorter=order)
+        position = np.clip(position, 0, ids.size - 1)
+        found = ids[order[position]] == store_ids
+        if not found.all() or ids.size != store_ids.size:
+            missing = store_ids[~found]
+            extra = np.setdiff1d(ids, store_ids)
+            raise SaverSearchError(
+                f"{path} does not cover the store's samples: {missing.size} of the store's {store_ids.size} ids "
+                f"missing{f' (first: {missing[0]!r})' if missing.size else ''}, {extra.size} unknown"
+                f"{f' (first: {extra[0]!r})' if extra.size else ''}; every model must predict the same images"
+            )
+        take = order[position]
+        return Predictions(predictions.classes[:, take], predictions.probs[:, take], store_ids, None,
+                           None if predictions.logits is None else predictions.logits[take])
+    n = predictions.classes.shape[1]
+    if n != store.n_samples:
+        raise SaverSearchError(
+            f"{path} has {n} samples but store {store.path} has {store.n_samples}; files without sample ids "
+            "must list the store's samples in its order"
+        )
+    if predictions.labels is not None:
+        differ = np.flatnonzero(np.asarray(predictions.labels) != np.asarray(store.labels))
+        if differ.size:
+            raise SaverSearchError(
+                f"{path} is misaligned with store {store.path}: its labels differ at {differ.size} samples "
+                f"(first: sample {differ[0]}); it must list the store's samples in the store's order"
+            )
+    return predictions
+
+
+def import_predictions(
+    store_path: str | Path,
+    name: str,
+    predictions_path: str | Path,
+    *,
+    gmacs: float,
+    arch: str | None = None,
+    img_size: int | None = None,
+    labels_path: str | Path | None = None,
+    n_classes: int = 1000,
+    overwrite: bool = False,
+) -> ModelMeta:
+    """Add one model's predictions to a store, creating the store from the labels on first use."""
+    predictions = read_predictions(predictions_path)
+    store_path = Path(store_path)
+    if (store_path / "dataset.json").exists():
+        store = PredictionStore(store_path)
+        if labels_path is not None:
+            ids, labels = read_labels_csv(labels_path)
+            if not (np.array_equal(ids, store.sample_ids) and np.array_equal(labels, store.labels)):
+                raise SaverSearchError(
+                    f"{labels_path} does not match the samples and labels store {store_path} was created with; "
+                    "a store's samples are fixed: use a new --data folder for another dataset"
+                )
+    else:
+        store = _create_store(store_path, predictions, predictions_path, labels_path, n_classes)
+    predictions = _align_to_store(store, predictions, predictions_path)
+    return store.add_model(
+        name, predictions.classes, predictions.probs, gmacs=gmacs, arch=arch, img_size=img_size,
+        source=f"imported from {Path(predictions_path).name}", logits=predictions.logits, overwrite=overwrite,
+    )
+
+
+def _create_store(
+    store_path: Path, predictions: Predictions, predictions_path: str | Path, labels_path: str | Path | None, n_classes: int
+) -> PredictionStore:
+    if labels_path is not None:
+        ids, labels = read_labels_csv(labels_path)
+        source = f"labels from {Path(labels_path).name}"
+    elif predictions.labels is not None:
+        labels = np.asarray(predictions.labels)
+        ids = np.array([str(i) for i in range(labels.size)])
+        source = f"labels from {Path(predictions_path).name}"
+    else:
+        raise SaverSearchError(
+            f"no store at {store_path} yet and {predictions_path} carries no labels: pass --labels CSV "
+            "(file_name,label) to create the store"
+        )
+    return PredictionStore.create(store_path, ids, labels, n_classes=n_classes, source=source)

@@ -1,0 +1,382 @@
+"""Prediction store: per-image predictions of many models on one dataset, as memory-mapped arrays.
+
+Layout of a store folder::
+
+    STORE/dataset.json           format, n_samples, n_classes, source, created
+    STORE/sample_ids.npy         (n,) unicode sample ids (file names), fixed once per store
+    STORE/labels.npy             (n,) int32 ground-truth class indices
+    STORE/models/NAME/meta.json  name, arch, source, created, gmacs, img_size, k, has_logits
+    STORE/models/NAME/classes.npy  (k, n) int32 top-k classes, best first
+    STORE/models/NAME/probs.npy    (k, n) float32 their probabilities
+    STORE/models/NAME/logits.npy   (n, n_classes) float16, optional
+
+Top-k arrays are stored rank-major so a model's top-1 row is one contiguous read. Every write goes
+to a temporary sibling first and is renamed into place, so a half-written model is never read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from saver_search.errors import SaverSearchError
+
+FORMAT = "saver_search.store/1"
+PROBABILITY_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What a store knows about one model besides its predictions."""
+
+    name: str
+    gmacs: float
+    k: int
+    source: str
+    created: str
+    arch: str | None = None
+    img_size: int | None = None
+    has_logits: bool = False
+
+
+@dataclass(frozen=True)
+class ModelPredictions:
+    """One model's top-k predictions on every sample of a dataset, rank-major ``(k, n)``."""
+
+    meta: ModelMeta
+    classes: np.ndarray
+    probs: np.ndarray
+
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    @property
+    def gmacs(self) -> float:
+        return self.meta.gmacs
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """Top-1 class per sample."""
+        return self.classes[0]
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """Top-1 probability per sample."""
+        return self.probs[0]
+
+
+class PredictionSource(Protocol):
+    """What the search reads: a real store on disk or the simulated zoo."""
+
+    @property
+    def description(self) -> str: ...
+
+    @property
+    def simulated(self) -> bool: ...
+
+    @property
+    def labels(self) -> np.ndarray: ...
+
+    def model_names(self) -> list[str]: ...
+
+    def model(self, name: str) -> ModelPredictions: ...
+
+    def resolve(self, name: str) -> str: ...
+
+
+def resolve_model_name(name: str, available: list[str], where: str) -> str:
+    """Resolve a user-given model name against the models of a data source.
+
+    A full name is taken as given. A bare timm architecture (no ``.tag``) resolves to timm's
+    default pretrained tag when that is available, else to the only model of that architecture.
+    """
+    if name in available:
+        return name
+    if "." not in name:
+        same_arch = [m for m in available if m.split(".", 1)[0] == name]
+        if len(same_arch) == 1:
+            return same_arch[0]
+        if same_arch:
+            from saver_search.zoo import default_tag
+
+            default = default_tag(name)
+            if default in same_arch:
+                return default
+            raise SaverSearchError(
+                f"model '{name}' is ambiguous in {where}: it has {', '.join(sorted(same_arch))}; "
+                "name one of them in full"
+            )
+    import difflib
+
+    close = difflib.get_close_matches(name, available, n=3, cutoff=0.6)
+    hint = f" did you mean {', '.join(close)}?" if close else ""
+    raise SaverSearchError(
+        f"unknown model '{name}' in {where}.{hint} "
+        f"({len(available)} models there; import or cache it first to use it)"
+    )
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _save_array(folder: Path, name: str, array: np.ndarray) -> None:
+    np.save(folder / name, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def _load_array(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise SaverSearchError(
+            f"corrupt store file {path}: {err}; re-import that model (use --force) or rebuild the store"
+        ) from err
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as err:
+        raise SaverSearchError(f"corrupt store file {path}: {err}; rebuild it or restore it from a copy") from err
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON to ``path`` through a temporary sibling and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def validate_labels(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Return labels as int32, or raise if any is not a class index below ``n_classes``."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise SaverSearchError(f"labels must be one integer class index per sample, got {labels.dtype} {labels.shape}")
+    bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
+    if bad.size:
+        raise SaverSearchError(
+            f"{bad.size} labels are outside 0..{n_classes - 1} (first: sample {bad[0]} has {labels[bad[0]]}); "
+            "labels must be 0-based class indices (pass --num-classes if the dataset has more classes)"
+        )
+    return labels.astype(np.int32)
+
+
+def validate_topk(classes: np.ndarray, probs: np.ndarray, n_samples: int, n_classes: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Check a model's top-k arrays (rank-major ``(k, n)``) and return them as int32 / float32."""
+    classes = np.atleast_2d(np.asarray(classes))
+    probs = np.atleast_2d(np.asarray(probs, dtype=np.float64))
+    if classes.shape != probs.shape:
+        raise SaverSearchError(f"model '{name}': classes {classes.shape} and probabilities {probs.shape} differ in shape")
+    if classes.shape[1] != n_samples:
+        raise SaverSearchError(
+            f"model '{name}' has predictions for {classes.shape[1]} samples but the store has {n_samples}; "
+            "every model of a store must cover the same samples in the same order"
+        )
+    if not np.issubdtype(classes.dtype, np.integer):
+        raise SaverSearchError(f"model '{name}': predicted classes must be integers, got {classes.dtype}")
+    bad = np.flatnonzero(((classes < 0) | (classes >= n_classes)).any(axis=0))
+    if bad.size:
+        raise SaverSearchError(
+            f"model '{name}': {bad.size} predicted classes are outside 0..{n_classes - 1} (first at sample {bad[0]})"
+        )
+    for problem, mask in (
+        ("NaN or infinite", ~np.isfinite(probs)),
+        ("negative", probs < 0),
+        ("greater than 1", probs > 1 + PROBABILITY_TOLERANCE),
+    ):
+        where = np.flatnonzero(mask.any(axis=0))
+        if where.size:
+            raise SaverSearchError(
+                f"model '{name}': {where.size} probabilities are {problem} (first at sample {where[0]}); "
+                "confidences must be softmax probabilities in [0, 1] (pass logits as an .npy to have them converted)"
+            )
+    return classes.astype(np.int32), np.clip(probs, 0.0, 1.0).astype(np.float32)
+
+
+class PredictionStore:
+    """A folder of per-model predictions aligned to one fixed list of sample ids."""
+
+    simulated = False
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        """Open an existing store; use :meth:`create` to make one."""
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise SaverSearchError(
+                f"no prediction store at {self.path}: create one with `python -m saver_search import` or "
+                "`python -m saver_search cache`, or leave out --data to use the simulated default"
+            )
+        try:
+            info = _read_json(self.path / "dataset.json")
+        except FileNotFoundError:
+            raise SaverSearchError(f"{self.path} is not a prediction store (no dataset.json)") from None
+        if info.get("format") != FORMAT:
+            raise SaverSearchError(f"{self.path}/dataset.json has format {info.get('format')!r}, expected {FORMAT!r}")
+        self.n_classes: int = int(info["n_classes"])
+        self.source: str = str(info.get("source", ""))
+        self.sample_ids = _load_array(self.path / "sample_ids.npy")
+        self.labels: np.ndarray = _load_array(self.path / "labels.npy")
+        self.n_samples = int(info["n_samples"])
+        if self.sample_ids.shape != (self.n_samples,) or self.labels.shape != (self.n_samples,):
+            raise SaverSearchError(
+                f"corrupt store {self.path}: dataset.json says {self.n_samples} samples but sample_ids/labels "
+                f"have {self.sample_ids.shape}/{self.labels.shape}"
+            )
+        self._models: dict[str, ModelPredictions] = {}
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        sample_ids: np.ndarray | list[str],
+        labels: np.ndarray,
+        n_classes: int = 1000,
+        source: str = "",
+    ) -> "PredictionStore":
+        """Create a store for a fixed list of samples; fails if one already exists at ``path``."""
+        path = Path(path)
+        if (path / "dataset.json").exists():
+            raise SaverSearchError(f"a prediction store already exists at {path}")
+        ids = np.asarray(sample_ids, dtype=str)
+        if ids.ndim != 1 or ids.size == 0:
+            raise SaverSearchError("a store needs at least one sample id")
+        unique, counts = np.unique(ids, return_counts=True)
+        if unique.size != ids.size:
+            dupes = unique[counts > 1]
+            raise SaverSearchError(
+                f"{dupes.size} sample ids occur more than once (first: {dupes[0]!r}); every sample needs a unique id"
+            )
+        labels = validate_labels(labels, n_classes)
+        if labels.shape != ids.shape:
+            raise SaverSearchError(f"{ids.size} sample ids but {labels.size} labels")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+        try:
+            _save_array(tmp, "sample_ids.npy", ids)
+            _save_array(tmp, "labels.npy", labels)
+            (tmp / "models").mkdir()
+            info = {"format": FORMAT, "n_samples": int(ids.size), "n_classes": int(n_classes), "source": source, "created": _now()}
+            (tmp / "dataset.json").write_text(json.dumps(info, indent=2))
+            if path.exists() and not any(path.iterdir()):
+                path.rmdir()
+            os.rename(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return cls(path)
+
+    @property
+    def description(self) -> str:
+        return f"prediction store {self.path} ({self.n_samples} samples{', ' + self.source if self.source else ''})"
+
+    def model_names(self) -> list[str]:
+        """Names of the complete models in the store (temporary folders are not models)."""
+        folder = self.path / "models"
+        return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and (p / "meta.json").exists())
+
+    def has_model(self, name: str) -> bool:
+        return (self.path / "models" / name / "meta.json").exists()
+
+    def resolve(self, name: str) -> str:
+        return resolve_model_name(name, self.model_names(), f"store {self.path}")
+
+    def model(self, name: str) -> ModelPredictions:
+        """A model's predictions, memory-mapped on first use."""
+        if name not in self._models:
+            folder = self.path / "models" / name
+            if not (folder / "meta.json").exists():
+                self.resolve(name)  # raises with suggestions
+            meta = ModelMeta(**_read_json(folder / "meta.json"))
+            classes = _load_array(folder / "classes.npy")
+            probs = _load_array(folder / "probs.npy")
+            if classes.shape != (meta.k, self.n_samples) or probs.shape != classes.shape:
+                raise SaverSearchError(
+                    f"corrupt store: model '{name}' has arrays {classes.shape}/{probs.shape}, expected "
+                    f"({meta.k}, {self.n_samples}); re-import it with --force"
+                )
+            self._models[name] = ModelPredictions(meta, classes, probs)
+        return self._models[name]
+
+    def logits(self, name: str) -> np.ndarray:
+        """A model's stored float16 logits ``(n, n_classes)``; raises if none were stored."""
+        meta = self.model(name).meta
+        if not meta.has_logits:
+            raise SaverSearchError(f"model '{name}' was stored without logits")
+        return _load_array(self.path / "models" / name / "logits.npy")
+
+    def add_model(
+        self,
+        name: str,
+        classes: np.ndarray,
+        probs: np.ndarray,
+        *,
+        gmacs: float,
+        source: str,
+        arch: str | None = None,
+        img_size: int | None = None,
+        logits: np.ndarray | None = None,
+        overwrite: bool = False,
+    ) -> ModelMeta:
+        """Validate and store one model's top-k predictions (rank-major ``(k, n)``), atomically."""
+        if not name or "/" in name or name.startswith(".") or name != name.strip():
+            raise SaverSearchError(f"invalid model name {name!r}: use a timm-style name such as resnet50.a1_in1k")
+        if self.has_model(name) and not overwrite:
+            raise SaverSearchError(f"model '{name}' is already in store {self.path}; pass --force to replace it")
+        if not (np.isfinite(gmacs) and gmacs > 0):
+            raise SaverSearchError(f"model '{name}': cost must be a positive number of GMACs, got {gmacs}")
+        classes, probs = validate_topk(classes, probs, self.n_samples, self.n_classes, name)
+        meta = ModelMeta(
+            name=name, gmacs=float(gmacs), k=int(classes.shape[0]), source=source, created=_now(),
+            arch=arch, img_size=img_size, has_logits=logits is not None,
+        )
+        models = self.path / "models"
+        tmp = Path(tempfile.mkdtemp(dir=models, prefix=f".{name}.tmp-"))
+        try:
+            _save_array(tmp, "classes.npy", classes)
+            _save_array(tmp, "probs.npy", probs)
+            if logits is not None:
+                if logits.shape != (self.n_samples, self.n_classes):
+                    raise SaverSearchError(
+                        f"model '{name}': logits have shape {logits.shape}, expected ({self.n_samples}, {self.n_classes})"
+                    )
+                _save_array(tmp, "logits.npy", logits.astype(np.float16))
+            (tmp / "meta.json").write_text(json.dumps(asdict(meta), indent=2))
+            final = models / name
+            if final.exists():
+                trash = Path(tempfile.mkdtemp(dir=models, prefix=f".{name}.old-"))
+                os.rename(final, trash / "model")
+                os.rename(tmp, final)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._models.pop(name, None)
+        return meta
+
+
+def topk_from_probabilities(probs: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k classes and probabilities of an ``(n, classes)`` matrix, rank-major ``(k, n)``, best first."""
+    k = min(k, probs.shape[1])
+    part = np.argpartition(-probs, k - 1, axis=1)[:, :k]
+    part_probs = np.take_along_axis(probs, part, axis=1)
+    order = np.argsort(-part_probs, axis=1, kind="stable")
+    classes = np.take_along_axis(part, order, axis=1)
+    return classes.T.copy(), np.take_along_axis(part_probs, order, axis=1).T.copy()
