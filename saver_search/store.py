@@ -90,6 +90,8 @@ class PredictionSource(Protocol):
 
     def model(self, name: str) -> ModelPredictions: ...
 
+    def gmacs(self, name: str) -> float: ...
+
     def resolve(self, name: str) -> str: ...
 
 
@@ -296,13 +298,24 @@ class PredictionStore:
     def resolve(self, name: str) -> str:
         return resolve_model_name(name, self.model_names(), f"store {self.path}")
 
+    def meta(self, name: str) -> ModelMeta:
+        """What the store records about a model, without touching its predictions."""
+        path = self.path / "models" / name / "meta.json"
+        if not path.exists():
+            self.resolve(name)  # raises with suggestions
+        try:
+            return ModelMeta(**_read_json(path))
+        except TypeError as err:
+            raise SaverSearchError(f"corrupt store file {path}: {err}; re-import that model with --force") from err
+
+    def gmacs(self, name: str) -> float:
+        return self.model(name).gmacs if name in self._models else self.meta(name).gmacs
+
     def model(self, name: str) -> ModelPredictions:
         """A model's predictions, memory-mapped on first use."""
         if name not in self._models:
             folder = self.path / "models" / name
-            if not (folder / "meta.json").exists():
-                self.resolve(name)  # raises with suggestions
-            meta = ModelMeta(**_read_json(folder / "meta.json"))
+            meta = self.meta(name)
             classes = _load_array(folder / "classes.npy")
             probs = _load_array(folder / "probs.npy")
             if classes.shape != (meta.k, self.n_samples) or probs.shape != classes.shape:

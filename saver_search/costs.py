@@ -1,0 +1,370 @@
+"""Compute cost (GMACs, GFLOPs, parameters) and measured latency of timm models at their real resolution.
+
+Lookups go shipped table -> on-disk cache -> live count. A table hit for a full pretrained tag
+imports neither torch nor timm, so a search over the zoo stays fast and never builds a model.
+Live counts build the model on the ``meta`` device (no memory, no weights) and run
+``FlopCounterMode`` over one forward pass, attention included.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import json
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from saver_search.errors import SaverSearchError
+
+TABLE_PATH = Path(__file__).parent / "data" / "costs.csv"
+TABLE_COLUMNS = ("name", "img_size", "gmacs", "gflops", "params_m")
+CACHE_VERSION = 1
+LIST_HINT = "(list: python -m saver_search costs --list PATTERN)"
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """Inference cost of one image through a model.
+
+    ``img_size`` is the square input side (the height, for the few models whose default input is
+    not square); ``source`` says where the figure came from: "table", "counted" or "cache".
+    """
+
+    name: str
+    img_size: int
+    gmacs: float
+    gflops: float
+    params_m: float
+    source: str
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def get_cost(name: str, img_size: int | None = None) -> ModelCost:
+    """Cost of ``name`` at ``img_size`` (default: the pretrained cfg's input size): table, then cache, then count."""
+    _check_img_size(img_size)
+    hit = _table_lookup(name, img_size)
+    if hit is not None:
+        return hit
+    tag = resolve_name(name)
+    hit = _table_lookup(tag, img_size)
+    if hit is not None:
+        return hit
+    key = _cost_key(tag, img_size)
+    cache = _read_cache()
+    if key in cache["costs"]:
+        return ModelCost(**cache["costs"][key], source="cache")
+    cost = count_cost(tag, img_size)
+    _update_cache("costs", key, _stored_fields(cost))
+    return cost
+
+
+def count_cost(name: str, img_size: int | None = None) -> ModelCost:
+    """Count the cost of ``name`` live: build on the meta device and run FlopCounterMode over one forward."""
+    _check_img_size(img_size)
+    torch = _import_torch()
+    from torch.utils.flop_counter import FlopCounterMode
+
+    tag = resolve_name(name)
+    with torch.device("meta"):
+        model = _create_model(tag, img_size)
+    height, width = _input_hw(model, img_size)
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter:
+            model(torch.empty(1, 3, height, width, device="meta"))
+    except Exception as err:  # any model-internal failure becomes one line naming model and size
+        raise SaverSearchError(
+            f"cannot count {tag} at {height}x{width}: {type(err).__name__}: {_first_line(err)}; "
+            "try the model's default resolution (omit --img-size) or a multiple of its patch/window size"
+        ) from err
+    flops = counter.get_total_flops()
+    return ModelCost(
+        name=tag,
+        img_size=height,
+        gmacs=round(flops / 2 / 1e9, 4),
+        gflops=round(flops / 1e9, 4),
+        params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 4),
+        source="counted",
+    )
+
+
+def resolve_name(name: str) -> str:
+    """Full pretrained tag for ``name``: a bare architecture maps to timm's default tag, a full tag to itself."""
+    timm = _import_timm()
+    arch, _, tag = name.partition(".")
+    if not timm.is_model(arch):
+        raise SaverSearchError(_unknown_model_message(timm, name))
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # the architecture exists but has no such tag
+        cfg = None
+    if tag:
+        if cfg is None:
+            raise SaverSearchError(_unknown_model_message(timm, name))
+        return name
+    return f"{arch}.{cfg.tag}" if cfg is not None and cfg.tag else arch
+
+
+def list_pretrained(pattern: str) -> list[str]:
+    """Pretrained tags matching the fnmatch ``pattern`` (a pattern without wildcards matches as a substring)."""
+    import fnmatch
+
+    if not any(ch in pattern for ch in "*?["):
+        pattern = f"*{pattern}*"
+    return fnmatch.filter(_import_timm().list_models(pretrained=True), pattern)
+
+
+def measure_latency(
+    name: str,
+    img_size: int | None = None,
+    batch_size: int = 1,
+    device: str = "cpu",
+    warmup: int = 3,
+    repeats: int = 10,
+) -> float:
+    """Median seconds per image over ``repeats`` real forward passes of a randomly initialised model."""
+    _check_img_size(img_size)
+    for label, value in (("batch_size", batch_size), ("repeats", repeats)):
+        if value < 1:
+            raise SaverSearchError(f"{label} must be a positive integer, got {value}")
+    torch = _import_torch()
+    target = _torch_device(device)
+    with torch.device(target):
+        model = _create_model(resolve_name(name), img_size)
+    model.eval()
+    height, width = _input_hw(model, img_size)
+    images = torch.randn(batch_size, 3, height, width, device=target)
+    times = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(images)
+        for _ in range(repeats):
+            _synchronize(target)
+            start = time.perf_counter()
+            model(images)
+            _synchronize(target)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) / batch_size
+
+
+def get_latency(
+    name: str,
+    img_size: int | None = None,
+    batch_size: int = 1,
+    device: str = "cpu",
+    repeats: int = 10,
+    refresh: bool = False,
+) -> float:
+    """Seconds per image from the cache, keyed by (tag, img_size, batch_size, device name); measured and stored if absent or ``refresh``."""
+    tag = resolve_name(name)
+    key = f"{_cost_key(tag, img_size)}|bs{batch_size}|{device_name(device)}"
+    if not refresh:
+        cached = _read_cache()["latency"].get(key)
+        if cached is not None:
+            return float(cached)
+    seconds = measure_latency(tag, img_size, batch_size, device, repeats=repeats)
+    _update_cache("latency", key, seconds)
+    return seconds
+
+
+def device_name(device: str) -> str:
+    """Name of the hardware behind ``device``: the GPU model, or the CPU model and thread count."""
+    torch = _import_torch()
+    target = _torch_device(device)
+    if target.type == "cuda":
+        return torch.cuda.get_device_name(target)
+    return f"cpu {_cpu_model()} x{torch.get_num_threads()} threads"
+
+
+def cache_path() -> Path:
+    """The cost/latency cache file: ``$SAVER_SEARCH_CACHE/costs.json``, default ``~/.cache/saver_search/costs.json``."""
+    root = os.environ.get("SAVER_SEARCH_CACHE") or Path.home() / ".cache" / "saver_search"
+    return Path(root) / "costs.json"
+
+
+def table_costs() -> list[ModelCost]:
+    """All rows of the shipped table; the first row of each model is at its default resolution."""
+    return [cost for rows in _load_table().values() for cost in rows]
+
+
+# ----------------------------------------------------------------------------- shipped table
+
+
+@lru_cache(maxsize=1)
+def _load_table() -> dict[str, list[ModelCost]]:
+    """Rows of ``data/costs.csv`` by model tag, in file order (default resolution first)."""
+    if not TABLE_PATH.exists():
+        return {}
+    table: dict[str, list[ModelCost]] = {}
+    with TABLE_PATH.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            cost = ModelCost(
+                name=row["name"],
+                img_size=int(row["img_size"]),
+                gmacs=float(row["gmacs"]),
+                gflops=float(row["gflops"]),
+                params_m=float(row["params_m"]),
+                source="table",
+            )
+            table.setdefault(cost.name, []).append(cost)
+    return table
+
+
+def _table_lookup(name: str, img_size: int | None) -> ModelCost | None:
+    rows = _load_table().get(name, [])
+    if img_size is None:
+        return rows[0] if rows else None
+    return next((row for row in rows if row.img_size == img_size), None)
+
+
+# ----------------------------------------------------------------------------- disk cache
+
+
+def _cost_key(tag: str, img_size: int | None) -> str:
+    return f"{tag}@{img_size or 'default'}"
+
+
+def _empty_cache() -> dict[str, Any]:
+    return {"version": CACHE_VERSION, "costs": {}, "latency": {}}
+
+
+def _read_cache() -> dict[str, Any]:
+    """The cache contents; a missing file is empty, an unreadable one is reported and treated as empty."""
+    path = cache_path()
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return _empty_cache()
+    except (OSError, ValueError) as err:
+        warnings.warn(f"ignoring unreadable cost cache {path} ({err}); it will be rewritten", stacklevel=3)
+        return _empty_cache()
+    if not (isinstance(data, dict) and data.get("version") == CACHE_VERSION):
+        warnings.warn(f"ignoring cost cache {path} in an unknown format; it will be rewritten", stacklevel=3)
+        return _empty_cache()
+    cache = _empty_cache()
+    cache.update({k: data[k] for k in ("costs", "latency") if isinstance(data.get(k), dict)})
+    return cache
+
+
+def _update_cache(section: str, key: str, value: Any) -> None:
+    """Store one entry, rewriting the cache file atomically (temp file in the same folder, then os.replace)."""
+    cache = _read_cache()
+    cache[section][key] = value
+    path = cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(cache, indent=1, sort_keys=True))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so readers see either the old or the new file, never a partial one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _stored_fields(cost: ModelCost) -> dict[str, Any]:
+    fields = asdict(cost)
+    del fields["source"]
+    return fields
+
+
+# ----------------------------------------------------------------------------- model building
+
+
+def _create_model(tag: str, img_size: int | None) -> Any:
+    """Randomly initialised ``tag`` in eval mode; given ``img_size`` is passed on to models that accept it."""
+    timm = _import_timm()
+    if img_size is not None:
+        try:
+            return timm.create_model(tag, pretrained=False, img_size=img_size).eval()
+        except TypeError as err:
+            if "img_size" not in str(err):
+                raise
+    return timm.create_model(tag, pretrained=False).eval()
+
+
+def _input_hw(model: Any, img_size: int | None) -> tuple[int, int]:
+    if img_size is not None:
+        return img_size, img_size
+    _, height, width = model.pretrained_cfg["input_size"]
+    return int(height), int(width)
+
+
+def _check_img_size(img_size: int | None) -> None:
+    if img_size is not None and (isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1):
+        raise SaverSearchError(f"img_size must be a positive integer (pixels per side), got {img_size!r}")
+
+
+def _torch_device(device: str) -> Any:
+    torch = _import_torch()
+    try:
+        target = torch.device(device)
+    except RuntimeError as err:
+        raise SaverSearchError(f"unknown device {device!r}; use cpu or cuda") from err
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise SaverSearchError("CUDA is not available on this machine; use --device cpu")
+    if target.type not in ("cpu", "cuda"):
+        raise SaverSearchError(f"unsupported device {device!r}; use cpu or cuda")
+    return target
+
+
+def _synchronize(target: Any) -> None:
+    if target.type == "cuda":
+        _import_torch().cuda.synchronize(target)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
+def _unknown_model_message(timm: ModuleType, name: str) -> str:
+    arch = name.partition(".")[0]
+    if "." in name and timm.is_model(arch):
+        head = f"unknown pretrained tag '{name}' for {arch}"
+        candidates = timm.list_models(f"{arch}.*", pretrained=True)
+    else:
+        head = f"unknown model '{name}'"
+        candidates = timm.list_models() + timm.list_models(pretrained=True)
+    matches = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
+    suggestion = f": did you mean {', '.join(matches)}?" if matches else ""
+    return f"{head}{suggestion} {LIST_HINT}"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "no message"
+
+
+def _import_torch() -> ModuleType:
+    import torch
+
+    return torch
+
+
+def _import_timm() -> ModuleType:
+    from saver_search.compat import import_timm
+
+    return import_timm()

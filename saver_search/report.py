@@ -1,0 +1,81 @@
+"""Search results as a readable table or as JSON (the same data)."""
+
+from __future__ import annotations
+
+import json
+
+from saver_search.search import Outcome, SearchResult
+
+SIMULATED_NOTE = (
+    "SIMULATED: predictions simulated from timm's published top-1 accuracies, not measured on images. "
+    "Cache real predictions (python -m saver_search cache) before deploying a cascade."
+)
+
+
+def to_json(result: SearchResult) -> str:
+    """One JSON object with data, target, best, alternatives, pareto, n_trials and the study's details."""
+    payload = result.to_dict()
+    if result.simulated:
+        payload["note"] = SIMULATED_NOTE
+    return json.dumps(payload, indent=2)
+
+
+def _row(outcome: Outcome) -> list[str]:
+    return [
+        outcome.stages[0],
+        ", ".join(f"{t:.4f}" for t in outcome.thresholds),
+        f"{100 * outcome.exit_ratio:.1f}",
+        f"{outcome.accuracy:.2f}",
+        f"{outcome.drop:+.2f}",
+        f"{outcome.gmacs:.3f}",
+        f"{outcome.reduction:.1f}",
+    ]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return [fmt(header), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)]
+
+
+HEADER = ["first stage", "threshold", "exit %", "top-1 %", "drop", "GMACs", "saved %"]
+
+
+def to_text(result: SearchResult) -> str:
+    """The search result as a table for people."""
+    lines = []
+    if result.simulated:
+        lines += [SIMULATED_NOTE, ""]
+    target = result.target
+    lines += [
+        f"data:    {result.data}",
+        f"target:  {target.name}  top-1 {target.accuracy:.2f} %  {target.gmacs:.3f} GMACs/image",
+        f"budget:  at most {result.max_drop:g} top-1 points below the target",
+        "",
+    ]
+    if result.best is None:
+        lines.append("no cascade within the budget was found among the trials; raise --max-drop or --trials")
+    else:
+        best = result.best
+        lines.append(f"best cascade: {best.stages[0]} -> {best.stages[-1]}")
+        if best.reduction <= 0:
+            lines.append("  no candidate saves compute within this budget: serve the target alone")
+        lines += ["", *_table(HEADER, [_row(best)])]
+        lines.append(
+            f"\n  {100 * best.exit_ratio:.1f} % of images answered by {best.stages[0]} (confidence > "
+            f"{best.thresholds[0]:.4f}); {best.gmacs:.3f} vs {target.gmacs:.3f} GMACs/image "
+            f"({best.reduction:.1f} % less compute), top-1 {best.accuracy:.2f} % ({best.drop:+.2f} points drop)"
+        )
+    if result.alternatives:
+        lines += ["", "next best (best threshold per other candidate):", *_table(HEADER, [_row(o) for o in result.alternatives])]
+    if result.pareto:
+        lines += ["", "Pareto front (GMACs vs top-1, within budget):", *_table(HEADER, [_row(o) for o in result.pareto])]
+    lines += [
+        "",
+        f"{result.n_trials} trials over {result.n_candidates} candidates in {result.seconds:.1f} s "
+        f"(threshold {result.threshold_mode}, sampler {result.sampler}, space {result.space})",
+        f"study: {result.study_name}" + (f"  storage: {result.storage}" if result.storage else ""),
+    ]
+    if result.simulated:
+        lines += ["", SIMULATED_NOTE]
+    return "\n".join(lines)

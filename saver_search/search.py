@@ -1,0 +1,320 @@
+"""The search: an Optuna study over first-stage candidates (and thresholds) for one target and budget.
+
+``exact`` threshold mode: Optuna picks the candidate and the cheapest threshold within the budget is
+solved exactly from the candidate's threshold curve. ``sampled`` mode: Optuna samples the threshold
+too (the paper-style search). ``pareto``: two objectives, GMACs and accuracy, returning the front.
+Every trial stores what it found as user attributes, so the trace can be explored without the data.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import optuna
+
+from saver_search.cascade import ThresholdCurve, allowed_errors, threshold_curve
+from saver_search.errors import SaverSearchError
+from saver_search.space import SearchSpace
+from saver_search.store import PredictionSource
+
+DEFAULT_SAMPLED_TRIALS = 300
+N_ALTERNATIVES = 5
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    name: str
+    accuracy: float
+    gmacs: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One evaluated cascade: stages (first .. target), thresholds, and how it does."""
+
+    stages: list[str]
+    thresholds: list[float]
+    accuracy: float
+    drop: float
+    gmacs: float
+    reduction: float
+    exit_ratio: float
+    feasible: bool
+    trial: int | None = None
+
+    @classmethod
+    def from_trial(cls, trial: optuna.trial.FrozenTrial) -> "Outcome":
+        attrs = trial.user_attrs
+        return cls(**{k: attrs[k] for k in OUTCOME_ATTRS}, trial=trial.number)
+
+
+OUTCOME_ATTRS = ("stages", "thresholds", "accuracy", "drop", "gmacs", "reduction", "exit_ratio", "feasible")
+
+
+@dataclass
+class SearchResult:
+    """What a search found, ready for the table and JSON reports."""
+
+    data: str
+    simulated: bool
+    target: TargetInfo
+    max_drop: float
+    threshold_mode: str
+    sampler: str
+    best: Outcome | None
+    alternatives: list[Outcome]
+    pareto: list[Outcome]
+    n_trials: int
+    n_candidates: int
+    seconds: float
+    study_name: str
+    storage: str | None
+    space: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class CascadeObjective:
+    """Scores a trial's cascade from cached predictions; threshold curves are computed once per candidate."""
+
+    def __init__(self, source: PredictionSource, target: str, candidates: Sequence[str], max_drop: float,
+                 space: SearchSpace, pareto: bool) -> None:
+        self.source = source
+        self.labels = np.asarray(source.labels)
+        self.target = source.model(target)
+        self.candidates = list(candidates)
+        self.max_drop = max_drop
+        self.space = space
+        self.pareto = pareto
+        self._curves: dict[str, ThresholdCurve] = {}
+
+    def curve(self, candidate: str) -> ThresholdCurve:
+        if candidate not in self._curves:
+            self._curves[candidate] = threshold_curve(self.source.model(candidate), self.target, self.labels)
+        return self._curves[candidate]
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        candidate = trial.suggest_categorical("candidate", self.candidates)
+        curve = self.curve(candidate)
+        sampled: float | None = None
+        if self.space.threshold_mode == "exact" and not self.pareto:
+            index = curve.cheapest_within(self.max_drop)
+        else:
+            sampled = trial.suggest_float("threshold", self.space.threshold_low, self.space.threshold_high)
+            index = curve.at_threshold(sampled)
+        outcome = outcome_at(curve, index, [candidate, self.target.name], self.target.gmacs, self.max_drop, sampled)
+        for key in OUTCOME_ATTRS:
+            trial.set_user_attr(key, getattr(outcome, key))
+        trial.set_constraint("drop_over_budget", outcome.drop - self.max_drop)
+        return (outcome.gmacs, outcome.accuracy) if self.pareto else outcome.gmacs
+
+
+def outcome_at(curve: ThresholdCurve, index: int, stages: list[str], target_gmacs: float, max_drop: float,
+               threshold: float | None = None) -> Outcome:
+    """The cascade at one point of a threshold curve; ``threshold`` names a sampled value that falls on it."""
+    target_accuracy = 100.0 * curve.target_correct / curve.n_samples
+    accuracy = float(curve.accuracy[index])
+    drop = target_accuracy - accuracy
+    return Outcome(
+        stages=stages,
+        thresholds=[float(curve.thresholds[index]) if threshold is None else threshold],
+        accuracy=accuracy,
+        drop=drop,
+        gmacs=float(curve.gmacs[index]),
+        reduction=100.0 * (1.0 - float(curve.gmacs[index]) / target_gmacs),
+        exit_ratio=float(curve.exit_ratio[index]),
+        feasible=bool(curve.target_correct - curve.n_correct[index] <= allowed_errors(max_drop, curve.n_samples)),
+    )
+
+
+def check_max_drop(max_drop: Any) -> float:
+    """Validate the accuracy-drop budget (top-1 points)."""
+    try:
+        value = float(max_drop)
+    except (TypeError, ValueError):
+        raise SaverSearchError(f"--max-drop must be a number of top-1 points such as 0.5, got {max_drop!r}") from None
+    if not math.isfinite(value) or value < 0 or value > 100:
+        raise SaverSearchError(f"--max-drop must be between 0 and 100 top-1 points (e.g. 0.5), got {max_drop}")
+    return value
+
+
+def select_candidates(source: PredictionSource, target: str, space: SearchSpace, explicit: Sequence[str] | None) -> list[str]:
+    """First-stage candidates: the explicit list (resolved) or the space's filter and cost ceiling."""
+    if explicit:
+        names = [source.resolve(name) for name in explicit]
+        names = [n for n in dict.fromkeys(names) if n != target]
+        if not names:
+            raise SaverSearchError("--candidates names only the target; give at least one other model")
+        return names
+    ceiling = space.candidates.max_relative_cost * source.gmacs(target)
+    matching = [n for n in source.model_names() if n != target and space.candidates.matches(n)]
+    names = [n for n in matching if source.gmacs(n) <= ceiling]
+    if not names:
+        raise SaverSearchError(
+            f"empty candidate set: {len(matching)} models of {source.description} match the patterns of "
+            f"{space.source} and none costs <= {space.candidates.max_relative_cost:g} x the target "
+            f"({ceiling:.3g} GMACs); widen candidates.include / max_relative_cost or pass --candidates"
+        )
+    return names
+
+
+def make_sampler(space: SearchSpace, candidates: Sequence[str], pareto: bool) -> tuple[optuna.samplers.BaseSampler, str]:
+    """The sampler the space asks for; ``auto`` means a grid when only the candidate is searched, else TPE."""
+    name = space.sampler
+    if name == "auto":
+        name = "grid" if space.threshold_mode == "exact" and not pareto else "tpe"
+    if name == "grid":
+        if space.threshold_mode != "exact" or pareto:
+            raise SaverSearchError("sampler 'grid' needs threshold mode 'exact' without --pareto; use tpe, random or nsga2")
+        return optuna.samplers.GridSampler({"candidate": list(candidates)}, seed=space.seed), name
+    samplers = {
+        "bruteforce": lambda: optuna.samplers.BruteForceSampler(seed=space.seed),
+        "tpe": lambda: optuna.samplers.TPESampler(seed=space.seed, multivariate=True, group=True),
+        "random": lambda: optuna.samplers.RandomSampler(seed=space.seed),
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=space.seed),
+    }
+    if name == "bruteforce" and space.threshold_mode != "exact":
+        raise SaverSearchError("sampler 'bruteforce' cannot enumerate a sampled threshold; use tpe or random")
+    return samplers[name](), name
+
+
+def default_study_name(target: str, source: PredictionSource, max_drop: float, mode: str, pareto: bool) -> str:
+    kind = "pareto" if pareto else mode
+    data = "simulated" if source.simulated else str(getattr(source, "path", source.description))
+    return f"{target} | {data} | max-drop {max_drop:g} | {kind}"
+
+
+def run_search(
+    source: PredictionSource,
+    target: str,
+    max_drop: float,
+    space: SearchSpace,
+    *,
+    candidates: Sequence[str] | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    pareto: bool = False,
+    progress: bool = False,
+) -> SearchResult:
+    """Run (or resume) the study for ``target`` under ``max_drop`` and summarise what it found."""
+    max_drop = check_max_drop(max_drop)
+    target = source.resolve(target)
+    names = select_candidates(source, target, space, candidates)
+    sampler, sampler_name = make_sampler(space, names, pareto)
+    objective = CascadeObjective(source, target, names, max_drop, space, pareto)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    name = study_name or default_study_name(target, source, max_drop, space.threshold_mode, pareto)
+    study = optuna.create_study(
+        study_name=name,
+        storage=open_storage(storage),
+        sampler=sampler,
+        directions=["minimize", "maximize"] if pareto else ["minimize"],
+        load_if_exists=True,
+    )
+    _check_study_matches(study, target, max_drop, names, source)
+    target_accuracy = 100.0 * float(np.mean(np.asarray(objective.target.predicted) == objective.labels))
+    for key, value in {
+        "data": source.description, "simulated": source.simulated, "target": target,
+        "target_accuracy": target_accuracy, "target_gmacs": objective.target.gmacs,
+        "max_drop": max_drop, "threshold_mode": space.threshold_mode, "pareto": pareto,
+        "sampler": sampler_name, "candidates": names, "space": space.source,
+    }.items():
+        study.set_user_attr(key, value)
+    n_trials = space.trials or (len(names) if space.threshold_mode == "exact" and not pareto else DEFAULT_SAMPLED_TRIALS)
+    if sampler_name in ("grid", "bruteforce"):
+        n_trials = min(n_trials, max(len(names) - _n_complete(study), 0))
+    started = time.perf_counter()
+    if n_trials:
+        study.optimize(objective, n_trials=n_trials, show_progress_bar=progress)
+    seconds = time.perf_counter() - started
+    return summarise(study, seconds=seconds, storage=storage)
+
+
+def _n_complete(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
+
+def _check_study_matches(study: optuna.Study, target: str, max_drop: float, names: list[str], source: PredictionSource) -> None:
+    """A stored study resumed with a different target, budget or data would mix incomparable trials."""
+    attrs = study.user_attrs
+    if not attrs:
+        return
+    for key, value in (("target", target), ("max_drop", max_drop), ("data", source.description)):
+        if attrs.get(key) != value:
+            raise SaverSearchError(
+                f"study '{study.study_name}' in this storage was run with {key}={attrs.get(key)!r}, not {value!r}; "
+                "pass another --study-name to start a new study"
+            )
+    if attrs.get("candidates") not in (None, names):
+        raise SaverSearchError(
+            f"study '{study.study_name}' was run over a different candidate set; pass another --study-name"
+        )
+
+
+def open_storage(storage: str | None) -> optuna.storages.BaseStorage | None:
+    """An Optuna storage from a URL (``sqlite:///PATH``, any RDB URL) or a journal file path; None in memory."""
+    if storage is None:
+        return None
+    if "://" in storage:
+        try:
+            return optuna.storages.RDBStorage(storage)
+        except Exception as err:  # SQLAlchemy raises many types for bad URLs and unreachable databases
+            raise SaverSearchError(f"cannot open storage {storage}: {str(err).splitlines()[0]}") from err
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    try:
+        return JournalStorage(JournalFileBackend(storage))
+    except OSError as err:
+        raise SaverSearchError(f"cannot open journal file {storage}: {err}") from err
+
+
+def load_study(storage: str, study_name: str | None = None) -> optuna.Study:
+    """Reload a stored search; the only study in the storage when no name is given."""
+    backend = open_storage(storage)
+    names = optuna.study.get_all_study_names(backend)
+    if not names:
+        raise SaverSearchError(f"storage {storage} holds no study; run a search with --storage {storage} first")
+    if study_name is None:
+        if len(names) > 1:
+            raise SaverSearchError(f"storage {storage} holds {len(names)} studies; pick one with --study-name: {'; '.join(names)}")
+        study_name = names[0]
+    if study_name not in names:
+        raise SaverSearchError(f"no study named '{study_name}' in {storage}; it holds: {'; '.join(names)}")
+    return optuna.load_study(study_name=study_name, storage=backend)
+
+
+def summarise(study: optuna.Study, *, seconds: float = 0.0, storage: str | None = None) -> SearchResult:
+    """The best cascade, the best alternative per other candidate and (multi-objective) the front."""
+    attrs = study.user_attrs
+    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                if "feasible" in t.user_attrs]
+    outcomes = [Outcome.from_trial(t) for t in complete]
+    feasible = sorted((o for o in outcomes if o.feasible), key=lambda o: (o.gmacs, -o.accuracy))
+    best_per_candidate: dict[str, Outcome] = {}
+    for outcome in feasible:
+        best_per_candidate.setdefault(outcome.stages[0], outcome)
+    ranked = list(best_per_candidate.values())
+    pareto = attrs.get("pareto", False)
+    front = sorted((Outcome.from_trial(t) for t in study.best_trials), key=lambda o: o.gmacs) if pareto else []
+    return SearchResult(
+        data=attrs["data"],
+        simulated=attrs["simulated"],
+        target=TargetInfo(attrs["target"], attrs["target_accuracy"], attrs["target_gmacs"]),
+        max_drop=attrs["max_drop"],
+        threshold_mode="pareto (sampled)" if pareto else attrs["threshold_mode"],
+        sampler=attrs["sampler"],
+        best=ranked[0] if ranked else None,
+        alternatives=ranked[1 : 1 + N_ALTERNATIVES],
+        pareto=front,
+        n_trials=len(complete),
+        n_candidates=len(attrs["candidates"]),
+        seconds=seconds,
+        study_name=study.study_name,
+        storage=storage,
+        space=attrs["space"],
+    )
