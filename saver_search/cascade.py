@@ -106,6 +106,17 @@ class ThresholdCurve:
         """Index of the curve point that behaves like ``threshold`` (the largest curve threshold <= it)."""
         return max(int(np.searchsorted(self.thresholds, threshold, side="right")) - 1, 0)
 
+    def sampled(self, points: int = 101) -> dict[str, list[float]]:
+        """The curve at ``points`` evenly spaced thresholds in [0, 1], small enough to store with a trial."""
+        grid = np.linspace(0.0, 1.0, points)
+        index = np.maximum(np.searchsorted(self.thresholds, grid, side="right") - 1, 0)
+        return {
+            "threshold": [round(float(t), 4) for t in grid],
+            "accuracy": [round(float(a), 4) for a in self.accuracy[index]],
+            "gmacs": [round(float(g), 5) for g in self.gmacs[index]],
+            "exit_ratio": [round(float(e), 5) for e in self.exit_ratio[index]],
+        }
+
 
 def threshold_curve(first: Stage, target: Stage, labels: np.ndarray) -> ThresholdCurve:
     """The whole accuracy/cost curve of ``first -> target`` over every distinct threshold, in O(n log n).

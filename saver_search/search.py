@@ -93,14 +93,13 @@ class CascadeObjective:
         self.pareto = pareto
         self._curves: dict[str, ThresholdCurve] = {}
 
-    def curve(self, candidate: str) -> ThresholdCurve:
-        if candidate not in self._curves:
-            self._curves[candidate] = threshold_curve(self.source.model(candidate), self.target, self.labels)
-        return self._curves[candidate]
-
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         candidate = trial.suggest_categorical("candidate", self.candidates)
-        curve = self.curve(candidate)
+        curve = self._curves.get(candidate)
+        if curve is None:
+            curve = self._curves[candidate] = threshold_curve(self.source.model(candidate), self.target, self.labels)
+            # The first trial of a candidate keeps its curve, so reports can redraw it without the data.
+            trial.set_user_attr("curve", curve.sampled())
         sampled: float | None = None
         if self.space.threshold_mode == "exact" and not self.pareto:
             index = curve.cheapest_within(self.max_drop)
