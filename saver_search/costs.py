@@ -70,32 +70,21 @@ def get_cost(name: str, img_size: int | None = None) -> ModelCost:
 
 def count_cost(name: str, img_size: int | None = None) -> ModelCost:
     """Count the cost of ``name`` live: build on the meta device and run FlopCounterMode over one forward."""
-    _check_img_size(img_size)
-    torch = _import_torch()
-    from torch.utils.flop_counter import FlopCounterMode
-
-    tag = resolve_name(name)
-    with torch.device("meta"):
-        model = _create_model(tag, img_size)
-    height, width = _input_hw(model, img_size)
-    counter = FlopCounterMode(display=False)
-    try:
-        with counter:
-            model(torch.empty(1, 3, height, width, device="meta"))
-    except Exception as err:  # any model-internal failure becomes one line naming model and size
-        raise SaverSearchError(
-            f"cannot count {tag} at {height}x{width}: {type(err).__name__}: {_first_line(err)}; "
-            "try the model's default resolution (omit --img-size) or a multiple of its patch/window size"
-        ) from err
-    flops = counter.get_total_flops()
+    tag, height, flops_by_op, params = _count(name, img_size)
+    flops = sum(flops_by_op.values())
     return ModelCost(
         name=tag,
         img_size=height,
         gmacs=round(flops / 2 / 1e9, 4),
         gflops=round(flops / 1e9, 4),
-        params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 4),
+        params_m=round(params / 1e6, 4),
         source="counted",
     )
+
+
+def count_flops_by_op(name: str, img_size: int | None = None) -> dict[str, int]:
+    """FLOPs of one forward per aten operator (e.g. ``{"aten.convolution": ..., "aten.bmm": ...}``)."""
+    return _count(name, img_size)[2]
 
 
 def resolve_name(name: str) -> str:
@@ -183,7 +172,7 @@ def device_name(device: str) -> str:
     target = _torch_device(device)
     if target.type == "cuda":
         return torch.cuda.get_device_name(target)
-    return f"cpu {_cpu_model()} x{torch.get_num_threads()} threads"
+    return f"{_cpu_model()} (CPU, {torch.get_num_threads()} threads)"
 
 
 def cache_path() -> Path:
@@ -286,10 +275,38 @@ def _stored_fields(cost: ModelCost) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- model building
 
 
+def _count(name: str, img_size: int | None) -> tuple[str, int, dict[str, int], int]:
+    """(tag, input height, FLOPs per operator, parameter count) of one forward on the meta device."""
+    _check_img_size(img_size)
+    torch = _import_torch()
+    from torch.utils.flop_counter import FlopCounterMode
+
+    tag = resolve_name(name)
+    with torch.device("meta"):
+        model = _create_model(tag, img_size)
+    height, width = _input_hw(model, img_size)
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter:
+            model(torch.empty(1, 3, height, width, device="meta"))
+    except Exception as err:  # any model-internal failure becomes one line naming model and size
+        raise SaverSearchError(
+            f"cannot count {tag} at {height}x{width}: {type(err).__name__}: {_first_line(err)}; "
+            "try the model's default resolution (omit --img-size) or a multiple of its patch/window size"
+        ) from err
+    by_op = {str(op): int(flops) for op, flops in counter.get_flop_counts().get("Global", {}).items()}
+    return tag, height, by_op, sum(p.numel() for p in model.parameters())
+
+
 def _create_model(tag: str, img_size: int | None) -> Any:
-    """Randomly initialised ``tag`` in eval mode; given ``img_size`` is passed on to models that accept it."""
+    """Randomly initialised ``tag`` in eval mode.
+
+    A non-default ``img_size`` is passed on to models that accept it (fixed position embeddings,
+    window sizes); at the default resolution the model is built exactly as ``create_model(tag)``.
+    """
     timm = _import_timm()
-    if img_size is not None:
+    cfg = timm.models.get_pretrained_cfg(tag)
+    if img_size is not None and (cfg is None or tuple(cfg.input_size[1:]) != (img_size, img_size)):
         try:
             return timm.create_model(tag, pretrained=False, img_size=img_size).eval()
         except TypeError as err:

@@ -173,7 +173,7 @@ def make_sampler(space: SearchSpace, candidates: Sequence[str], pareto: bool) ->
         return optuna.samplers.GridSampler({"candidate": list(candidates)}, seed=space.seed), name
     samplers = {
         "bruteforce": lambda: optuna.samplers.BruteForceSampler(seed=space.seed),
-        "tpe": lambda: optuna.samplers.TPESampler(seed=space.seed, multivariate=True, group=True),
+        "tpe": lambda: optuna.samplers.TPESampler(seed=space.seed, multivariate=True),
         "random": lambda: optuna.samplers.RandomSampler(seed=space.seed),
         "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=space.seed),
     }

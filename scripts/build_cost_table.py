@@ -2,7 +2,7 @@
 
 Each (model, img_size) row of ``results-imagenet.csv`` is counted live with ``count_cost`` (meta device,
 FlopCounterMode). Rows already in the output are kept, so an interrupted run resumes where it stopped;
-the file is rewritten atomically every few models. The first row of each model is at its pretrained
+the file is rewritten atomically every 30 s. The first row of each model is at its pretrained
 cfg's default resolution, which is what ``get_cost(name)`` returns without ``img_size``.
 
     python scripts/build_cost_table.py            # uses ../shared/data/timm-results/results-imagenet.csv
@@ -70,11 +70,6 @@ def write_table(out: Path, done: dict[tuple[str, int], ModelCost]) -> None:
     atomic_write_text(out, buffer.getvalue())
 
 
-def count_row(name: str, img_size: int) -> ModelCost:
-    """Count at ``img_size``; the default resolution is counted exactly as ``get_cost(name)`` would."""
-    return count_cost(name, None if img_size == default_size(name) else img_size)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="timm results-imagenet.csv")
@@ -91,7 +86,7 @@ def main() -> None:
     last_save = time.monotonic()
     for name, img_size in tqdm(todo, unit="model", mininterval=5):
         try:
-            done[(name, img_size)] = count_row(name, img_size)
+            done[(name, img_size)] = count_cost(name, img_size)
         except Exception as err:  # noqa: BLE001 - a model that cannot be built on meta is skipped
             failures.append(f"{name}@{img_size}: {type(err).__name__}: {(str(err).strip() or 'no message').splitlines()[0]}")
             tqdm.write(f"skipped {failures[-1]}")

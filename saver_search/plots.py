@@ -1,0 +1,173 @@
+"""Figures of a search trace (matplotlib with the Agg canvas, no pyplot: no global figure state).
+
+Each ``plot_*`` function returns a :class:`~matplotlib.figure.Figure`, which a notebook shows inline;
+:func:`save_report_figures` writes the report's PNGs. Titles end in "(simulated)" for simulated data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from saver_search.search import SearchResult
+from saver_search.trace import SearchTrace, StudyInfo, TrialRecord, best_per_candidate, best_so_far, pareto_front
+
+GMACS = "GMACs / image"
+ACCURACY = "top-1 accuracy (%)"
+THRESHOLD = "threshold (top-1 confidence)"
+TARGET_COLOR = "tab:red"
+DPI = 120
+TOP_CURVES = 4
+TOP_BARS = 20
+
+
+def _figure(rows: int = 1, height: float = 5.0) -> tuple[Figure, list[Axes]]:
+    fig = Figure(figsize=(8.0, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = list(fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0])
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    return fig, axes
+
+
+def _target_label(info: StudyInfo) -> str:
+    return f"target {info.target} ({info.target_accuracy:.2f} %, {info.target_gmacs:.3g} GMACs)"
+
+
+def _accuracy_lines(ax: Axes, info: StudyInfo) -> None:
+    """The target's accuracy and the lowest accuracy within the budget, as horizontal lines."""
+    ax.axhline(info.target_accuracy, color=TARGET_COLOR, lw=1, alpha=0.7, label=_target_label(info))
+    ax.axhline(info.min_accuracy, color=TARGET_COLOR, ls="--", lw=1.2,
+               label=f"budget: target - {info.max_drop:g} pts = {info.min_accuracy:.2f} %")
+
+
+def _target_gmacs_line(ax: Axes, info: StudyInfo, vertical: bool = False) -> None:
+    line = ax.axvline if vertical else ax.axhline
+    line(info.target_gmacs, color=TARGET_COLOR, lw=1.2, label=f"target {info.target} alone ({info.target_gmacs:.3g} GMACs)")
+
+
+def _scatter_trials(ax: Axes, records: Sequence[TrialRecord], x: Callable[[TrialRecord], float],
+                    y: Callable[[TrialRecord], float]) -> None:
+    """Feasible trials as blue dots, trials over the budget as grey crosses."""
+    styles = {True: dict(marker="o", color="tab:blue", s=18, alpha=0.7, label="trial within budget"),
+              False: dict(marker="x", color="0.6", s=18, label="trial over budget")}
+    for feasible, style in styles.items():
+        chosen = [r for r in records if r.feasible is feasible]
+        if chosen:
+            ax.scatter([x(r) for r in chosen], [y(r) for r in chosen], **style)
+
+
+def plot_trials(trace: SearchTrace) -> Figure:
+    """GMACs vs top-1 of every trial with the Pareto front, the target (a star) and the budget line."""
+    info = trace.info
+    fig, (ax,) = _figure()
+    _scatter_trials(ax, trace.records, lambda r: r.gmacs, lambda r: r.accuracy)
+    front = pareto_front(trace.records)
+    ax.plot([r.gmacs for r in front], [r.accuracy for r in front], color="tab:green", lw=1.5,
+            drawstyle="steps-post", label="Pareto front (all trials)")
+    ax.scatter([info.target_gmacs], [info.target_accuracy], marker="*", s=250, color=TARGET_COLOR,
+               edgecolor="black", zorder=5, label=_target_label(info))
+    ax.axhline(info.min_accuracy, color=TARGET_COLOR, ls="--", lw=1.2,
+               label=f"budget: target - {info.max_drop:g} pts = {info.min_accuracy:.2f} %")
+    best = best_per_candidate(trace)
+    if best:
+        ax.scatter([best[0].gmacs], [best[0].accuracy], s=180, facecolor="none", edgecolor="black", lw=1.5,
+                   zorder=6, label=f"best: {best[0].candidate} -> {info.target} ({best[0].gmacs:.3g} GMACs)")
+    ax.set(xlabel=GMACS, ylabel=ACCURACY, title=f"{info.target}: {len(trace.records)} cascades tried{info.tag}")
+    ax.legend(loc="lower right", fontsize="small")
+    return fig
+
+
+def plot_candidates(trace: SearchTrace, top: int = TOP_BARS) -> Figure:
+    """The cheapest cascade within budget per first-stage candidate (GMACs bars, compute saved as text)."""
+    info = trace.info
+    best = best_per_candidate(trace)[:top]
+    fig, (ax,) = _figure(height=max(2.5, 1.2 + 0.35 * len(best)))
+    names = [r.candidate for r in best][::-1]
+    ax.barh(names, [r.gmacs for r in best][::-1], color="tab:blue", alpha=0.8)
+    for name, record in zip(names, best[::-1]):
+        ax.annotate(f" {record.reduction:.1f} % saved (threshold {record.threshold:.3f})", (record.gmacs, name),
+                    va="center", fontsize="small")
+    _target_gmacs_line(ax, info, vertical=True)
+    ax.set_xlim(0, 1.45 * max([info.target_gmacs, *(r.gmacs for r in best)]))
+    shown = f"cheapest {len(best)} of {len(info.candidates)}" if len(best) < len(info.candidates) else "every"
+    ax.set(xlabel=GMACS, ylabel="first-stage candidate",
+           title=f"Best cascade per candidate ({shown}), max drop {info.max_drop:g} pts{info.tag}")
+    ax.legend(loc="lower right", fontsize="small")
+    return fig
+
+
+def plot_curves(trace: SearchTrace, top: int = TOP_CURVES) -> Figure:
+    """Accuracy and GMACs vs threshold for the best candidates, their chosen thresholds marked."""
+    info = trace.info
+    chosen = {r.candidate: r for r in best_per_candidate(trace) if r.candidate in trace.curves}
+    names = (list(chosen) or list(trace.curves))[:top]
+    fig, (acc_ax, cost_ax) = _figure(rows=2, height=7.0)
+    for i, name in enumerate(names):
+        curve, color = trace.curves[name], f"C{i}"
+        acc_ax.plot(curve.threshold, curve.accuracy, color=color, label=name)
+        cost_ax.plot(curve.threshold, curve.gmacs, color=color, label=name)
+        if name in chosen:
+            record = chosen[name]
+            acc_ax.plot(record.threshold, record.accuracy, "o", color=color, mec="black", ms=8)
+            cost_ax.plot(record.threshold, record.gmacs, "o", color=color, mec="black", ms=8)
+    _accuracy_lines(acc_ax, info)
+    _target_gmacs_line(cost_ax, info)
+    acc_ax.set(ylabel=ACCURACY, title=f"Threshold curves of the best {len(names)} candidates (dot: chosen threshold)"
+               f"{info.tag}")
+    cost_ax.set(xlabel=THRESHOLD, ylabel=GMACS)
+    acc_ax.legend(loc="lower right", fontsize="small")
+    cost_ax.legend(loc="upper right", fontsize="small")
+    return fig
+
+
+def plot_history(trace: SearchTrace) -> Figure:
+    """Each trial's GMACs and the best feasible GMACs found so far, by trial number."""
+    info = trace.info
+    fig, (ax,) = _figure()
+    _scatter_trials(ax, trace.records, lambda r: r.trial, lambda r: r.gmacs)
+    ax.plot([r.trial for r in trace.records], best_so_far(trace), color="black", drawstyle="steps-post",
+            label="best within budget so far")
+    _target_gmacs_line(ax, info)
+    ax.set(xlabel="trial", ylabel=GMACS, title=f"Optimisation history ({info.sampler} sampler){info.tag}")
+    ax.legend(loc="upper right", fontsize="small")
+    return fig
+
+
+def plot_budget_sweep(results: Sequence[SearchResult]) -> Figure:
+    """GMACs of the best cascade for each accuracy budget of searches on the same target and data."""
+    found = sorted((r for r in results if r.best is not None), key=lambda r: r.max_drop)
+    fig, (ax,) = _figure()
+    ax.plot([r.max_drop for r in found], [r.best.gmacs for r in found], "o-", color="tab:blue",
+            label="cheapest cascade within budget")
+    for result in found:
+        ax.annotate(f"{result.best.stages[0]}\n{result.best.reduction:.0f} % saved", (result.max_drop, result.best.gmacs),
+                    textcoords="offset points", xytext=(0, 8), ha="center", fontsize="x-small")
+    target = results[0].target
+    ax.axhline(target.gmacs, color=TARGET_COLOR, lw=1.2, label=f"target {target.name} alone ({target.gmacs:.3g} GMACs)")
+    ax.set_ylim(0, 1.15 * target.gmacs)
+    ax.set(xlabel="accuracy budget: max drop (top-1 points)", ylabel=GMACS,
+           title=f"Cheapest cascade vs budget for {target.name}{' (simulated)' if results[0].simulated else ''}")
+    ax.legend(loc="lower left", fontsize="small")
+    return fig
+
+
+REPORT_FIGURES: dict[str, Callable[[SearchTrace], Figure]] = {
+    "trials": plot_trials,
+    "candidates": plot_candidates,
+    "curves": plot_curves,
+    "history": plot_history,
+}
+
+
+def save_report_figures(trace: SearchTrace, out: Path) -> dict[str, Path]:
+    """Write the report's figures as ``out/NAME.png``; returns name -> path."""
+    paths = {}
+    for name, plot in REPORT_FIGURES.items():
+        paths[name] = out / f"{name}.png"
+        plot(trace).savefig(paths[name], dpi=DPI)
+    return paths

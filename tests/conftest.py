@@ -1,0 +1,42 @@
+"""Shared fixtures: synthetic stores and the real ImageNet-X predictions when ../shared is present."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from saver_search.store import PredictionStore
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGENET_X = REPO.parent / "shared" / "data" / "imagenet-x"
+
+
+@pytest.fixture
+def imagenet_x() -> Path:
+    """The folder of real ImageNet-X predictions; the test is skipped when it is absent."""
+    if not (IMAGENET_X / "filename_label.csv").exists():
+        pytest.skip("../shared/data/imagenet-x is not available")
+    return IMAGENET_X
+
+
+def make_store(path: Path, n: int = 2000, n_classes: int = 10, models: dict[str, tuple[float, float]] | None = None,
+               seed: int = 0) -> PredictionStore:
+    """A store of random models: name -> (accuracy in [0, 1], GMACs); confident when right, more often."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, n_classes, n)
+    store = PredictionStore.create(path, [f"img{i:05d}.jpg" for i in range(n)], labels, n_classes=n_classes)
+    for name, (accuracy, gmacs) in (models or {}).items():
+        right = rng.random(n) < accuracy
+        predicted = np.where(right, labels, (labels + rng.integers(1, n_classes, n)) % n_classes)
+        confidence = np.clip(np.where(right, rng.beta(5, 2, n), rng.beta(2, 3, n)), 0.01, 1.0)
+        store.add_model(name, predicted[None, :], confidence[None, :], gmacs=gmacs, source="synthetic")
+    return store
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m saver_search ARGS`` in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "saver_search", *args], capture_output=True, text=True, cwd=cwd or REPO)

@@ -1,0 +1,154 @@
+import csv
+
+import numpy as np
+import pytest
+
+from conftest import make_store, run_cli
+from saver_search.errors import SaverSearchError
+from saver_search.importers import import_predictions
+from saver_search.search import load_study, run_search
+from saver_search.space import CandidateFilter, SearchSpace
+
+MODELS = {"tiny_a.x": (0.70, 0.5), "tiny_b.x": (0.78, 1.0), "mid_c.x": (0.85, 3.0), "big_t.x": (0.90, 10.0)}
+
+
+@pytest.fixture
+def store(tmp_path):
+    return make_store(tmp_path / "s", n=3000, models=MODELS)
+
+
+def read_column(path, column, kind):
+    with open(path) as handle:
+        return np.array([kind(row[column]) for row in csv.DictReader(handle)])
+
+
+def brute_force_sweep(confidence, first_correct, target_correct, g_first, g_target, max_drop):
+    """Every distinct threshold evaluated from its own exit mask (chunked matrix products), cheapest feasible."""
+    n = confidence.size
+    thresholds = np.unique(np.concatenate((confidence, [0.0])))
+    allowed = np.floor(max_drop * n / 100 + 1e-9)
+    best = None
+    for chunk in np.array_split(thresholds, max(1, thresholds.size // 500)):
+        exits = (confidence[None, :] > chunk[:, None]).astype(np.float32)
+        correct = exits @ first_correct + (1 - exits) @ target_correct
+        n_exit = exits.sum(axis=1)
+        gmacs = g_first + g_target * (n - n_exit) / n
+        ok = target_correct.sum() - np.rint(correct) <= allowed
+        if ok.any():
+            i = np.flatnonzero(ok)[np.argmin(gmacs[ok])]
+            if best is None or gmacs[i] < best[2]:
+                best = (chunk[i], int(np.rint(correct[i])), gmacs[i], int(n_exit[i]))
+    return best
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("max_drop", [0.5, 1.0])
+def test_imagenet_x_search_equals_brute_force(tmp_path, imagenet_x, max_drop):
+    labels_csv = imagenet_x / "filename_label.csv"
+    for name, gmacs in (("ViT", 17.58), ("ResNet50", 4.11)):
+        import_predictions(tmp_path / "s", name, imagenet_x / f"{name}.csv", gmacs=gmacs, labels_path=labels_csv)
+    from saver_search.store import PredictionStore
+
+    result = run_search(PredictionStore(tmp_path / "s"), "ViT", max_drop, SearchSpace())
+    labels = read_column(labels_csv, "label", int)
+    confidence = read_column(imagenet_x / "ResNet50.csv", "predicted_probability", float).astype(np.float32)
+    first_correct = (read_column(imagenet_x / "ResNet50.csv", "predicted_class", int) == labels).astype(np.float32)
+    target_correct = (read_column(imagenet_x / "ViT.csv", "predicted_class", int) == labels).astype(np.float32)
+    threshold, n_correct, gmacs, n_exit = brute_force_sweep(confidence, first_correct, target_correct, 4.11, 17.58, max_drop)
+    best = result.best
+    assert best.stages == ["ResNet50", "ViT"]
+    assert np.float32(best.thresholds[0]) == threshold
+    assert round(best.accuracy * labels.size / 100) == n_correct
+    assert best.exit_ratio * labels.size == n_exit
+    assert best.gmacs == pytest.approx(gmacs, rel=1e-6)
+    assert best.drop <= max_drop + 1e-9 and best.feasible
+
+
+def test_exact_search_picks_cheapest_feasible_and_lists_alternatives(store):
+    result = run_search(store, "big_t.x", 1.0, SearchSpace())
+    assert result.n_trials == 3 and result.n_candidates == 3
+    assert result.best.feasible and result.best.drop <= 1.0
+    costs = [result.best.gmacs] + [o.gmacs for o in result.alternatives]
+    assert costs == sorted(costs) and len(result.alternatives) == 2
+    assert result.target.accuracy == pytest.approx(100 * np.mean(store.model("big_t.x").predicted == store.labels))
+
+
+def test_search_is_reproducible(store):
+    space = SearchSpace(threshold_mode="sampled", trials=30, seed=3)
+    a = run_search(store, "big_t.x", 1.0, space)
+    b = run_search(store, "big_t.x", 1.0, space)
+    assert a.best == b.best and a.alternatives == b.alternatives
+
+
+def test_sampled_search_marks_infeasible_trials_and_never_beats_exact(store, tmp_path):
+    journal = str(tmp_path / "sampled.log")
+    sampled = run_search(store, "big_t.x", 0.5, SearchSpace(threshold_mode="sampled", trials=60, seed=0), storage=journal)
+    exact = run_search(store, "big_t.x", 0.5, SearchSpace())
+    assert exact.best.gmacs <= sampled.best.gmacs + 1e-12
+    trials = load_study(journal).trials
+    infeasible = [t for t in trials if not t.user_attrs["feasible"]]
+    assert infeasible and all(t.constraints["drop_over_budget"] > 0 for t in infeasible)
+    assert all(t.constraints["drop_over_budget"] <= 0 for t in trials if t.user_attrs["feasible"])
+
+
+def test_pareto_front_is_non_dominated(store):
+    result = run_search(store, "big_t.x", 2.0, SearchSpace(trials=40), pareto=True)
+    front = result.pareto
+    assert front and all(o.feasible for o in front)
+    for a in front:
+        assert not any(b.gmacs <= a.gmacs and b.accuracy >= a.accuracy and (b.gmacs, b.accuracy) != (a.gmacs, a.accuracy) for b in front)
+
+
+def test_candidate_filter_and_cost_ceiling(store):
+    space = SearchSpace(candidates=CandidateFilter(include=("tiny_*",), max_relative_cost=0.06))
+    result = run_search(store, "big_t.x", 1.0, space)
+    assert result.n_candidates == 1 and result.best.stages[0] == "tiny_a.x"
+
+
+def test_explicit_candidates_override(store):
+    result = run_search(store, "big_t.x", 1.0, SearchSpace(), candidates=["mid_c.x"])
+    assert result.n_candidates == 1 and result.best.stages == ["mid_c.x", "big_t.x"]
+
+
+def test_empty_candidate_set_is_an_error(store):
+    with pytest.raises(SaverSearchError, match="empty candidate set"):
+        run_search(store, "big_t.x", 1.0, SearchSpace(candidates=CandidateFilter(include=("nothing*",))))
+
+
+def test_storage_persists_and_resumes(store, tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    space = SearchSpace(threshold_mode="sampled", trials=10)
+    run_search(store, "big_t.x", 1.0, space, storage=url, study_name="s1")
+    again = run_search(store, "big_t.x", 1.0, space, storage=url, study_name="s1")
+    assert again.n_trials == 20
+    study = load_study(url, "s1")
+    trial = study.trials[0]
+    assert {"stages", "thresholds", "accuracy", "drop", "gmacs", "exit_ratio", "feasible", "curve"} <= set(trial.user_attrs)
+    assert study.user_attrs["target"] == "big_t.x" and "prediction store" in study.user_attrs["data"]
+    with pytest.raises(SaverSearchError, match="max_drop"):
+        run_search(store, "big_t.x", 0.5, space, storage=url, study_name="s1")
+
+
+def test_exact_grid_resume_does_not_repeat(store, tmp_path):
+    journal = str(tmp_path / "study.log")
+    first = run_search(store, "big_t.x", 1.0, SearchSpace(trials=2), storage=journal)
+    rest = run_search(store, "big_t.x", 1.0, SearchSpace(), storage=journal)
+    assert first.n_trials == 2 and rest.n_trials == 3
+
+
+def test_cli_json_has_the_documented_fields(store):
+    proc = run_cli("--data", str(store.path), "--target", "big_t", "--max-drop", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    payload = json.loads(proc.stdout)
+    assert {"data", "target", "best", "alternatives", "n_trials"} <= set(payload)
+    assert {"name", "accuracy", "gmacs"} <= set(payload["target"]) and payload["target"]["name"] == "big_t.x"
+    assert {"stages", "thresholds", "accuracy", "drop", "gmacs", "reduction", "exit_ratio"} <= set(payload["best"])
+    assert payload["simulated"] is False
+
+
+def test_cli_table(store):
+    proc = run_cli("--data", str(store.path), "--target", "big_t.x", "--max-drop", "0.5")
+    assert proc.returncode == 0, proc.stderr
+    assert "best cascade:" in proc.stdout and "saved %" in proc.stdout and "SIMULATED" not in proc.stdout
