@@ -88,15 +88,15 @@ def plot_candidates(trace: SearchTrace, top: int = TOP_BARS) -> Figure:
     best = best_per_candidate(trace)[:top]
     fig, (ax,) = _figure(height=max(2.5, 1.2 + 0.35 * len(best)))
     names = [r.candidate for r in best][::-1]
-    ax.barh(names, [r.gmacs for r in best][::-1], color="tab:blue", alpha=0.8)
+    ax.barh(names, [r.gmacs for r in best][::-1], height=0.6, color="tab:blue", alpha=0.8)
     for name, record in zip(names, best[::-1]):
         ax.annotate(f" {record.reduction:.1f} % saved (threshold {record.threshold:.3f})", (record.gmacs, name),
                     va="center", fontsize="small")
     _target_gmacs_line(ax, info, vertical=True)
     ax.set_xlim(0, 1.45 * max([info.target_gmacs, *(r.gmacs for r in best)]))
-    shown = f"cheapest {len(best)} of {len(info.candidates)}" if len(best) < len(info.candidates) else "every"
     ax.set(xlabel=GMACS, ylabel="first-stage candidate",
-           title=f"Best cascade per candidate ({shown}), max drop {info.max_drop:g} pts{info.tag}")
+           title=f"Best cascade per candidate ({len(best)} of {len(info.candidates)}), "
+           f"max drop {info.max_drop:g} pts{info.tag}")
     ax.legend(loc="lower right", fontsize="small")
     return fig
 
@@ -117,8 +117,7 @@ def plot_curves(trace: SearchTrace, top: int = TOP_CURVES) -> Figure:
             cost_ax.plot(record.threshold, record.gmacs, "o", color=color, mec="black", ms=8)
     _accuracy_lines(acc_ax, info)
     _target_gmacs_line(cost_ax, info)
-    acc_ax.set(ylabel=ACCURACY, title=f"Threshold curves of the best {len(names)} candidates (dot: chosen threshold)"
-               f"{info.tag}")
+    acc_ax.set(ylabel=ACCURACY, title=f"Threshold curves, best {len(names)} candidate(s); dot: chosen threshold{info.tag}")
     cost_ax.set(xlabel=THRESHOLD, ylabel=GMACS)
     acc_ax.legend(loc="lower right", fontsize="small")
     cost_ax.legend(loc="upper right", fontsize="small")

@@ -1,0 +1,165 @@
+"""Bad input: a one-line error, exit code 2, and the store left exactly as it was."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from conftest import make_store, run_cli
+
+
+def snapshot(folder):
+    return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def store(tmp_path):
+    return make_store(tmp_path / "s", n=50, models={"small.a": (0.6, 1.0), "big.b": (0.9, 9.0)})
+
+
+def assert_user_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--target", "bigg.b", "--max-drop", "0.5"], ["unknown model 'bigg.b'", "did you mean big.b"]),
+    (["--target", "big.b", "--max-drop", "0.5", "--candidates", "nope"], ["unknown model 'nope'"]),
+    (["--target", "big.b", "--max-drop", "-1"], ["--max-drop", "between 0 and 100"]),
+    (["--target", "big.b", "--max-drop", "half"], ["--max-drop must be a number"]),
+    (["--target", "big.b", "--max-drop", "nan"], ["--max-drop"]),
+    (["--target", "big.b", "--max-drop", "0.5", "--candidates", ","], ["--candidates is empty"]),
+    (["--target", "big.b", "--max-drop", "0.5", "--candidates", "big.b"], ["only the target"]),
+    (["--target", "big.b", "--max-drop", "0.5", "--trials", "0"], ["--trials"]),
+])
+def test_search_errors(store, args, fragments):
+    before = snapshot(store.path)
+    assert_user_error(run_cli("--data", str(store.path), *args), *fragments)
+    assert snapshot(store.path) == before
+
+
+def test_missing_store(tmp_path):
+    assert_user_error(run_cli("--data", str(tmp_path / "none"), "--target", "x", "--max-drop", "1"), "no prediction store")
+
+
+def test_empty_candidate_set(store, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("candidates:\n  include: ['zzz*']\n")
+    assert_user_error(run_cli("--data", str(store.path), "--space", str(space), "--target", "big.b", "--max-drop", "1"),
+                      "empty candidate set")
+
+
+@pytest.mark.parametrize("text, fragments", [
+    ("candidates: [unclosed\n", ["malformed YAML", "line"]),
+    ("candidates:\n  includ: ['*']\n", ["unknown key 'candidates.includ'"]),
+    ("threshold: {mode: guess}\n", ["threshold.mode"]),
+    ("threshold: {low: 0.9, high: 0.1}\n", ["threshold.low/high"]),
+    ("trials: many\n", ["'trials'"]),
+    ("sampler: magic\n", ["'sampler'"]),
+    ("candidates: {max_relative_cost: -1}\n", ["candidates.max_relative_cost"]),
+    ("- a list\n", ["YAML mapping"]),
+])
+def test_bad_space_yaml_names_the_key(store, tmp_path, text, fragments):
+    space = tmp_path / "space.yaml"
+    space.write_text(text)
+    proc = run_cli("--data", str(store.path), "--space", str(space), "--target", "big.b", "--max-drop", "1")
+    assert_user_error(proc, str(space), *fragments)
+
+
+def write_csv(path, rows, header="file_name,predicted_class,predicted_probability"):
+    path.write_text(header + "\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    return path
+
+
+@pytest.fixture
+def labels_csv(tmp_path):
+    return write_csv(tmp_path / "labels.csv", [(f"img{i}.jpg", i % 3) for i in range(6)], header="file_name,label")
+
+
+def import_args(store, name, predictions, labels=None):
+    args = ["import", "--data", str(store), "--name", name, "--predictions", str(predictions), "--gmacs", "1.0"]
+    return args + (["--labels", str(labels)] if labels else [])
+
+
+def test_import_csv_matches_rows_by_file_name(tmp_path, labels_csv):
+    rows = [(f"img{i}.jpg", i % 3, 0.9) for i in reversed(range(6))]
+    proc = run_cli(*import_args(tmp_path / "s", "m.a", write_csv(tmp_path / "p.csv", rows), labels_csv))
+    assert proc.returncode == 0, proc.stderr
+    from saver_search.store import PredictionStore
+
+    model = PredictionStore(tmp_path / "s").model("m.a")
+    np.testing.assert_array_equal(model.predicted, [0, 1, 2, 0, 1, 2])
+
+
+@pytest.mark.parametrize("rows, fragments", [
+    ([(f"img{i}.jpg", 0, 0.5) for i in range(5)], ["does not cover", "missing", "img5.jpg"]),
+    ([(f"img{i}.jpg", 0, 0.5) for i in range(6)] + [("img0.jpg", 1, 0.5)], ["occurs more than once"]),
+    ([(f"img{i}.jpg", 0, 0.5) for i in range(5)] + [("other.jpg", 0, 0.5)], ["does not cover", "other.jpg"]),
+    ([(f"img{i}.jpg", 0, "nan") for i in range(6)], ["NaN"]),
+    ([(f"img{i}.jpg", 0, -0.2) for i in range(6)], ["negative"]),
+    ([(f"img{i}.jpg", 0, 1.7) for i in range(6)], ["greater than 1"]),
+    ([(f"img{i}.jpg", 1200, 0.5) for i in range(6)], ["outside 0..999"]),
+])
+def test_import_bad_predictions_leave_store_untouched(tmp_path, labels_csv, rows, fragments):
+    good = write_csv(tmp_path / "good.csv", [(f"img{i}.jpg", 0, 0.5) for i in range(6)])
+    assert run_cli(*import_args(tmp_path / "s", "good.a", good, labels_csv)).returncode == 0
+    before = snapshot(tmp_path / "s")
+    proc = run_cli(*import_args(tmp_path / "s", "bad.a", write_csv(tmp_path / "bad.csv", rows)))
+    assert_user_error(proc, *fragments)
+    assert snapshot(tmp_path / "s") == before
+
+
+def test_import_duplicate_label_ids_and_labels_out_of_range(tmp_path):
+    preds = write_csv(tmp_path / "p.csv", [("a", 0, 0.5), ("b", 0, 0.5)])
+    dup = write_csv(tmp_path / "dup.csv", [("a", 0), ("a", 1)], header="file_name,label")
+    assert_user_error(run_cli(*import_args(tmp_path / "s", "m.a", preds, dup)), "more than once")
+    out = write_csv(tmp_path / "out.csv", [("a", 0), ("b", 1000)], header="file_name,label")
+    assert_user_error(run_cli(*import_args(tmp_path / "s", "m.a", preds, out)), "outside 0..999")
+    assert not (tmp_path / "s").exists()
+
+
+def test_import_misaligned_npz(tmp_path):
+    store = make_store(tmp_path / "s", n=20, n_classes=10)
+    labels = np.array(store.labels)
+    np.savez(tmp_path / "shifted.npz", confs=np.full(20, 0.5), preds=labels, label=np.roll(labels, 1))
+    assert_user_error(run_cli(*import_args(tmp_path / "s", "m.a", tmp_path / "shifted.npz")), "misaligned")
+    np.savez(tmp_path / "short.npz", confs=np.full(19, 0.5), preds=labels[:19], label=labels[:19])
+    assert_user_error(run_cli(*import_args(tmp_path / "s", "m.a", tmp_path / "short.npz")), "19 samples")
+
+
+def test_import_npy_logits_and_probabilities(tmp_path):
+    store = make_store(tmp_path / "s", n=30, n_classes=10)
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(30, 10)).astype(np.float32)
+    np.save(tmp_path / "logits.npy", logits)
+    assert run_cli(*import_args(store.path, "l.a", tmp_path / "logits.npy"), "--num-classes", "10").returncode == 0
+    model = store.model("l.a")
+    assert model.classes.shape == (5, 30)
+    np.testing.assert_array_equal(model.predicted, logits.argmax(axis=1))
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(model.confidence, probs.max(axis=1), rtol=1e-5)
+    assert store.logits("l.a").dtype == np.float16
+    np.save(tmp_path / "probs.npy", probs)
+    assert run_cli(*import_args(store.path, "p.a", tmp_path / "probs.npy"), "--num-classes", "10").returncode == 0
+    np.testing.assert_allclose(store.model("p.a").probs, store.model("l.a").probs, rtol=1e-5)
+
+
+def test_import_tinysaver_npz_creates_store(tmp_path):
+    labels = np.arange(12) % 4
+    np.savez(tmp_path / "rec.npz", confs=np.linspace(0.3, 0.9, 12), preds=labels, label=labels)
+    proc = run_cli(*import_args(tmp_path / "s", "t.a", tmp_path / "rec.npz"), "--num-classes", "4")
+    assert proc.returncode == 0, proc.stderr
+    from saver_search.store import PredictionStore
+
+    assert PredictionStore(tmp_path / "s").n_samples == 12
+
+
+def test_import_existing_model_needs_force(tmp_path, labels_csv):
+    good = write_csv(tmp_path / "good.csv", [(f"img{i}.jpg", 0, 0.5) for i in range(6)])
+    assert run_cli(*import_args(tmp_path / "s", "m.a", good, labels_csv)).returncode == 0
+    assert_user_error(run_cli(*import_args(tmp_path / "s", "m.a", good)), "--force")
+    assert run_cli(*import_args(tmp_path / "s", "m.a", good), "--force").returncode == 0
