@@ -125,7 +125,7 @@ def threshold_curve(first: Stage, target: Stage, labels: np.ndarray) -> Threshol
     ``gmacs_first + gmacs_target * (n - m) / n`` and gets ``first_correct[:m] + target_correct[m:]`` right,
     both read off prefix sums. Only cut points between distinct confidences are reachable.
     """
-    confidence = np.asarray(first.confidence, dtype=np.float64)
+    confidence = np.asarray(first.confidence)
     n = confidence.shape[0]
     first_correct = np.asarray(first.predicted) == labels
     target_correct = np.asarray(target.predicted) == labels
