@@ -39,13 +39,8 @@ def open_source(data: str | None):
         from saver_search.store import PredictionStore
 
         return PredictionStore(data)
-    try:
-        from saver_search.simulate import SimulatedZoo
-    except ImportError:
-        raise SaverSearchError(
-            "no --data given and the simulated default zoo is not available in this version; "
-            "import predictions with `python -m saver_search import` and pass --data STORE"
-        ) from None
+    from saver_search.simulate import SimulatedZoo
+
     return SimulatedZoo()
 
 

@@ -1,0 +1,88 @@
+"""The embedded model zoo: timm's published ImageNet-1k figures, one row per pretrained tag.
+
+Read from ``saver_search/data/zoo.csv`` (built by ``scripts/build_zoo_table.py``). This module
+imports neither torch nor timm, so the search can list and price the zoo instantly.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from functools import cache
+from importlib.resources import files
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One pretrained timm classifier and its published ImageNet-1k figures."""
+
+    name: str
+    arch: str
+    tag: str
+    img_size: int
+    top1: float
+    published_gmacs: float
+    params_m: float
+    family: str
+    pretrain: str
+    is_default_tag: bool
+
+    @property
+    def gmacs(self) -> float:
+        """GMACs per image: the project's counted figure (``data/costs.csv``) if it has one, else timm's published one."""
+        return _counted_gmacs().get((self.name, self.img_size), self.published_gmacs)
+
+
+def _data_lines(name: str) -> Iterable[str]:
+    """Lines of a packaged data file without its ``#`` comment lines (empty if the file is absent)."""
+    resource = files("saver_search") / "data" / name
+    if not resource.is_file():
+        return []
+    return [line for line in resource.read_text().splitlines() if not line.startswith("#")]
+
+
+@cache
+def _zoo() -> dict[str, ZooEntry]:
+    zoo = {}
+    for row in csv.DictReader(_data_lines("zoo.csv")):
+        zoo[row["name"]] = ZooEntry(
+            name=row["name"],
+            arch=row["arch"],
+            tag=row["tag"],
+            img_size=int(row["img_size"]),
+            top1=float(row["top1"]),
+            published_gmacs=float(row["published_gmacs"]),
+            params_m=float(row["params_m"]),
+            family=row["family"],
+            pretrain=row["pretrain"],
+            is_default_tag=row["is_default_tag"] == "true",
+        )
+    return zoo
+
+
+@cache
+def _counted_gmacs() -> dict[tuple[str, int], float]:
+    """GMACs of the shipped counted cost table, keyed by (name, img_size); rows without a figure are skipped."""
+    counted = {}
+    for row in csv.DictReader(_data_lines("costs.csv")):
+        try:
+            counted[(row["name"], int(row["img_size"]))] = float(row["gmacs"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return counted
+
+
+@cache
+def _default_tags() -> dict[str, str]:
+    return {entry.arch: entry.name for entry in _zoo().values() if entry.is_default_tag}
+
+
+def load_zoo() -> dict[str, ZooEntry]:
+    """Every zoo model by full name (``arch.tag``), best top-1 first."""
+    return dict(_zoo())
+
+
+def default_tag(arch: str) -> str | None:
+    """timm's default pretrained model for a bare arch name (what ``timm.create_model(arch)`` loads), if in the zoo."""
+    return _default_tags().get(arch)
