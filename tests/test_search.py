@@ -152,3 +152,17 @@ def test_cli_table(store):
     proc = run_cli("--data", str(store.path), "--target", "big_t.x", "--max-drop", "0.5")
     assert proc.returncode == 0, proc.stderr
     assert "best cascade:" in proc.stdout and "saved %" in proc.stdout and "SIMULATED" not in proc.stdout
+
+
+def test_default_run_is_simulated_and_says_so_everywhere():
+    proc = run_cli("--target", "convnextv2_huge", "--max-drop", "0.5", "--trials", "15", "--json")
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    payload = json.loads(proc.stdout)
+    assert payload["simulated"] is True and "SIMULATED" in payload["note"] and "simulated" in payload["data"].lower()
+    assert payload["target"]["name"] == "convnextv2_huge.fcmae_ft_in22k_in1k_384"
+    assert payload["n_trials"] == 15 and payload["best"]["drop"] <= 0.5 and payload["best"]["reduction"] > 0
+    table = run_cli("--target", "convnextv2_huge", "--max-drop", "0.5", "--trials", "15")
+    assert table.returncode == 0 and table.stdout.startswith("SIMULATED") and table.stdout.rstrip().endswith(
+        "before deploying a cascade.")
