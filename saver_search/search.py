@@ -12,6 +12,7 @@ import math
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -273,9 +274,12 @@ def open_storage(storage: str | None) -> optuna.storages.BaseStorage | None:
         return None
     if "://" in storage:
         try:
-            return optuna.storages.RDBStorage(storage)
+            rdb = optuna.storages.RDBStorage(storage)
         except Exception as err:  # SQLAlchemy raises many types for bad URLs and unreachable databases
             raise SaverSearchError(f"cannot open storage {storage}: {str(err).splitlines()[0]}") from err
+        if storage.startswith("sqlite"):
+            _commit_without_fsync(rdb)
+        return rdb
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     try:
@@ -284,8 +288,29 @@ def open_storage(storage: str | None) -> optuna.storages.BaseStorage | None:
         raise SaverSearchError(f"cannot open journal file {storage}: {err}") from err
 
 
+def _commit_without_fsync(rdb: optuna.storages.RDBStorage) -> None:
+    """Write-ahead logging without an fsync per commit: a trial makes a dozen small commits, which
+    otherwise cost ~0.25 s per trial. A crashed process loses nothing; only an OS crash may lose the
+    last trials, never the database."""
+    from sqlalchemy import event
+
+    def on_connect(connection: Any, _record: Any) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    event.listen(rdb.engine, "connect", on_connect)
+    rdb.engine.dispose()
+
+
 def load_study(storage: str, study_name: str | None = None) -> optuna.Study:
     """Reload a stored search; the only study in the storage when no name is given."""
+    sqlite = "sqlite:///"
+    if "://" not in storage or storage.startswith(sqlite):
+        path = Path(storage[len(sqlite):] if storage.startswith(sqlite) else storage)
+        if not path.is_file():  # opening it would create an empty storage
+            raise SaverSearchError(f"no storage at {path}: pass the --storage that the search was run with")
     backend = open_storage(storage)
     names = optuna.study.get_all_study_names(backend)
     if not names:

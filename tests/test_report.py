@@ -1,0 +1,163 @@
+"""Stored studies: resume, reload by name, and the report rebuilt from the storage in a fresh process."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+
+from conftest import make_store, run_cli
+from saver_search.plots import REPORT_FIGURES, plot_budget_sweep
+from saver_search.search import load_study, open_storage, run_search, summarise
+from saver_search.simulate import SimulatedZoo
+from saver_search.space import SearchSpace
+from saver_search.store import PredictionStore
+from saver_search.trace import best_per_candidate, best_so_far, load_trace, pareto_front, trials_frame
+
+MODELS = {"tiny_a.x": (0.70, 0.5), "tiny_b.x": (0.78, 1.0), "mid_c.x": (0.85, 3.0), "big_t.x": (0.90, 10.0)}
+TARGET = "big_t.x"
+MIN_PNG_BYTES = 10_000
+SAMPLED = SearchSpace(threshold_mode="sampled", trials=10)  # SQLite on disk costs ~0.4 s per trial
+
+
+@pytest.fixture
+def store(tmp_path) -> PredictionStore:
+    return make_store(tmp_path / "store", n=2000, models=MODELS)
+
+
+@pytest.fixture(params=["sqlite", "journal"])
+def storage(request, tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'study.db'}" if request.param == "sqlite" else str(tmp_path / "study.log")
+
+
+def assert_one_line_error(proc, *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_report_rebuilt_in_fresh_process(store, storage, tmp_path):
+    result = run_search(store, TARGET, 1.0, SAMPLED, storage=storage, study_name="s1")
+    out = tmp_path / "report"
+    proc = run_cli("report", "--storage", storage, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert str(out) in proc.stdout
+    for name in REPORT_FIGURES:
+        assert (out / f"{name}.png").stat().st_size > MIN_PNG_BYTES
+    summary = (out / "summary.md").read_text()
+    best = result.best
+    assert f"`{TARGET}`" in summary and f"**{best.stages[0]} -> {TARGET}**" in summary
+    assert f"{best.gmacs:.3f} GMACs / image" in summary and "SIMULATED" not in summary
+    assert all(f"]({name}.png)" in summary for name in REPORT_FIGURES)
+
+
+def test_simulated_flag_in_summary_and_every_title(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'sim.db'}"
+    zoo = SimulatedZoo(n_samples=2000)
+    run_search(zoo, "convnextv2_huge", 1.0, SearchSpace(), candidates=["resnet50", "efficientnet_b0"], storage=storage)
+    proc = run_cli("report", "--storage", storage, "--out", str(tmp_path / "report"))
+    assert proc.returncode == 0, proc.stderr
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "(simulated)" in summary.splitlines()[0] and "SIMULATED" in summary
+    trace = load_trace(load_study(storage))
+    for plot in REPORT_FIGURES.values():
+        figure = plot(trace)
+        assert any(title.endswith("(simulated)") for title in (figure.get_suptitle(), figure.axes[0].get_title()))
+
+
+def test_resumed_study_adds_trials_and_reloads_by_name(store, storage):
+    for _ in range(2):
+        run_search(store, TARGET, 1.0, SAMPLED, storage=storage, study_name="resumed")
+    run_search(store, TARGET, 2.0, SearchSpace(), storage=storage, study_name="other")
+    study = load_study(storage, "resumed")
+    assert summarise(study).n_trials == 20 and len(study.trials) == 20
+    trace = load_trace(study)
+    assert [r.trial for r in trace.records] == list(range(20))
+    assert set(trace.curves) == {r.candidate for r in trace.records}
+    assert load_trace(load_study(storage, "other")).info.max_drop == 2.0
+
+
+def test_resume_from_the_command_line(store, tmp_path):
+    storage = str(tmp_path / "cli.log")
+    args = ["--data", str(store.path), "--target", TARGET, "--max-drop", "1", "--threshold", "sampled",
+            "--trials", "20", "--storage", storage, "--study-name", "cli", "--json"]
+    for _ in range(2):
+        proc = run_cli(*args)
+        assert proc.returncode == 0, proc.stderr
+    assert len(load_study(storage, "cli").trials) == 40
+
+
+def test_trace_of_exact_search_has_every_candidate(store, tmp_path):
+    storage = str(tmp_path / "exact.log")
+    result = run_search(store, TARGET, 1.0, SearchSpace(), storage=storage)
+    trace = load_trace(load_study(storage))
+    best = best_per_candidate(trace)
+    assert [r.candidate for r in best] == [o.stages[0] for o in [result.best, *result.alternatives]]
+    assert best[0].gmacs == pytest.approx(result.best.gmacs)
+    assert set(trace.curves) == set(MODELS) - {TARGET}
+    curve = trace.curves[best[0].candidate]
+    assert len(curve.threshold) == len(curve.accuracy) == len(curve.gmacs) == 101
+    frame = trials_frame(trace)
+    assert list(frame.index) == [0, 1, 2] and frame["feasible"].all()
+
+
+def test_pareto_front_and_history_helpers(store, tmp_path):
+    storage = str(tmp_path / "sampled.log")
+    run_search(store, TARGET, 1.0, SAMPLED, storage=storage)
+    records = load_trace(load_study(storage)).records
+    front = pareto_front(records)
+    assert all(a.gmacs < b.gmacs and a.accuracy < b.accuracy for a, b in zip(front, front[1:]))
+    for record in front:
+        assert not any(o.gmacs <= record.gmacs and o.accuracy > record.accuracy for o in records)
+    for record in records:
+        assert any(f.gmacs <= record.gmacs and f.accuracy >= record.accuracy for f in front)
+    history = best_so_far(load_trace(load_study(storage)))
+    assert history[-1] == min(r.gmacs for r in records if r.feasible)
+    assert all(math.isnan(a) or b <= a for a, b in zip(history, history[1:]))
+
+
+def test_pareto_mode_study_reports(store, tmp_path):
+    storage = str(tmp_path / "pareto.log")
+    run_search(store, TARGET, 1.0, SAMPLED, storage=storage, pareto=True)
+    proc = run_cli("report", "--storage", storage, "--out", str(tmp_path / "report"))
+    assert proc.returncode == 0, proc.stderr
+    assert "pareto (sampled)" in (tmp_path / "report" / "summary.md").read_text()
+
+
+def test_budget_sweep_plot(store):
+    results = [run_search(store, TARGET, drop, SearchSpace()) for drop in (0.0, 1.0, 5.0)]
+    figure = plot_budget_sweep(results)
+    assert len(figure.axes[0].lines[0].get_xdata()) == 3
+
+
+@pytest.mark.parametrize("make_storage", ["sqlite:///{tmp}/missing.db", "{tmp}/missing.log"])
+def test_missing_storage_is_a_user_error(tmp_path, make_storage):
+    storage = make_storage.format(tmp=tmp_path)
+    proc = run_cli("report", "--storage", storage, "--out", str(tmp_path / "report"))
+    assert_one_line_error(proc, "no storage at", str(tmp_path / "missing"))
+    assert not any(tmp_path.iterdir()), "a missing storage must not be created"
+
+
+def test_unknown_study_is_a_user_error(store, storage, tmp_path):
+    run_search(store, TARGET, 1.0, SearchSpace(), storage=storage, study_name="real")
+    proc = run_cli("report", "--storage", storage, "--study-name", "nope", "--out", str(tmp_path / "report"))
+    assert_one_line_error(proc, "no study named 'nope'", "real")
+
+
+def test_unusable_studies_are_user_errors(store, tmp_path):
+    storage, out = str(tmp_path / "study.log"), str(tmp_path / "report")
+    run_search(store, TARGET, 1.0, SearchSpace(), storage=storage, study_name="real")
+    backend = open_storage(storage)
+    empty = optuna.create_study(study_name="empty", storage=backend)
+    for key, value in load_study(storage, "real").user_attrs.items():
+        empty.set_user_attr(key, value)
+    assert_one_line_error(run_cli("report", "--storage", storage, "--study-name", "empty", "--out", out),
+                          "'empty' has no complete trial")
+    foreign = optuna.create_study(study_name="foreign", storage=backend)
+    foreign.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    assert_one_line_error(run_cli("report", "--storage", storage, "--study-name", "foreign", "--out", out),
+                          "not written by saver_search")
+    assert_one_line_error(run_cli("report", "--storage", storage, "--out", out), "holds 3 studies")
