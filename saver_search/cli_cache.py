@@ -1,0 +1,133 @@
+"""``python -m saver_search cache``: run timm models over an image folder and store their predictions."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from saver_search.errors import SaverSearchError
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``cache`` subcommand."""
+    parser = subparsers.add_parser(
+        "cache",
+        help="run timm models over an image folder and store their predictions",
+        description=(
+            "Run timm classifiers over a folder of labelled images and add each model's top-5 predictions "
+            "to a prediction store. Interrupted runs resume; --shard splits the models across workers."
+        ),
+    )
+    add = parser.add_argument
+    add("--data", required=True, type=Path, metavar="STORE", help="prediction store folder (created on first use)")
+    add("--images", required=True, type=Path, metavar="PATH",
+        help="image folder: class subfolders (ImageNet synsets or class indices), or any layout with --labels")
+    add("--models", required=True, metavar="A,B,...", help="timm models: full tags, or architectures (their default tag)")
+    add("--labels", type=Path, metavar="CSV", help="file_name,label CSV, file names relative to --images")
+    add("--checkpoint", action="append", default=[], metavar="NAME=FILE",
+        help="load model NAME from a local state dict instead of the hub (repeatable)")
+    add("--no-pretrained", action="store_true", help="seeded random weights for models without --checkpoint; for testing")
+    add("--batch-size", type=_positive_int, default=64, metavar="N", help="images per forward (default 64)")
+    add("--workers", type=_count, default=None, metavar="N",
+        help="image decoding processes; 0 decodes in the main process (default: one per core, at most 8, on cuda; "
+             "on cpu, whose cores run the model, 0 up to 4 cores, else a quarter of them)")
+    add("--device", choices=("cpu", "cuda"), help="where to run (default cuda when available)")
+    add("--amp", choices=("bf16", "fp16", "none"), help="autocast precision (default bf16 on cuda, none on cpu)")
+    add("--limit", type=_positive_int, metavar="N", help="when creating the store: only the first N images (sorted by path)")
+    add("--logits", action="store_true", help="also store every model's full logits (float16)")
+    add("--force", action="store_true", help="recompute models the store already has")
+    add("--shard", type=_shard, default=(1, 1), metavar="I/N",
+        help="run only models I, I+N, I+2N, ... of --models (1-based), for N workers sharing one store")
+    add("--on-corrupt", choices=("fail", "skip"), default="fail",
+        help="unreadable images found when creating the store: stop (default) or leave them out")
+    add("--chunk-size", type=_positive_int, default=2048, metavar="N",
+        help="images per resumable chunk saved while a model runs (default 2048)")
+    add("--num-classes", type=_positive_int, default=1000, metavar="N", help="classes of a new store (default 1000)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Cache this shard's models into the store, creating the store from the images on first use."""
+    from saver_search import costs, images, inference
+
+    names = _model_names(args.models, costs.resolve_name)
+    checkpoints = _checkpoints(args.checkpoint, names, costs.resolve_name)
+    index, count = args.shard
+    mine = names[index - 1 :: count]
+    dataset = images.list_images(args.images, args.labels)
+    device = inference.resolve_device(args.device)
+    scan_workers = min(8, os.cpu_count() or 1) if args.workers is None else args.workers
+    setup = images.open_or_create_store(
+        args.data, dataset, limit=args.limit, skip_unreadable=args.on_corrupt == "skip", workers=scan_workers,
+        n_classes=args.num_classes,
+    )
+    store = setup.store
+    for sample_id, reason in setup.unreadable:
+        print(f"skipped unreadable image {dataset.root / sample_id}: {reason}", file=sys.stderr)
+    made = "created" if setup.created else "using"
+    extra = f"; {setup.not_in_store} images of {args.images} are not in it and are ignored" if setup.not_in_store else ""
+    print(f"{made} store {store.path}: {store.n_samples} images{extra}", file=sys.stderr)
+    if not mine:
+        print(f"shard {index}/{count} has no models ({len(names)} models in all)", file=sys.stderr)
+        return 0
+    model_costs = [costs.get_cost(name) for name in mine]
+    options = inference.RunOptions(
+        batch_size=args.batch_size, workers=inference.default_workers(device) if args.workers is None else args.workers,
+        device=str(device), amp=args.amp, logits=args.logits, chunk_size=args.chunk_size, force=args.force,
+    )
+    for cost in model_costs:
+        weights = inference.Weights(checkpoint=checkpoints.get(cost.name), pretrained=not args.no_pretrained)
+        print(inference.cache_model(store, dataset.root, cost, weights, options).line(), flush=True)
+    return 0
+
+
+def _model_names(text: str, resolve: Any) -> list[str]:
+    """Resolved, de-duplicated model tags in the order given."""
+    names = [resolve(part.strip()) for part in text.split(",") if part.strip()]
+    if not names:
+        raise SaverSearchError("--models is empty: name at least one timm model, e.g. --models resnet50,mobilenetv3_small_100")
+    return list(dict.fromkeys(names))
+
+
+def _checkpoints(specs: list[str], names: list[str], resolve: Any) -> dict[str, Path]:
+    """``--checkpoint NAME=FILE`` options as {resolved tag: file}; every NAME must be among --models."""
+    checkpoints: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, file = spec.partition("=")
+        if not (sep and name.strip() and file.strip()):
+            raise SaverSearchError(f"--checkpoint {spec!r} must be NAME=FILE, e.g. --checkpoint resnet50=weights.pth")
+        tag = resolve(name.strip())
+        if tag not in names:
+            raise SaverSearchError(f"--checkpoint names {tag}, which is not in --models ({', '.join(names)}); add it there")
+        path = Path(file.strip())
+        if not path.is_file():
+            raise SaverSearchError(f"checkpoint file {path} for {tag} does not exist")
+        checkpoints[tag] = path
+    return checkpoints
+
+
+def _positive_int(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
+    return value
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, sep, count = text.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
+        raise argparse.ArgumentTypeError(f"must be I/N with 1 <= I <= N, e.g. 1/4; got {text!r}")
+    return int(index), int(count)
