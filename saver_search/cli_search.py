@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable
 
 from saver_search.errors import SaverSearchError
 from saver_search.space import SAMPLERS, THRESHOLD_MODES, SearchSpace, load_space
@@ -26,6 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threshold", choices=THRESHOLD_MODES, help="exact: solved per candidate; sampled: Optuna samples it")
     parser.add_argument("--sampler", choices=SAMPLERS, help="Optuna sampler (auto: grid for exact, TPE otherwise)")
     parser.add_argument("--seed", type=int, help="sampler seed (default: from the space)")
+    parser.add_argument("--cost", choices=("gmacs", "latency"), default="gmacs",
+                        help="minimise GMACs per image (default) or latency measured here (cached; see `costs --measure`)")
+    parser.add_argument("--latency-batch-size", type=int, default=1, help="batch size the latency is measured at")
+    parser.add_argument("--device", default="cpu", help="device the latency is measured on: cpu or cuda")
     parser.add_argument("--pareto", action="store_true", help="two objectives (GMACs, accuracy): report the front")
     parser.add_argument("--storage", help="persist the study: sqlite:///PATH or a journal file path")
     parser.add_argument("--study-name", help="study name in the storage (default: from target, data and budget)")
@@ -42,6 +47,23 @@ def open_source(data: str | None):
     from saver_search.simulate import SimulatedZoo
 
     return SimulatedZoo()
+
+
+def measured_latency(source, batch_size: int, device: str) -> Callable[[str], float]:
+    """Milliseconds per image of a source's model at its recorded resolution, measured once and cached on disk."""
+    from saver_search.costs import get_latency
+
+    if batch_size < 1:
+        raise SaverSearchError(f"--latency-batch-size must be a positive integer, got {batch_size}")
+    measured: dict[str, float] = {}
+
+    def latency_ms(name: str) -> float:
+        if name not in measured:
+            img_size = source.model(name).meta.img_size
+            measured[name] = 1000.0 * get_latency(name, img_size, batch_size=batch_size, device=device)
+        return measured[name]
+
+    return latency_ms
 
 
 def run(args: argparse.Namespace) -> None:
@@ -65,5 +87,6 @@ def run(args: argparse.Namespace) -> None:
     result = run_search(
         source, args.target, max_drop, space, candidates=candidates, storage=args.storage,
         study_name=args.study_name, pareto=args.pareto, progress=not args.json and sys.stderr.isatty(),
+        latency_ms=measured_latency(source, args.latency_batch_size, args.device) if args.cost == "latency" else None,
     )
     print(to_json(result) if args.json else to_text(result))

@@ -21,6 +21,7 @@ def to_json(result: SearchResult) -> str:
 
 
 def _row(outcome: Outcome) -> list[str]:
+    latency = [] if outcome.latency_ms is None else [f"{outcome.latency_ms:.2f}"]
     return [
         outcome.stages[0],
         ", ".join(f"{t:.4f}" for t in outcome.thresholds),
@@ -29,6 +30,7 @@ def _row(outcome: Outcome) -> list[str]:
         f"{outcome.drop:+.2f}",
         f"{outcome.gmacs:.3f}",
         f"{outcome.reduction:.1f}",
+        *latency,
     ]
 
 
@@ -38,18 +40,19 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [fmt(header), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)]
 
 
-HEADER = ["first stage", "threshold", "exit %", "top-1 %", "drop", "GMACs", "saved %"]
-
-
 def to_text(result: SearchResult) -> str:
     """The search result as a table for people."""
+    header = ["first stage", "threshold", "exit %", "top-1 %", "drop", "GMACs", "saved %"]
+    if result.cost == "latency":
+        header.append("ms/image")
     lines = []
     if result.simulated:
         lines += [SIMULATED_NOTE, ""]
     target = result.target
     lines += [
         f"data:    {result.data}",
-        f"target:  {target.name}  top-1 {target.accuracy:.2f} %  {target.gmacs:.3f} GMACs/image",
+        f"target:  {target.name}  top-1 {target.accuracy:.2f} %  {target.gmacs:.3f} GMACs/image"
+        + ("" if target.latency_ms is None else f"  {target.latency_ms:.2f} ms/image (measured)"),
         f"budget:  at most {result.max_drop:g} top-1 points below the target",
         "",
     ]
@@ -60,16 +63,19 @@ def to_text(result: SearchResult) -> str:
         lines.append(f"best cascade: {best.stages[0]} -> {best.stages[-1]}")
         if best.reduction <= 0:
             lines.append("  no candidate saves compute within this budget: serve the target alone")
-        lines += ["", *_table(HEADER, [_row(best)])]
+        lines += ["", *_table(header, [_row(best)])]
         lines.append(
             f"\n  {100 * best.exit_ratio:.1f} % of images answered by {best.stages[0]} (confidence > "
             f"{best.thresholds[0]:.4f}); {best.gmacs:.3f} vs {target.gmacs:.3f} GMACs/image "
             f"({best.reduction:.1f} % less compute), top-1 {best.accuracy:.2f} % ({best.drop:+.2f} points drop)"
         )
+        if best.latency_ms is not None and target.latency_ms:
+            lines.append(f"  measured latency {best.latency_ms:.2f} vs {target.latency_ms:.2f} ms/image "
+                         f"({100 * (1 - best.latency_ms / target.latency_ms):.1f} % less); ranked by latency")
     if result.alternatives:
-        lines += ["", "next best (best threshold per other candidate):", *_table(HEADER, [_row(o) for o in result.alternatives])]
+        lines += ["", "next best (best threshold per other candidate):", *_table(header, [_row(o) for o in result.alternatives])]
     if result.pareto:
-        lines += ["", "Pareto front (GMACs vs top-1, within budget):", *_table(HEADER, [_row(o) for o in result.pareto])]
+        lines += ["", "Pareto front (GMACs vs top-1, within budget):", *_table(header, [_row(o) for o in result.pareto])]
     lines += [
         "",
         f"{result.n_trials} trials over {result.n_candidates} candidates in {result.seconds:.1f} s "

@@ -13,7 +13,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import optuna
@@ -32,6 +32,7 @@ class TargetInfo:
     name: str
     accuracy: float
     gmacs: float
+    latency_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Outcome:
     reduction: float
     exit_ratio: float
     feasible: bool
+    latency_ms: float | None = None
     trial: int | None = None
 
     @classmethod
@@ -54,7 +56,8 @@ class Outcome:
         return cls(**{k: attrs[k] for k in OUTCOME_ATTRS}, trial=trial.number)
 
 
-OUTCOME_ATTRS = ("stages", "thresholds", "accuracy", "drop", "gmacs", "reduction", "exit_ratio", "feasible")
+OUTCOME_ATTRS = ("stages", "thresholds", "accuracy", "drop", "gmacs", "reduction", "exit_ratio", "feasible", "latency_ms")
+COSTS = ("gmacs", "latency")
 
 
 @dataclass
@@ -76,16 +79,22 @@ class SearchResult:
     study_name: str
     storage: str | None
     space: str
+    cost: str = "gmacs"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 class CascadeObjective:
-    """Scores a trial's cascade from cached predictions; threshold curves are computed once per candidate."""
+    """Scores a trial's cascade from cached predictions; threshold curves are computed once per candidate.
+
+    The objective is expected GMACs per image, or with ``latency_ms`` (a model's measured milliseconds per
+    image) expected latency. Both grow linearly with the share of images reaching the target, so the cheapest
+    threshold within the budget is the same; only the ranking of candidates differs.
+    """
 
     def __init__(self, source: PredictionSource, target: str, candidates: Sequence[str], max_drop: float,
-                 space: SearchSpace, pareto: bool) -> None:
+                 space: SearchSpace, pareto: bool, latency_ms: Callable[[str], float] | None = None) -> None:
         self.source = source
         self.labels = np.asarray(source.labels)
         self.target = source.model(target)
@@ -93,6 +102,7 @@ class CascadeObjective:
         self.max_drop = max_drop
         self.space = space
         self.pareto = pareto
+        self.latency_ms = latency_ms
         self._curves: dict[str, ThresholdCurve] = {}
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
@@ -108,16 +118,20 @@ class CascadeObjective:
         else:
             sampled = trial.suggest_float("threshold", self.space.threshold_low, self.space.threshold_high)
             index = curve.at_threshold(sampled)
-        outcome = outcome_at(curve, index, [candidate, self.target.name], self.target.gmacs, self.max_drop, sampled)
+        stage_latencies = None if self.latency_ms is None else (self.latency_ms(candidate), self.latency_ms(self.target.name))
+        outcome = outcome_at(curve, index, [candidate, self.target.name], self.target.gmacs, self.max_drop, sampled,
+                             stage_latencies)
         for key in OUTCOME_ATTRS:
             trial.set_user_attr(key, getattr(outcome, key))
         trial.set_constraint("drop_over_budget", outcome.drop - self.max_drop)
-        return (outcome.gmacs, outcome.accuracy) if self.pareto else outcome.gmacs
+        cost = outcome.gmacs if outcome.latency_ms is None else outcome.latency_ms
+        return (cost, outcome.accuracy) if self.pareto else cost
 
 
 def outcome_at(curve: ThresholdCurve, index: int, stages: list[str], target_gmacs: float, max_drop: float,
-               threshold: float | None = None) -> Outcome:
-    """The cascade at one point of a threshold curve; ``threshold`` names a sampled value that falls on it."""
+               threshold: float | None = None, stage_latencies: tuple[float, float] | None = None) -> Outcome:
+    """The cascade at one point of a threshold curve; ``threshold`` names a sampled value that falls on it,
+    ``stage_latencies`` the measured ms/image of the first stage and the target."""
     target_accuracy = 100.0 * curve.target_correct / curve.n_samples
     accuracy = float(curve.accuracy[index])
     drop = target_accuracy - accuracy
@@ -130,6 +144,8 @@ def outcome_at(curve: ThresholdCurve, index: int, stages: list[str], target_gmac
         reduction=100.0 * (1.0 - float(curve.gmacs[index]) / target_gmacs),
         exit_ratio=float(curve.exit_ratio[index]),
         feasible=bool(curve.target_correct - curve.n_correct[index] <= allowed_errors(max_drop, curve.n_samples)),
+        latency_ms=None if stage_latencies is None else
+        stage_latencies[0] + stage_latencies[1] * (1.0 - float(curve.exit_ratio[index])),
     )
 
 
@@ -212,13 +228,19 @@ def run_search(
     study_name: str | None = None,
     pareto: bool = False,
     progress: bool = False,
+    latency_ms: Callable[[str], float] | None = None,
 ) -> SearchResult:
-    """Run (or resume) the study for ``target`` under ``max_drop`` and summarise what it found."""
+    """Run (or resume) the study for ``target`` under ``max_drop`` and summarise what it found.
+
+    With ``latency_ms`` (milliseconds per image of a model, e.g. measured by ``costs.get_latency``) the study
+    minimises expected latency instead of GMACs.
+    """
     max_drop = check_max_drop(max_drop)
     target = source.resolve(target)
     names = select_candidates(source, target, space, candidates)
     sampler, sampler_name = make_sampler(space, names, pareto)
-    objective = CascadeObjective(source, target, names, max_drop, space, pareto)
+    objective = CascadeObjective(source, target, names, max_drop, space, pareto, latency_ms)
+    cost = "gmacs" if latency_ms is None else "latency"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = study_name or default_study_name(target, source, max_drop, space.threshold_mode, pareto)
     study = optuna.create_study(
@@ -228,13 +250,14 @@ def run_search(
         directions=["minimize", "maximize"] if pareto else ["minimize"],
         load_if_exists=True,
     )
-    _check_study_matches(study, target, max_drop, names, source)
+    _check_study_matches(study, target, max_drop, names, source, cost)
     target_accuracy = 100.0 * float(np.mean(np.asarray(objective.target.predicted) == objective.labels))
     for key, value in {
         "data": source.description, "simulated": source.simulated, "target": target,
         "target_accuracy": target_accuracy, "target_gmacs": objective.target.gmacs,
         "max_drop": max_drop, "threshold_mode": space.threshold_mode, "pareto": pareto,
-        "sampler": sampler_name, "candidates": names, "space": space.source,
+        "sampler": sampler_name, "candidates": names, "space": space.source, "cost": cost,
+        "target_latency_ms": None if latency_ms is None else latency_ms(target),
     }.items():
         study.set_user_attr(key, value)
     n_trials = space.trials or (len(names) if space.threshold_mode == "exact" and not pareto else DEFAULT_SAMPLED_TRIALS)
@@ -251,12 +274,13 @@ def _n_complete(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
 
 
-def _check_study_matches(study: optuna.Study, target: str, max_drop: float, names: list[str], source: PredictionSource) -> None:
-    """A stored study resumed with a different target, budget or data would mix incomparable trials."""
+def _check_study_matches(study: optuna.Study, target: str, max_drop: float, names: list[str], source: PredictionSource,
+                         cost: str) -> None:
+    """A stored study resumed with a different target, budget, data or cost would mix incomparable trials."""
     attrs = study.user_attrs
     if not attrs:
         return
-    for key, value in (("target", target), ("max_drop", max_drop), ("data", source.description)):
+    for key, value in (("target", target), ("max_drop", max_drop), ("data", source.description), ("cost", cost)):
         if attrs.get(key) != value:
             raise SaverSearchError(
                 f"study '{study.study_name}' in this storage was run with {key}={attrs.get(key)!r}, not {value!r}; "
@@ -330,7 +354,9 @@ def summarise(study: optuna.Study, *, seconds: float = 0.0, storage: str | None 
     complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
                 if "feasible" in t.user_attrs]
     outcomes = [Outcome.from_trial(t) for t in complete]
-    feasible = sorted((o for o in outcomes if o.feasible), key=lambda o: (o.gmacs, -o.accuracy))
+    by_latency = attrs.get("cost") == "latency"
+    feasible = sorted((o for o in outcomes if o.feasible),
+                      key=lambda o: (o.latency_ms if by_latency else o.gmacs, -o.accuracy))
     best_per_candidate: dict[str, Outcome] = {}
     for outcome in feasible:
         best_per_candidate.setdefault(outcome.stages[0], outcome)
@@ -340,7 +366,7 @@ def summarise(study: optuna.Study, *, seconds: float = 0.0, storage: str | None 
     return SearchResult(
         data=attrs["data"],
         simulated=attrs["simulated"],
-        target=TargetInfo(attrs["target"], attrs["target_accuracy"], attrs["target_gmacs"]),
+        target=TargetInfo(attrs["target"], attrs["target_accuracy"], attrs["target_gmacs"], attrs.get("target_latency_ms")),
         max_drop=attrs["max_drop"],
         threshold_mode="pareto (sampled)" if pareto else attrs["threshold_mode"],
         sampler=attrs["sampler"],
@@ -353,4 +379,5 @@ def summarise(study: optuna.Study, *, seconds: float = 0.0, storage: str | None 
         study_name=study.study_name,
         storage=storage,
         space=attrs["space"],
+        cost=attrs.get("cost", "gmacs"),
     )

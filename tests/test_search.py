@@ -166,3 +166,35 @@ def test_default_run_is_simulated_and_says_so_everywhere():
     table = run_cli("--target", "convnextv2_huge", "--max-drop", "0.5", "--trials", "15")
     assert table.returncode == 0 and table.stdout.startswith("SIMULATED") and table.stdout.rstrip().endswith(
         "before deploying a cascade.")
+
+
+def test_latency_cost_ranks_by_expected_latency_with_the_same_thresholds(store):
+    latencies = {"tiny_a.x": 9.0, "tiny_b.x": 1.0, "mid_c.x": 2.0, "big_t.x": 20.0}  # tiny_a: few GMACs, slow
+    by_gmacs = run_search(store, "big_t.x", 1.0, SearchSpace())
+    by_latency = run_search(store, "big_t.x", 1.0, SearchSpace(), latency_ms=latencies.__getitem__)
+    assert by_latency.cost == "latency" and by_latency.target.latency_ms == 20.0
+    ranked = [by_latency.best, *by_latency.alternatives]
+    assert [o.latency_ms for o in ranked] == sorted(o.latency_ms for o in ranked)
+    for outcome in ranked:
+        first = outcome.stages[0]
+        assert outcome.latency_ms == pytest.approx(latencies[first] + 20.0 * (1 - outcome.exit_ratio))
+        same = next(o for o in [by_gmacs.best, *by_gmacs.alternatives] if o.stages[0] == first)
+        assert outcome.thresholds == same.thresholds and outcome.gmacs == same.gmacs
+    expected = min([by_gmacs.best, *by_gmacs.alternatives], key=lambda o: latencies[o.stages[0]] + 20.0 * (1 - o.exit_ratio))
+    assert by_latency.best.stages[0] == expected.stages[0]
+
+
+@pytest.mark.slow
+def test_cli_latency_cost_measures_real_models(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAVER_SEARCH_CACHE", str(tmp_path / "cache"))
+    models = {"test_vit.r160_in1k": (0.6, 0.0381), "test_efficientnet.r160_in1k": (0.65, 0.0584), "resnet10t.c3_in1k": (0.9, 0.7017)}
+    store = make_store(tmp_path / "s", n=500, models=models)
+    proc = run_cli("--data", str(store.path), "--target", "resnet10t", "--max-drop", "1", "--cost", "latency", "--json")
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    payload = json.loads(proc.stdout)
+    assert payload["cost"] == "latency" and payload["target"]["latency_ms"] > 0 and payload["best"]["latency_ms"] > 0
+    assert "latency" in json.loads((tmp_path / "cache" / "costs.json").read_text())
+    table = run_cli("--data", str(store.path), "--target", "resnet10t", "--max-drop", "1", "--cost", "latency")
+    assert table.returncode == 0 and "ms/image" in table.stdout
