@@ -31,6 +31,25 @@ def _build_parser(command: str) -> argparse.ArgumentParser:
     return parser
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse ``argv``, run the subcommand, and turn user errors into one line on stderr with exit code 2."""
     args_list = list(sys.argv[1:] if argv is None else argv)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from saver_search.cli import non_negative_int, positive_int
 from saver_search.errors import SaverSearchError
 
 
@@ -30,22 +31,22 @@ def register(subparsers: Any) -> None:
     add("--checkpoint", action="append", default=[], metavar="NAME=FILE",
         help="load model NAME from a local state dict instead of the hub (repeatable)")
     add("--no-pretrained", action="store_true", help="seeded random weights for models without --checkpoint; for testing")
-    add("--batch-size", type=_positive_int, default=64, metavar="N", help="images per forward (default 64)")
-    add("--workers", type=_count, default=None, metavar="N",
+    add("--batch-size", type=positive_int, default=64, metavar="N", help="images per forward (default 64)")
+    add("--workers", type=non_negative_int, default=None, metavar="N",
         help="image decoding processes; 0 decodes in the main process (default: one per core, at most 8, on cuda; "
              "on cpu, whose cores run the model, 0 up to 4 cores, else a quarter of them)")
     add("--device", choices=("cpu", "cuda"), help="where to run (default cuda when available)")
     add("--amp", choices=("bf16", "fp16", "none"), help="autocast precision (default bf16 on cuda, none on cpu)")
-    add("--limit", type=_positive_int, metavar="N", help="when creating the store: only the first N images (sorted by path)")
+    add("--limit", type=positive_int, metavar="N", help="when creating the store: only the first N images (sorted by path)")
     add("--logits", action="store_true", help="also store every model's full logits (float16)")
     add("--force", action="store_true", help="recompute models the store already has")
     add("--shard", type=_shard, default=(1, 1), metavar="I/N",
         help="run only models I, I+N, I+2N, ... of --models (1-based), for N workers sharing one store")
     add("--on-corrupt", choices=("fail", "skip"), default="fail",
         help="unreadable images found when creating the store: stop (default) or leave them out")
-    add("--chunk-size", type=_positive_int, default=2048, metavar="N",
+    add("--chunk-size", type=positive_int, default=2048, metavar="N",
         help="images per resumable chunk saved while a model runs (default 2048)")
-    add("--num-classes", type=_positive_int, default=1000, metavar="N", help="classes of a new store (default 1000)")
+    add("--num-classes", type=positive_int, default=1000, metavar="N", help="classes of a new store (default 1000)")
     parser.set_defaults(func=run)
 
 
@@ -107,23 +108,6 @@ def _checkpoints(specs: list[str], names: list[str], resolve: Any) -> dict[str, 
             raise SaverSearchError(f"checkpoint file {path} for {tag} does not exist")
         checkpoints[tag] = path
     return checkpoints
-
-
-def _positive_int(text: str) -> int:
-    value = _count(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
-    return value
 
 
 def _shard(text: str) -> tuple[int, int]:

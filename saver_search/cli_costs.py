@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
+from saver_search.cli import positive_int
 from saver_search.errors import SaverSearchError
 
 
@@ -18,14 +19,14 @@ def register(subparsers: Any) -> None:
         description="Cost of timm models per image: shipped table, then cache, then a live count on the meta device.",
     )
     parser.add_argument("names", nargs="*", metavar="NAME", help="timm model: full tag (resnet50.a1_in1k) or architecture")
-    parser.add_argument("--img-size", type=_positive_int, metavar="N", help="square input side (default: the model's)")
+    parser.add_argument("--img-size", type=positive_int, metavar="N", help="square input side (default: the model's)")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     parser.add_argument("--list", metavar="PATTERN", help="list pretrained tags matching PATTERN (fnmatch) and exit")
     timing = parser.add_argument_group("latency (--measure)")
     timing.add_argument("--measure", action="store_true", help="also time real forward passes (random weights)")
-    timing.add_argument("--batch-size", type=_positive_int, default=1, metavar="N", help="images per forward (default 1)")
+    timing.add_argument("--batch-size", type=positive_int, default=1, metavar="N", help="images per forward (default 1)")
     timing.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to time (default cpu)")
-    timing.add_argument("--repeats", type=_positive_int, default=10, metavar="N", help="timed forwards (default 10)")
+    timing.add_argument("--repeats", type=positive_int, default=10, metavar="N", help="timed forwards (default 10)")
     parser.set_defaults(func=run)
 
 
@@ -89,14 +90,3 @@ def _print_list(names: list[str], pattern: str) -> int:
         raise SaverSearchError(f"no pretrained timm model matches {pattern!r}; try a wider pattern such as 'resnet*'")
     print("\n".join(names))
     return 0
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value

@@ -22,7 +22,6 @@ import json
 import math
 import os
 import statistics
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ from types import ModuleType
 from typing import Any
 
 from saver_search.errors import SaverSearchError
+from saver_search.files import atomic_write_text
 
 TABLE_PATH = Path(__file__).parent / "data" / "costs.csv"
 TABLE_COLUMNS = ("name", "img_size", "gmacs", "gflops", "params_m")
@@ -303,20 +303,6 @@ def _update_cache(section: str, key: str, value: Any) -> None:
     path = cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(cache, indent=1, sort_keys=True))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see either the old or the new file, never a partial one."""
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644  # mkstemp would leave 0o600
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            os.fchmod(handle.fileno(), mode)
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _stored_fields(cost: ModelCost) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from typing import Protocol
 import numpy as np
 
 from saver_search.errors import SaverSearchError
+from saver_search.files import atomic_write_text
 
 FORMAT = "saver_search.store/1"
 PROBABILITY_TOLERANCE = 1e-3
@@ -155,14 +156,7 @@ def _read_json(path: Path) -> dict:
 
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write JSON to ``path`` through a temporary sibling and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 def validate_labels(labels: np.ndarray, n_classes: int) -> np.ndarray:
