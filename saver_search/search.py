@@ -13,7 +13,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 import optuna
@@ -23,6 +23,7 @@ from saver_search.errors import SaverSearchError
 from saver_search.space import SearchSpace
 from saver_search.store import PredictionSource
 
+Scored = TypeVar("Scored")
 DEFAULT_SAMPLED_TRIALS = 300
 N_ALTERNATIVES = 5
 
@@ -348,6 +349,18 @@ def load_study(storage: str, study_name: str | None = None) -> optuna.Study:
     return optuna.load_study(study_name=study_name, storage=backend)
 
 
+def cheapest_per_candidate(scored: Iterable[Scored], candidate: Callable[[Scored], str],
+                           cost: Callable[[Scored], float]) -> list[Scored]:
+    """The cheapest feasible result of each first-stage candidate, cheapest first (ties: more accurate first).
+
+    Serves the search summary and the reports, so both name the same best cascade.
+    """
+    best: dict[str, Scored] = {}
+    for item in sorted((i for i in scored if i.feasible), key=lambda i: (cost(i), -i.accuracy)):  # type: ignore[attr-defined]
+        best.setdefault(candidate(item), item)
+    return list(best.values())
+
+
 def summarise(study: optuna.Study, *, seconds: float = 0.0, storage: str | None = None) -> SearchResult:
     """The best cascade, the best alternative per other candidate and (multi-objective) the front."""
     attrs = study.user_attrs
@@ -355,12 +368,8 @@ def summarise(study: optuna.Study, *, seconds: float = 0.0, storage: str | None 
                 if "feasible" in t.user_attrs]
     outcomes = [Outcome.from_trial(t) for t in complete]
     by_latency = attrs.get("cost") == "latency"
-    feasible = sorted((o for o in outcomes if o.feasible),
-                      key=lambda o: (o.latency_ms if by_latency else o.gmacs, -o.accuracy))
-    best_per_candidate: dict[str, Outcome] = {}
-    for outcome in feasible:
-        best_per_candidate.setdefault(outcome.stages[0], outcome)
-    ranked = list(best_per_candidate.values())
+    ranked = cheapest_per_candidate(outcomes, lambda o: o.stages[0],
+                                    lambda o: o.latency_ms if by_latency else o.gmacs)
     pareto = attrs.get("pareto", False)
     front = sorted((Outcome.from_trial(t) for t in study.best_trials), key=lambda o: o.gmacs) if pareto else []
     return SearchResult(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import optuna
 
 from saver_search.errors import SaverSearchError
+from saver_search.search import cheapest_per_candidate
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,6 +38,7 @@ class StudyInfo:
     sampler: str
     candidates: list[str]
     space: str
+    cost: str = "gmacs"
 
     @property
     def min_accuracy(self) -> float:
@@ -62,6 +64,7 @@ class TrialRecord:
     reduction: float
     exit_ratio: float
     feasible: bool
+    latency_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,8 @@ def load_trace(study: optuna.Study) -> SearchTrace:
         raise SaverSearchError(
             f"study '{study.study_name}' was not written by saver_search (no {', '.join(missing)} attributes)"
         )
-    info = StudyInfo(study_name=study.study_name, **{key: attrs[key] for key in STUDY_ATTRS})
+    info = StudyInfo(study_name=study.study_name, cost=attrs.get("cost", "gmacs"),
+                     **{key: attrs[key] for key in STUDY_ATTRS})
     trials = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
               if "feasible" in t.user_attrs]
     if not trials:
@@ -111,16 +115,17 @@ def _record(trial: optuna.trial.FrozenTrial) -> TrialRecord:
     attrs = trial.user_attrs
     return TrialRecord(
         trial=trial.number, candidate=attrs["stages"][0], threshold=attrs["thresholds"][0],
+        latency_ms=attrs.get("latency_ms"),
         **{key: attrs[key] for key in ("accuracy", "drop", "gmacs", "reduction", "exit_ratio", "feasible")},
     )
 
 
 def best_per_candidate(trace: SearchTrace) -> list[TrialRecord]:
-    """The cheapest feasible trial of each candidate, cheapest first (candidates never feasible are left out)."""
-    best: dict[str, TrialRecord] = {}
-    for record in sorted((r for r in trace.records if r.feasible), key=lambda r: (r.gmacs, -r.accuracy)):
-        best.setdefault(record.candidate, record)
-    return list(best.values())
+    """The cheapest feasible trial of each candidate, cheapest first by the study's cost (GMACs or latency),
+    ranked exactly as the search ranked them (candidates never feasible are left out)."""
+    by_latency = trace.info.cost == "latency"
+    return cheapest_per_candidate(trace.records, lambda r: r.candidate,
+                                  lambda r: r.latency_ms if by_latency else r.gmacs)
 
 
 def pareto_front(records: list[TrialRecord]) -> list[TrialRecord]:

@@ -198,3 +198,14 @@ def test_cli_latency_cost_measures_real_models(tmp_path, monkeypatch):
     assert "latency" in json.loads((tmp_path / "cache" / "costs.json").read_text())
     table = run_cli("--data", str(store.path), "--target", "resnet10t", "--max-drop", "1", "--cost", "latency")
     assert table.returncode == 0 and "ms/image" in table.stdout
+
+
+def test_report_trace_ranks_a_latency_study_as_the_search_did(store, tmp_path):
+    from saver_search.trace import best_per_candidate, load_trace
+
+    latencies = {"tiny_a.x": 9.0, "tiny_b.x": 1.0, "mid_c.x": 2.0, "big_t.x": 20.0}
+    journal = str(tmp_path / "latency.log")
+    result = run_search(store, "big_t.x", 1.0, SearchSpace(), storage=journal, latency_ms=latencies.__getitem__)
+    ranked = best_per_candidate(load_trace(load_study(journal)))
+    assert [r.candidate for r in ranked] == [o.stages[0] for o in [result.best, *result.alternatives]]
+    assert [r.latency_ms for r in ranked] == [o.latency_ms for o in [result.best, *result.alternatives]]
