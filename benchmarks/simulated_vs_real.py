@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -275,7 +276,29 @@ def main() -> None:
         print(")\n")
     latents = ImageLatents(args.seed)
     passed = report(measure(labels, real_models), measure(latents.labels, simulate_pair(latents, params)), args.seed)
+    report_generation_speed(args.seed)
     sys.exit(0 if passed else 1)
+
+
+def report_generation_speed(seed: int, target: str = "convnextv2_huge") -> None:
+    """How long the default command spends generating its candidates, next to the curves it then computes."""
+    from saver_search.search import select_candidates
+    from saver_search.simulate import SimulatedZoo
+    from saver_search.space import load_space
+
+    zoo = SimulatedZoo(seed)
+    target = zoo.resolve(target)
+    candidates = select_candidates(zoo, target, load_space(), None)
+    start = time.perf_counter()
+    models = [zoo.model(name) for name in [target, *candidates]]
+    generation = time.perf_counter() - start
+    start = time.perf_counter()
+    for model in models[1:]:
+        threshold_curve(model, models[0], np.asarray(zoo.labels))
+    curves = time.perf_counter() - start
+    print(f"\ngeneration speed: {len(models)} simulated models of the default space for {target} in "
+          f"{generation:.2f} s ({1000 * generation / len(models):.1f} ms/model); their threshold curves "
+          f"{curves:.2f} s (generation / curves = {generation / curves:.1f}x)")
 
 
 if __name__ == "__main__":
