@@ -37,6 +37,7 @@ def make_store(path: Path, n: int = 2000, n_classes: int = 10, models: dict[str,
     return store
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m saver_search ARGS`` in a fresh process."""
-    return subprocess.run([sys.executable, "-m", "saver_search", *args], capture_output=True, text=True, cwd=cwd or REPO)
+def run_cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m saver_search ARGS`` in a fresh process (stopped after 5 minutes)."""
+    return subprocess.run([sys.executable, "-m", "saver_search", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or REPO, timeout=300)

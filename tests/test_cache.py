@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import run_cli
 from saver_search import inference
 from saver_search.cli import main
 from saver_search.compat import import_timm
@@ -65,12 +66,6 @@ def cache(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
         main(["cache", *map(str, args)])
     captured = capsys.readouterr()
     return stop.value.code, captured.out, captured.err
-
-
-def cache_subprocess(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "saver_search", "cache", *map(str, args)], capture_output=True, text=True, timeout=300
-    )
 
 
 def error_line(stderr: str) -> str:
@@ -319,7 +314,7 @@ def test_checkpoint_problems_are_one_line_errors(photos: Path, tmp_path: Path, c
 
 def test_hub_weights_unreachable_is_a_clear_error(photos: Path, tmp_path: Path) -> None:
     # a subprocess, so that HF_HUB_OFFLINE is read by a fresh huggingface_hub
-    result = cache_subprocess("--data", tmp_path / "store", "--images", photos, "--models", "resnet10t", "--workers", 0)
+    result = run_cli("cache", "--data", tmp_path / "store", "--images", photos, "--models", "resnet10t", "--workers", 0)
     assert result.returncode == 2
     line = error_line(result.stderr)
     assert "cannot load the pretrained weights of resnet10t.c3_in1k" in line
@@ -336,7 +331,7 @@ def test_cuda_without_cuda(photos: Path, tmp_path: Path, capsys) -> None:
 
 def test_empty_folder_and_unreadable_image_via_cli(photos: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    result = cache_subprocess("--data", tmp_path / "store", "--images", tmp_path / "empty", "--models", "test_vit", "--no-pretrained")
+    result = run_cli("cache", "--data", tmp_path / "store", "--images", tmp_path / "empty", "--models", "test_vit", "--no-pretrained")
     assert result.returncode == 2
     assert "no images in" in error_line(result.stderr) and not (tmp_path / "store").exists()
 
@@ -347,7 +342,7 @@ def test_empty_folder_and_unreadable_image_via_cli(photos: Path, tmp_path: Path)
     broken = images / "n07920052" / "broken.jpg"
     broken.write_bytes((photos / "n07920052" / "coffee.jpg").read_bytes()[:5000])
     args = ["--data", tmp_path / "store", "--images", images, "--models", "test_vit", "--no-pretrained", "--workers", 0]
-    result = cache_subprocess(*args)
+    result = run_cli("cache", *args)
     assert result.returncode == 2
     line = error_line(result.stderr)
     assert "1 of 9 images cannot be read, first:" in line and str(broken) in line and "--on-corrupt skip" in line

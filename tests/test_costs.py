@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_cli
 from saver_search import costs
 from saver_search.cli import main
 from saver_search.compat import import_timm
@@ -186,7 +187,7 @@ def test_bad_img_size(size: object) -> None:
 
 
 def test_cli_unknown_name_exits_2() -> None:
-    result = _python("-m", "saver_search", "costs", "resnet5")
+    result = run_cli("costs", "resnet5")
     assert result.returncode == 2
     assert result.stderr.startswith("error: unknown model 'resnet5': did you mean resnet50")
     assert result.stderr.count("\n") == 1
