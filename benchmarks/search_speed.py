@@ -11,7 +11,6 @@ Usage: python benchmarks/search_speed.py [--candidates 1000] [--samples 50000] [
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from saver_search.cascade import allowed_errors, evaluate_cascade, threshold_curve
+from saver_search.importers import read_labels_csv, read_predictions_csv
 from saver_search.search import run_search
 from saver_search.space import SearchSpace
 from saver_search.store import ModelMeta, ModelPredictions, PredictionStore
@@ -33,12 +33,12 @@ def stage(name: str, predicted: np.ndarray, confidence: np.ndarray, gmacs: float
 
 def load_pair(n: int) -> tuple[ModelPredictions, ModelPredictions, np.ndarray, str]:
     if (IMAGENET_X / "ViT.csv").exists():
-        def column(file: str, key: str, kind: type) -> np.ndarray:
-            with open(IMAGENET_X / file) as handle:
-                return np.array([kind(row[key]) for row in csv.DictReader(handle)])
-        labels = column("filename_label.csv", "label", int)
-        first = stage("ResNet50", column("ResNet50.csv", "predicted_class", int), column("ResNet50.csv", "predicted_probability", float), 4.11)
-        target = stage("ViT", column("ViT.csv", "predicted_class", int), column("ViT.csv", "predicted_probability", float), 17.58)
+        _, labels = read_labels_csv(IMAGENET_X / "filename_label.csv")  # the three files list the images in one order
+        pair = []
+        for name, gmacs in (("ResNet50", 4.11), ("ViT", 17.58)):
+            predictions = read_predictions_csv(IMAGENET_X / f"{name}.csv")
+            pair.append(stage(name, predictions.classes[0], predictions.probs[0], gmacs))
+        first, target = pair
         return first, target, labels, "real ImageNet-X ResNet50 -> ViT, 50,000 images"
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 1000, n)

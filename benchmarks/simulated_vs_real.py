@@ -17,7 +17,6 @@ needs scipy) and prints them for ``DEFAULT_PARAMS`` in saver_search/simulate.py.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from dataclasses import dataclass, fields, replace
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from saver_search.cascade import threshold_curve
+from saver_search.importers import read_labels_csv, read_predictions_csv
 from saver_search.simulate import DEFAULT_PARAMS, ImageLatents, SimParams, simulate_predictions
 from saver_search.store import ModelMeta, ModelPredictions
 
@@ -52,31 +52,19 @@ class PairFigures:
     confidence_correlation: float  # Spearman correlation of the two models' confidences
 
 
-def _predictions(name: str, predicted: np.ndarray, confidence: np.ndarray) -> ModelPredictions:
-    meta = ModelMeta(name=name, gmacs=PAIR[name][1], k=1, source="imagenet-x", created="")
-    return ModelPredictions(meta, predicted[None].astype(np.int32), confidence[None].astype(np.float32))
-
-
-def _read_columns(path: Path) -> dict[str, list[str]]:
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return {key: [row[key] for row in rows] for key in rows[0]}
-
-
 def load_real() -> tuple[np.ndarray, dict[str, ModelPredictions]]:
     """Labels and the real pair's top-1 predictions; exits with a message when the data are absent."""
     if not DATA.is_dir():
         sys.exit(f"no reference data at {DATA}: this benchmark needs imagenet-x's ResNet50.csv, ViT.csv and filename_label.csv")
-    truth = _read_columns(DATA / "filename_label.csv")
+    ids, labels = read_labels_csv(DATA / "filename_label.csv")
     models = {}
     for name in PAIR:
-        columns = _read_columns(DATA / f"{name}.csv")
-        if columns["file_name"] != truth["file_name"]:
+        predictions = read_predictions_csv(DATA / f"{name}.csv")
+        if not np.array_equal(predictions.sample_ids, ids):
             sys.exit(f"{DATA / name}.csv lists other images, or in another order, than filename_label.csv")
-        models[name] = _predictions(
-            name, np.array(columns["predicted_class"], dtype=np.int64), np.array(columns["predicted_probability"], dtype=np.float64)
-        )
-    return np.array(truth["label"], dtype=np.int32), models
+        meta = ModelMeta(name=name, gmacs=PAIR[name][1], k=1, source="imagenet-x", created="")
+        models[name] = ModelPredictions(meta, predictions.classes.astype(np.int32), predictions.probs.astype(np.float32))
+    return labels.astype(np.int32), models
 
 
 def simulate_pair(latents: ImageLatents, params: SimParams = DEFAULT_PARAMS) -> dict[str, ModelPredictions]:
