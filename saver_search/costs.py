@@ -61,11 +61,11 @@ class ModelCost:
 def get_cost(name: str, img_size: int | None = None) -> ModelCost:
     """Cost of ``name`` at ``img_size`` (default: the pretrained cfg's input size): table, then cache, then count."""
     _check_img_size(img_size)
-    hit = _table_lookup(name, img_size)
+    hit = table_cost(name, img_size)
     if hit is not None:
         return hit
     tag = resolve_name(name)
-    hit = _table_lookup(tag, img_size)
+    hit = table_cost(tag, img_size)
     if hit is not None:
         return hit
     key = _cost_key(tag, img_size)
@@ -256,7 +256,8 @@ def _load_table() -> dict[str, list[ModelCost]]:
     return table
 
 
-def _table_lookup(name: str, img_size: int | None) -> ModelCost | None:
+def table_cost(name: str, img_size: int | None) -> ModelCost | None:
+    """The shipped table's row for a full tag at ``img_size`` (default: its default resolution), if any."""
     rows = _load_table().get(name, [])
     if img_size is None:
         return rows[0] if rows else None

@@ -12,6 +12,8 @@ from functools import cache
 from importlib.resources import files
 from typing import Iterable
 
+from saver_search.costs import table_cost
+
 
 @dataclass(frozen=True)
 class ZooEntry:
@@ -31,7 +33,8 @@ class ZooEntry:
     @property
     def gmacs(self) -> float:
         """GMACs per image: the project's counted figure (``data/costs.csv``) if it has one, else timm's published one."""
-        return _counted_gmacs().get((self.name, self.img_size), self.published_gmacs)
+        counted = table_cost(self.name, self.img_size)
+        return self.published_gmacs if counted is None else counted.gmacs
 
 
 def _data_lines(name: str) -> Iterable[str]:
@@ -59,18 +62,6 @@ def _zoo() -> dict[str, ZooEntry]:
             is_default_tag=row["is_default_tag"] == "true",
         )
     return zoo
-
-
-@cache
-def _counted_gmacs() -> dict[tuple[str, int], float]:
-    """GMACs of the shipped counted cost table, keyed by (name, img_size); rows without a figure are skipped."""
-    counted = {}
-    for row in csv.DictReader(_data_lines("costs.csv")):
-        try:
-            counted[(row["name"], int(row["img_size"]))] = float(row["gmacs"])
-        except (KeyError, TypeError, ValueError):
-            continue
-    return counted
 
 
 @cache

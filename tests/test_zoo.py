@@ -6,10 +6,12 @@ import csv
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
-from saver_search import zoo
+from saver_search import costs
+from saver_search.costs import ModelCost
 from saver_search.store import resolve_model_name
 from saver_search.zoo import default_tag, load_zoo
 
@@ -70,9 +72,12 @@ def test_default_tag_is_timms_default_pretrained_tag() -> None:
 
 def test_gmacs_prefer_the_counted_cost_table(monkeypatch: pytest.MonkeyPatch) -> None:
     entry = load_zoo()["resnet50.tv_in1k"]
-    monkeypatch.setattr(zoo, "_counted_gmacs", lambda: {("resnet50.tv_in1k", entry.img_size): 4.25})
+    def table_with(img_size: int) -> Callable[[], dict[str, list[ModelCost]]]:
+        return lambda: {"resnet50.tv_in1k": [ModelCost("resnet50.tv_in1k", img_size, 4.25, 8.5, 25.6, "table")]}
+
+    monkeypatch.setattr(costs, "_load_table", table_with(entry.img_size))
     assert entry.gmacs == 4.25
-    monkeypatch.setattr(zoo, "_counted_gmacs", lambda: {("resnet50.tv_in1k", entry.img_size + 32): 4.25})
+    monkeypatch.setattr(costs, "_load_table", table_with(entry.img_size + 32))
     assert entry.gmacs == entry.published_gmacs
 
 
