@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from tqdm import tqdm
 from saver_search.compat import import_timm
 from saver_search.costs import ModelCost
 from saver_search.errors import SaverSearchError
+from saver_search.files import atomic_write
 from saver_search.images import load_rgb
 from saver_search.store import PredictionStore, write_json_atomic
 
@@ -227,16 +227,7 @@ class _Partial:
         """Save one chunk through a temporary file and a rename, so a chunk on disk is always complete."""
         number = int(self.chunks[-1].stem.split("-")[1]) + 1 if self.chunks else 0
         path = self.folder / f"chunk-{number:05d}.npz"
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, **arrays)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda handle: np.savez(handle, **arrays), binary=True)
         self.chunks.append(path)
 
     def assemble(self, n: int, keep_logits: bool) -> dict[str, np.ndarray]:
