@@ -9,6 +9,7 @@ from typing import Any
 
 from saver_search.cli import positive_int
 from saver_search.errors import SaverSearchError
+from saver_search.tables import text_table
 
 
 def register(subparsers: Any) -> None:
@@ -69,17 +70,9 @@ COLUMNS = [
 def _format_table(records: list[dict[str, Any]]) -> str:
     """Aligned text table; text columns left-aligned, numbers right-aligned."""
     columns = [c for c in COLUMNS if c[0] in records[0]]
-    cells = [[title for _, title, _ in columns]]
-    cells += [[fmt.format(r[key]) for key, _, fmt in columns] for r in records]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    left = {"name", "source"}
-    lines = [
-        "  ".join(
-            cell.ljust(width) if key in left else cell.rjust(width)
-            for cell, width, (key, _, _) in zip(row, widths, columns)
-        ).rstrip()
-        for row in cells
-    ]
+    rows = [[fmt.format(r[key]) for key, _, fmt in columns] for r in records]
+    left = [i for i, (key, _, _) in enumerate(columns) if key in ("name", "source")]
+    lines = text_table([title for _, title, _ in columns], rows, left=left, rule=False)
     if "latency_ms" in records[0]:
         lines.append(f"latency: batch {records[0]['batch_size']} on {records[0]['device']}, random weights")
     return "\n".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from saver_search.search import Outcome, SearchResult
+from saver_search.tables import text_table
 
 SIMULATED_NOTE = (
     "SIMULATED: predictions simulated from timm's published top-1 accuracies, not measured on images. "
@@ -34,12 +35,6 @@ def _row(outcome: Outcome) -> list[str]:
     ]
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
-    return [fmt(header), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)]
-
-
 def to_text(result: SearchResult) -> str:
     """The search result as a table for people."""
     header = ["first stage", "threshold", "exit %", "top-1 %", "drop", "GMACs", "saved %"]
@@ -63,7 +58,7 @@ def to_text(result: SearchResult) -> str:
         lines.append(f"best cascade: {best.stages[0]} -> {best.stages[-1]}")
         if best.reduction <= 0:
             lines.append("  no candidate saves compute within this budget: serve the target alone")
-        lines += ["", *_table(header, [_row(best)])]
+        lines += ["", *text_table(header, [_row(best)])]
         lines.append(
             f"\n  {100 * best.exit_ratio:.1f} % of images answered by {best.stages[0]} (confidence > "
             f"{best.thresholds[0]:.4f}); {best.gmacs:.3f} vs {target.gmacs:.3f} GMACs/image "
@@ -73,9 +68,9 @@ def to_text(result: SearchResult) -> str:
             lines.append(f"  measured latency {best.latency_ms:.2f} vs {target.latency_ms:.2f} ms/image "
                          f"({100 * (1 - best.latency_ms / target.latency_ms):.1f} % less); ranked by latency")
     if result.alternatives:
-        lines += ["", "next best (best threshold per other candidate):", *_table(header, [_row(o) for o in result.alternatives])]
+        lines += ["", "next best (best threshold per other candidate):", *text_table(header, [_row(o) for o in result.alternatives])]
     if result.pareto:
-        lines += ["", "Pareto front (GMACs vs top-1, within budget):", *_table(header, [_row(o) for o in result.pareto])]
+        lines += ["", "Pareto front (GMACs vs top-1, within budget):", *text_table(header, [_row(o) for o in result.pareto])]
     lines += [
         "",
         f"{result.n_trials} trials over {result.n_candidates} candidates in {result.seconds:.1f} s "

@@ -1,0 +1,16 @@
+"""Aligned plain-text tables for the CLI."""
+
+from __future__ import annotations
+
+from typing import Collection, Sequence
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: Collection[int] = (0,),
+               rule: bool = True) -> list[str]:
+    """Lines of a table: columns in ``left`` left-aligned, the others right-aligned; a dashed rule under the header."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return [line(header), *([line(["-" * w for w in widths])] if rule else []), *(line(row) for row in rows)]
