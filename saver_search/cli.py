@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-from saver_search.errors import SaverSearchError
+from saver_search.errors import InvalidParameter, SaverSearchError, StudyMismatch
 
 # Each subcommand lives in its own module exposing ``register(subparsers)``; the module is
 # imported only when its subcommand runs, so ``--help`` and the search never import torch.
@@ -61,16 +61,52 @@ def main(argv: Sequence[str] | None = None) -> None:
         args_list.insert(0, command)
     parser = _build_parser(command)
     args = parser.parse_args(args_list)
+    args.argv = args_list[1:]
     run: Callable[[argparse.Namespace], int | None] = args.func
     try:
         code = run(args)
     except SaverSearchError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {cli_message(err)}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: finished work is kept; rerun the same command to resume.", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        print(str(interrupt) or "interrupted: finished work is kept; rerun the same command to resume.", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+# Study keys that are not named like the flag that sets them.
+STUDY_KEY_FLAGS = {"threshold_mode": "--threshold", "objectives": "--pareto", "directions": "--pareto",
+                   "threshold_range": "the space's threshold.low/high", "stages": "the space's stages",
+                   "format": "the saver_search version"}
+
+
+def _flag(name: str) -> str:
+    return STUDY_KEY_FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def _flag_value(key: str, value: object) -> str:
+    if key in ("objectives", "directions"):
+        return "--pareto" if isinstance(value, (list, tuple)) and len(value) > 1 else "no --pareto"
+    if value is None:
+        return {"calibration": "all", "guarantee": "none"}.get(key, "none")
+    return str(value)
+
+
+def cli_message(err: SaverSearchError) -> str:
+    """A library error in the CLI's terms: parameters become flags, study keys the flags that set them."""
+    if isinstance(err, InvalidParameter):
+        return f"{_flag(err.parameter)} {err.problem}"
+    if isinstance(err, StudyMismatch):
+        key, stored, given = err.key, _flag_value(err.key, err.stored), _flag_value(err.key, err.given)
+        if key == "data":
+            return (f"study '{err.study_name}' was created on other data (fingerprint {stored[:19]}..., this data "
+                    f"{given[:19]}...): run it on the data it was created on, or pass another --study-name")
+        if key in ("objectives", "directions"):
+            return (f"study '{err.study_name}' was created with {stored}; this command has {given}: rerun with the "
+                    "same choice to resume it, or pass another --study-name")
+        return (f"study '{err.study_name}' was created with {_flag(key)} {stored}; this command gives {given}: rerun "
+                f"with {_flag(key)} {stored} to resume it, or pass another --study-name to start a new study")
+    return str(err)
 
 
 def _overview() -> str:

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
-from typing import Callable
+import time
+from typing import Any, Callable
 
-from saver_search.errors import SaverSearchError
+from saver_search.calibration import BOUNDS, DEFAULT_BOUND, DEFAULT_FRACTION, DEFAULT_LEVEL
+from saver_search.cli import positive_int
+from saver_search.errors import InvalidParameter, SaverSearchError
+from saver_search.sources import open_source
 from saver_search.space import SAMPLERS, THRESHOLD_MODES, SearchSpace, load_space
+
+WORKER_FLAG = "--as-worker"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "search",
         help="find the cheapest tiny-model-first cascade within an accuracy budget",
         description="Find the cheapest cascade (candidate first, target on the rest) whose top-1 is at most "
-        "--max-drop points below the target's. Without --data the simulated default zoo is used.",
+        "--max-drop points below the target's. Thresholds are chosen on a calibration part of the labelled images "
+        "and the figures are measured on the held-out rest. Without --data the simulated default zoo is used.",
     )
     parser.add_argument("--target", required=True, help="target model (a bare timm arch resolves to its default tag)")
     parser.add_argument("--max-drop", required=True, help="accuracy budget in top-1 points, e.g. 0.5")
@@ -23,30 +31,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--space", help="search space YAML (default: search_spaces/default.yaml for the simulated zoo, "
                         "every model of the store with --data)")
     parser.add_argument("--candidates", help="comma-separated first-stage candidates; overrides the space's filter")
-    parser.add_argument("--trials", type=int, help="number of Optuna trials (default: from the space)")
+    parser.add_argument("--calibration", default=str(DEFAULT_FRACTION),
+                        help=f"share of the labelled images that choose the thresholds, stratified by class (default "
+                        f"{DEFAULT_FRACTION}); the rest give the reported figures. 'all': in-sample (optimistic)")
+    parser.add_argument("--split-seed", default="0", help="seed of the calibration/test split (default 0)")
+    parser.add_argument("--guarantee", default=str(DEFAULT_LEVEL),
+                        help=f"level at which the true accuracy drop stays within --max-drop (default {DEFAULT_LEVEL}); "
+                        "'none': the plug-in choice on the calibration images")
+    parser.add_argument("--bound", choices=BOUNDS, default=DEFAULT_BOUND, help="the test behind the guarantee")
+    parser.add_argument("--trials", type=int, help="Optuna trials (exact mode: at most this many candidates; "
+                        "default: from the space)")
     parser.add_argument("--threshold", choices=THRESHOLD_MODES, help="exact: solved per candidate; sampled: Optuna samples it")
-    parser.add_argument("--sampler", choices=SAMPLERS, help="Optuna sampler (auto: grid for exact, TPE otherwise)")
+    parser.add_argument("--sampler", choices=SAMPLERS, help="sampler of sampled thresholds (auto: TPE); exact mode "
+                        "evaluates every candidate once")
     parser.add_argument("--seed", type=int, help="sampler seed (default: from the space)")
     parser.add_argument("--cost", choices=("gmacs", "latency"), default="gmacs",
                         help="minimise GMACs per image (default) or latency measured here (cached; see `costs --measure`)")
     parser.add_argument("--latency-batch-size", type=int, default=1, help="batch size the latency is measured at")
     parser.add_argument("--device", default="cpu", help="device the latency is measured on: cpu or cuda")
     parser.add_argument("--pareto", action="store_true", help="two objectives (GMACs, accuracy): report the front")
-    parser.add_argument("--storage", help="persist the study: sqlite:///PATH or a journal file path")
-    parser.add_argument("--study-name", help="study name in the storage (default: from target, data and budget)")
+    parser.add_argument("--storage", help="persist the study: sqlite:///PATH, postgresql+psycopg://... or a journal "
+                        "file path; the same command resumes it, and any number of workers may run it at once")
+    parser.add_argument("--study-name", help="study name in the storage (default: from the settings and data)")
+    parser.add_argument("--workers", type=positive_int, default=1,
+                        help="run N worker processes on this machine against --storage (default 1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
-
-
-def open_source(data: str | None):
-    """The prediction store at ``data``, or the simulated zoo when none is given."""
-    if data is not None:
-        from saver_search.store import PredictionStore
-
-        return PredictionStore(data)
-    from saver_search.simulate import SimulatedZoo
-
-    return SimulatedZoo()
 
 
 def measured_latency(source, batch_size: int, device: str) -> Callable[[str], float]:
@@ -66,27 +77,91 @@ def measured_latency(source, batch_size: int, device: str) -> Callable[[str], fl
     return latency_ms
 
 
-def run(args: argparse.Namespace) -> None:
-    from saver_search.report import to_json, to_text
-    from saver_search.search import check_max_drop, run_search
-
-    max_drop = check_max_drop(args.max_drop)
+def _space(args: argparse.Namespace) -> SearchSpace:
     if args.trials is not None and args.trials < 1:
         raise SaverSearchError(f"--trials must be a positive integer, got {args.trials}")
-    if args.space is None and args.data is not None:
-        space = SearchSpace(source="every model of the store")
-    else:
-        space = load_space(args.space)
-    space = space.with_overrides(
-        trials=args.trials, threshold_mode=args.threshold, sampler=args.sampler, seed=args.seed
-    )
+    space = SearchSpace(source="every model of the store") if args.space is None and args.data is not None \
+        else load_space(args.space)
+    return space.with_overrides(trials=args.trials, threshold_mode=args.threshold, sampler=args.sampler, seed=args.seed)
+
+
+def run(args: argparse.Namespace) -> int | None:
+    import optuna
+
+    from saver_search.report import to_json, to_text
+    from saver_search.search import check_max_drop, prepare_search
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the CLI prints its own summary
+
+    max_drop = check_max_drop(args.max_drop)
+    space = _space(args)
+    if args.workers > 1 and args.storage is None:
+        raise InvalidParameter("workers", "needs --storage: a database or journal file that the workers share")
     source = open_source(args.data)
     candidates = [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates is not None else None
     if candidates == []:
         raise SaverSearchError("--candidates is empty; give comma-separated model names or leave it out")
-    result = run_search(
+    prepared = prepare_search(
         source, args.target, max_drop, space, candidates=candidates, storage=args.storage,
-        study_name=args.study_name, pareto=args.pareto, progress=not args.json and sys.stderr.isatty(),
+        study_name=args.study_name, pareto=args.pareto, calibration=args.calibration, split_seed=args.split_seed,
+        guarantee=args.guarantee, bound=args.bound, sqlite_wal=True,
         latency_ms=measured_latency(source, args.latency_batch_size, args.device) if args.cost == "latency" else None,
     )
+    if args.workers > 1:
+        result, code = _run_workers(args, prepared, space.seed)
+        if code:
+            return code
+    else:
+        result = prepared.run(progress=not (args.json or args.as_worker) and sys.stderr.isatty())
+        if args.as_worker:
+            return None
     print(to_json(result) if args.json else to_text(result))
+    return None
+
+
+def _worker_argv(argv: list[str], seed: int) -> list[str]:
+    """The command line of one worker: this command without --workers/--json, with its own sampler seed."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in ("--workers", "--seed"):
+            skip = "=" not in arg
+            continue
+        if name == "--json":
+            continue
+        out.append(arg)
+    return [*out, "--seed", str(seed), WORKER_FLAG]
+
+
+def _run_workers(args: argparse.Namespace, prepared: Any, seed: int) -> tuple[Any, int]:
+    """Start ``--workers`` processes on the study (created here first), show their progress, summarise the study."""
+    from saver_search.search import SearchInterrupted, StudyProgress, summarise
+
+    study = prepared.open()
+    commands = [[sys.executable, "-m", "saver_search", *_worker_argv(list(args.argv), seed + i)]
+                for i in range(args.workers)]
+    started = time.perf_counter()
+    processes = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for command in commands]
+    show = not args.json and sys.stderr.isatty()
+    try:
+        with StudyProgress(study, prepared.spec, None, show and prepared.spec.exact) as bar:
+            while any(p.poll() is None for p in processes):
+                bar.update()
+                time.sleep(0.2)
+    except KeyboardInterrupt:
+        for process in processes:
+            process.wait()
+        raise SearchInterrupted(prepared.interrupted_message(study)) from None
+    errors = [(p.returncode, p.stderr.read().strip()) for p in processes if p.returncode]
+    if errors:
+        for line in dict.fromkeys(text.splitlines()[-1] for _, text in errors if text):
+            print(line, file=sys.stderr)
+        print(f"error: {len(errors)} of {args.workers} workers failed; rerun the same command to resume the study",
+              file=sys.stderr)
+        return None, 2
+    return summarise(study, seconds=time.perf_counter() - started, storage=prepared.storage_label), 0

@@ -1,82 +1,173 @@
-"""Search results as a readable table or as JSON (the same data)."""
+"""Search results as a readable table or as JSON (the same data).
+
+Figures are labelled everywhere: **test** figures come from held-out images the thresholds never saw,
+**calibration** figures from the images that chose them; an in-sample search (``--calibration all``) is
+marked "in-sample (optimistic)".
+"""
 
 from __future__ import annotations
 
 import json
 
-from saver_search.search import Outcome, SearchResult
+from saver_search.results import Figures, Outcome
+from saver_search.search import SearchResult
 from saver_search.tables import text_table
 
 SIMULATED_NOTE = (
     "SIMULATED: predictions simulated from timm's published top-1 accuracies, not measured on images. "
     "Cache real predictions (python -m saver_search cache) before deploying a cascade."
 )
+IN_SAMPLE = "in-sample (optimistic)"
+
+
+def figures_label(result: SearchResult) -> str:
+    """What the reported figures are: held-out test images, or in-sample."""
+    if result.split.in_sample:
+        return f"{IN_SAMPLE}: the {result.split.calibration_images:,} images that chose the thresholds"
+    return f"held-out test images ({result.split.test_images:,}), never used to choose thresholds"
+
+
+def split_line(result: SearchResult) -> str:
+    split = result.split
+    if split.in_sample:
+        return f"{IN_SAMPLE}: all {split.calibration_images:,} images choose the thresholds and give the figures"
+    kind = "stratified by class" if split.stratified else "not stratified: a class has a single image"
+    return (f"{split.calibration_images:,} calibration images choose the thresholds, {split.test_images:,} held-out "
+            f"test images give the figures ({kind}, seed {split.seed})")
+
+
+def guarantee_line(result: SearchResult) -> str:
+    guarantee = result.guarantee
+    if guarantee is None:
+        return "none: the plug-in choice on the calibration images (its drop on new images may exceed the budget)"
+    return (f"true drop <= {result.max_drop:g} points with probability >= {guarantee.level:.0%} over the calibration "
+            f"images ({guarantee.bound} bound, fixed-sequence testing, {guarantee.tests} candidates covered)")
 
 
 def to_json(result: SearchResult) -> str:
-    """One JSON object with data, target, best, alternatives, pareto, n_trials and the study's details."""
+    """One JSON object: data, split, guarantee, target, best (with ``calibration``, ``test`` and ``interval``),
+    alternatives, pareto, progress and the study's details."""
     payload = result.to_dict()
+    payload["figures"] = "calibration (in-sample, optimistic)" if result.split.in_sample else "test (held-out)"
     if result.simulated:
-        payload["note"] = SIMULATED_NOTE
+        payload["note_simulated"] = SIMULATED_NOTE
     return json.dumps(payload, indent=2)
 
 
-def _row(outcome: Outcome) -> list[str]:
-    latency = [] if outcome.latency_ms is None else [f"{outcome.latency_ms:.2f}"]
-    return [
-        outcome.stages[0],
-        ", ".join(f"{t:.4f}" for t in outcome.thresholds),
-        f"{100 * outcome.exit_ratio:.1f}",
-        f"{outcome.accuracy:.2f}",
-        f"{outcome.drop:+.2f}",
-        f"{outcome.gmacs:.3f}",
-        f"{outcome.reduction:.1f}",
-        *latency,
+def _cost(figures: Figures) -> str:
+    return f"{figures.gmacs:.3f}"
+
+
+def _row(outcome: Outcome, latency: bool) -> list[str]:
+    shown = outcome.reported
+    cal = outcome.calibration
+    row = [
+        outcome.first,
+        ", ".join(f"{t:.4f}" for t in outcome.thresholds) or "-",
+        f"{100 * shown.exit_ratio:.1f}",
+        f"{shown.accuracy:.2f}",
+        f"{shown.drop:+.2f}",
+        _cost(shown),
+        f"{shown.reduction:.1f}",
     ]
+    if latency:
+        row.append("-" if shown.latency_ms is None else f"{shown.latency_ms:.2f}")
+    if outcome.test is not None:
+        row += [f"{cal.drop:+.2f}", _cost(cal)]
+    return row
+
+
+def _header(result: SearchResult) -> list[str]:
+    header = ["first stage", "threshold", "exit %", "top-1 %", "drop", "GMACs", "saved %"]
+    if result.cost == "latency":
+        header.append("ms/image")
+    if not result.split.in_sample:
+        header += ["cal. drop", "cal. GMACs"]
+    return header
+
+
+def _figures_rows(result: SearchResult, best: Outcome) -> list[str]:
+    """The best cascade's figures: test (with the bootstrap interval) and calibration side by side."""
+    header = ["figures on", "images", "exit %", "top-1 %", "drop (points)", "GMACs / image", "saved %"]
+
+    def row(label: str, figures: Figures, interval: bool) -> list[str]:
+        drop, gmacs = f"{figures.drop:+.2f}", f"{figures.gmacs:.3f}"
+        if interval and best.interval is not None:
+            drop += f" [{best.interval.drop[0]:+.2f}, {best.interval.drop[1]:+.2f}]"
+            gmacs += f" [{best.interval.gmacs[0]:.3f}, {best.interval.gmacs[1]:.3f}]"
+        return [label, f"{figures.images:,}", f"{100 * figures.exit_ratio:.1f}", f"{figures.accuracy:.2f}", drop,
+                gmacs, f"{figures.reduction:.1f}"]
+
+    rows = []
+    if best.test is not None:
+        rows.append(row("test (held-out)", best.test, True))
+        rows.append(row("calibration", best.calibration, False))
+    else:
+        rows.append(row(IN_SAMPLE, best.calibration, False))
+    lines = text_table(header, rows)
+    if best.interval is not None:
+        lines.append(f"  [..]: {best.interval.level:.0%} bootstrap interval over the test images")
+    return lines
+
+
+def _best_lines(result: SearchResult) -> list[str]:
+    best, target = result.best, result.target
+    if best.target_alone:
+        return [f"best: serve the target alone ({result.note})" if result.note else "best: serve the target alone"]
+    shown = best.reported
+    where = "test images" if best.test is not None else "images (in-sample)"
+    lines = [f"best cascade: {best.first} -> {best.stages[-1]}, threshold {best.thresholds[0]:.4f} "
+             "(chosen on the calibration images)", "", *_figures_rows(result, best), ""]
+    lines.append(
+        f"  {100 * shown.exit_ratio:.1f} % of {where} answered by {best.first} (confidence > {best.thresholds[0]:.4f}); "
+        f"{shown.gmacs:.3f} vs {target.gmacs:.3f} GMACs/image ({shown.reduction:.1f} % less compute), "
+        f"top-1 {shown.accuracy:.2f} % ({shown.drop:+.2f} points)"
+    )
+    if shown.latency_ms is not None and target.latency_ms:
+        lines.append(f"  measured latency {shown.latency_ms:.2f} vs {target.latency_ms:.2f} ms/image "
+                     f"({100 * (1 - shown.latency_ms / target.latency_ms):.1f} % less); ranked by latency")
+    return lines
+
+
+def _progress_line(result: SearchResult) -> str:
+    line = (f"{len(result.evaluated)} of {result.n_candidates} candidates evaluated, {result.n_trials} trials "
+            f"in {result.seconds:.1f} s (threshold {result.threshold_mode}, sampler {result.sampler}, space {result.space})")
+    if result.running:
+        line += f"; still running in other workers: {', '.join(result.running[:5])}"
+    if result.missing:
+        more = f" and {len(result.missing) - 5} more" if len(result.missing) > 5 else ""
+        line += f"; not evaluated yet: {', '.join(result.missing[:5])}{more} (rerun the same command)"
+    return line
 
 
 def to_text(result: SearchResult) -> str:
     """The search result as a table for people."""
-    header = ["first stage", "threshold", "exit %", "top-1 %", "drop", "GMACs", "saved %"]
-    if result.cost == "latency":
-        header.append("ms/image")
-    lines = []
-    if result.simulated:
-        lines += [SIMULATED_NOTE, ""]
     target = result.target
+    lines = [SIMULATED_NOTE, ""] if result.simulated else []
+    target_acc = f"top-1 {target.reported_accuracy:.2f} % on {'test' if target.test_accuracy is not None else 'all'} images"
+    if target.test_accuracy is not None:
+        target_acc += f" ({target.accuracy:.2f} % on calibration)"
     lines += [
-        f"data:    {result.data}",
-        f"target:  {target.name}  top-1 {target.accuracy:.2f} %  {target.gmacs:.3f} GMACs/image"
+        f"data:      {result.data}",
+        f"target:    {target.name}  {target_acc}  {target.gmacs:.3f} GMACs/image"
         + ("" if target.latency_ms is None else f"  {target.latency_ms:.2f} ms/image (measured)"),
-        f"budget:  at most {result.max_drop:g} top-1 points below the target",
+        f"budget:    at most {result.max_drop:g} top-1 points below the target",
+        f"split:     {split_line(result)}",
+        f"guarantee: {guarantee_line(result)}",
         "",
+        *_best_lines(result),
     ]
-    if result.best is None:
-        lines.append("no cascade within the budget was found among the trials; raise --max-drop or --trials")
-    else:
-        best = result.best
-        lines.append(f"best cascade: {best.stages[0]} -> {best.stages[-1]}")
-        if best.reduction <= 0:
-            lines.append("  no candidate saves compute within this budget: serve the target alone")
-        lines += ["", *text_table(header, [_row(best)])]
-        lines.append(
-            f"\n  {100 * best.exit_ratio:.1f} % of images answered by {best.stages[0]} (confidence > "
-            f"{best.thresholds[0]:.4f}); {best.gmacs:.3f} vs {target.gmacs:.3f} GMACs/image "
-            f"({best.reduction:.1f} % less compute), top-1 {best.accuracy:.2f} % ({best.drop:+.2f} points drop)"
-        )
-        if best.latency_ms is not None and target.latency_ms:
-            lines.append(f"  measured latency {best.latency_ms:.2f} vs {target.latency_ms:.2f} ms/image "
-                         f"({100 * (1 - best.latency_ms / target.latency_ms):.1f} % less); ranked by latency")
+    header = _header(result)
+    latency = result.cost == "latency"
+    what = f"figures on {figures_label(result)}"
     if result.alternatives:
-        lines += ["", "next best (best threshold per other candidate):", *text_table(header, [_row(o) for o in result.alternatives])]
+        lines += ["", f"next best (best threshold per other candidate; {what}):",
+                  *text_table(header, [_row(o, latency) for o in result.alternatives])]
     if result.pareto:
-        lines += ["", "Pareto front (GMACs vs top-1, within budget):", *text_table(header, [_row(o) for o in result.pareto])]
-    lines += [
-        "",
-        f"{result.n_trials} trials over {result.n_candidates} candidates in {result.seconds:.1f} s "
-        f"(threshold {result.threshold_mode}, sampler {result.sampler}, space {result.space})",
-        f"study: {result.study_name}" + (f"  storage: {result.storage}" if result.storage else ""),
-    ]
+        lines += ["", f"Pareto front (GMACs vs top-1 on the calibration images; {what}):",
+                  *text_table(header, [_row(o, latency) for o in result.pareto])]
+    lines += ["", _progress_line(result),
+              f"study: {result.study_name}" + (f"  storage: {result.storage}" if result.storage else "")]
     if result.simulated:
         lines += ["", SIMULATED_NOTE]
     return "\n".join(lines)

@@ -1,69 +1,94 @@
 """The search: an Optuna study over first-stage candidates (and thresholds) for one target and budget.
 
-``exact`` threshold mode: Optuna picks the candidate and the cheapest threshold within the budget is
-solved exactly from the candidate's threshold curve. ``sampled`` mode: Optuna samples the threshold
-too (the paper-style search). ``pareto``: two objectives, GMACs and accuracy, returning the front.
-Every trial stores what it found as user attributes, so the trace can be explored without the data.
+The labelled images are split into a calibration part, which chooses the thresholds, and a test part, which
+gives the reported figures (:mod:`saver_search.calibration`). ``exact`` threshold mode: one trial per
+candidate; its threshold is the cheapest one certified on the calibration images (or, without a guarantee,
+the cheapest within the budget there), solved from the candidate's threshold curve. ``sampled`` mode: Optuna
+samples the threshold too (the paper-style search); a trial is feasible when its threshold is certified.
+``pareto``: two objectives, GMACs and accuracy, returning the front. Every trial stores its
+:class:`~saver_search.results.Outcome`, so the trace can be explored without the data.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
-import warnings
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import optuna
 
+from saver_search import __version__
+from saver_search.calibration import (
+    DEFAULT_BOUND, DEFAULT_FRACTION, DEFAULT_LEVEL, BoundName, Interval, Split, bootstrap_interval, check_bound,
+    check_fraction, check_level, check_seed, make_split,
+)
 from saver_search.cascade import ThresholdCurve, allowed_errors, threshold_curve
-from saver_search.errors import SaverSearchError
+from saver_search.errors import InvalidParameter, SaverSearchError
+from saver_search.results import Figures, Outcome, is_outcome, rank_outcomes
 from saver_search.space import SearchSpace
-from saver_search.store import PredictionSource
+from saver_search.store import ModelPredictions, PredictionSource
+from saver_search.study import (
+    Progress, StudyInfo, StudySpec, StudyWorker, candidate_progress, create_or_load, data_fingerprint, open_storage,
+    read_info, read_spec, storage_exists,
+)
 
-Scored = TypeVar("Scored")
 DEFAULT_SAMPLED_TRIALS = 300
 N_ALTERNATIVES = 5
+COSTS = ("gmacs", "latency")
+PROGRESS_EVERY_S = 0.5
 
 
 @dataclass(frozen=True)
 class TargetInfo:
+    """The target served alone: top-1 (%) on the calibration and test images, GMACs, optional ms/image."""
+
     name: str
-    accuracy: float
     gmacs: float
+    accuracy: float
+    test_accuracy: float | None
     latency_ms: float | None = None
+
+    @property
+    def reported_accuracy(self) -> float:
+        return self.accuracy if self.test_accuracy is None else self.test_accuracy
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """One evaluated cascade: stages (first .. target), thresholds, and how it does."""
+class SplitInfo:
+    """How the labelled images were split (``fraction`` None: in-sample, no test part)."""
 
-    stages: list[str]
-    thresholds: list[float]
-    accuracy: float
-    drop: float
-    gmacs: float
-    reduction: float
-    exit_ratio: float
-    feasible: bool
-    latency_ms: float | None = None
-    trial: int | None = None
+    calibration_images: int
+    test_images: int
+    fraction: float | None
+    seed: int
+    stratified: bool
 
-    @classmethod
-    def from_trial(cls, trial: optuna.trial.FrozenTrial) -> "Outcome":
-        attrs = trial.user_attrs
-        return cls(**{k: attrs[k] for k in OUTCOME_ATTRS}, trial=trial.number)
+    @property
+    def in_sample(self) -> bool:
+        return self.fraction is None
 
 
-OUTCOME_ATTRS = ("stages", "thresholds", "accuracy", "drop", "gmacs", "reduction", "exit_ratio", "feasible", "latency_ms")
-COSTS = ("gmacs", "latency")
+@dataclass(frozen=True)
+class GuaranteeInfo:
+    """The promise: true drop within the budget with probability >= ``level``; ``tests``: candidates it covers."""
+
+    level: float
+    bound: str
+    tests: int
 
 
 @dataclass
 class SearchResult:
-    """What a search found, ready for the table and JSON reports."""
+    """What a search found, ready for the table and JSON reports.
+
+    ``best`` is the target alone (one stage) when no cascade saves compute within the budget; ``note`` says why.
+    ``evaluated``/``running``/``missing``: candidates with a complete trial, with one still running in some
+    worker, and with neither (exact mode; sampled mode lists no missing ones).
+    """
 
     data: str
     simulated: bool
@@ -71,83 +96,178 @@ class SearchResult:
     max_drop: float
     threshold_mode: str
     sampler: str
-    best: Outcome | None
+    split: SplitInfo
+    guarantee: GuaranteeInfo | None
+    best: Outcome
     alternatives: list[Outcome]
     pareto: list[Outcome]
     n_trials: int
     n_candidates: int
+    evaluated: list[str]
+    running: list[str]
+    missing: list[str]
     seconds: float
     study_name: str
     storage: str | None
     space: str
     cost: str = "gmacs"
+    note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-class CascadeObjective:
-    """Scores a trial's cascade from cached predictions; threshold curves are computed once per candidate.
+class SearchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a search; the message says what was kept and how to resume."""
 
-    The objective is expected GMACs per image, or with ``latency_ms`` (a model's measured milliseconds per
-    image) expected latency. Both grow linearly with the share of images reaching the target, so the cheapest
-    threshold within the budget is the same; only the ranking of candidates differs.
+
+@dataclass
+class _Candidate:
+    """One candidate's data on the calibration part (its curve and chosen point) and on the test part."""
+
+    curve: ThresholdCurve
+    chosen: int
+    certified: int | None
+    test: ModelPredictions | None
+    curve_stored: bool = field(default=False)
+
+
+def _take(model: ModelPredictions, indices: np.ndarray) -> ModelPredictions:
+    return ModelPredictions(model.meta, np.asarray(model.classes)[:, indices], np.asarray(model.probs)[:, indices])
+
+
+class CascadeObjective:
+    """Scores a trial's cascade from cached predictions: thresholds from calibration images, figures on test ones.
+
+    The objective is expected GMACs per image on the calibration images, or with ``latency_ms`` (a model's
+    measured milliseconds per image) expected latency. Both grow linearly with the share of images reaching
+    the target, so the chosen threshold is the same; only the ranking of candidates differs.
     """
 
     def __init__(self, source: PredictionSource, target: str, candidates: Sequence[str], max_drop: float,
-                 space: SearchSpace, pareto: bool, latency_ms: Callable[[str], float] | None = None) -> None:
+                 space: SearchSpace, pareto: bool, split: Split, guarantee: float | None, bound: BoundName,
+                 latency_ms: Callable[[str], float] | None = None) -> None:
         self.source = source
-        self.labels = np.asarray(source.labels)
-        self.target = source.model(target)
+        labels = np.asarray(source.labels)
+        self.split = split
+        self.labels_cal = labels[split.calibration]
+        self.labels_test = labels[split.test]
+        target_model = source.model(target)
+        self.target_cal = _take(target_model, split.calibration)
+        self.target_test = None if split.in_sample else _take(target_model, split.test)
         self.candidates = list(candidates)
         self.max_drop = max_drop
         self.space = space
         self.pareto = pareto
+        self.exact = space.threshold_mode == "exact" and not pareto
+        self.guarantee = guarantee
+        self.bound = bound
         self.latency_ms = latency_ms
-        self._curves: dict[str, ThresholdCurve] = {}
+        self._prepared: dict[str, _Candidate] = {}
+        self.target_info = TargetInfo(
+            name=target, gmacs=target_model.gmacs, accuracy=self._accuracy(self.target_cal, self.labels_cal),
+            test_accuracy=None if self.target_test is None else self._accuracy(self.target_test, self.labels_test),
+            latency_ms=None if latency_ms is None else latency_ms(target),
+        )
+
+    @staticmethod
+    def _accuracy(model: ModelPredictions, labels: np.ndarray) -> float:
+        return 100.0 * float(np.mean(np.asarray(model.predicted) == labels))
+
+    def _prepare(self, candidate: str) -> _Candidate:
+        if candidate not in self._prepared:
+            model = self.source.model(candidate)
+            first = _take(model, self.split.calibration)
+            curve = threshold_curve(first, self.target_cal, self.labels_cal, self.split.blocks)
+            certified = None if self.guarantee is None else curve.certified_index(
+                self.max_drop, self.guarantee, self.split.block_sizes, len(self.candidates), self.bound)
+            chosen = curve.cheapest_within(self.max_drop) if certified is None else certified
+            test = None if self.split.in_sample else _take(model, self.split.test)
+            self._prepared[candidate] = _Candidate(curve, chosen, certified, test)
+        return self._prepared[candidate]
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         candidate = trial.suggest_categorical("candidate", self.candidates)
-        curve = self._curves.get(candidate)
-        if curve is None:
-            curve = self._curves[candidate] = threshold_curve(self.source.model(candidate), self.target, self.labels)
-            # The first trial of a candidate keeps its curve, so reports can redraw it without the data.
-            trial.set_user_attr("curve", curve.sampled())
-        sampled: float | None = None
-        if self.space.threshold_mode == "exact" and not self.pareto:
-            index = curve.cheapest_within(self.max_drop)
+        prepared = self._prepare(candidate)
+        if not prepared.curve_stored:  # a candidate's first trial here keeps its curve, so reports can redraw it
+            trial.set_user_attr("curve", prepared.curve.sampled())
+            prepared.curve_stored = True
+        if self.exact:
+            index = prepared.chosen
+            threshold = float(prepared.curve.thresholds[index])
         else:
-            sampled = trial.suggest_float("threshold", self.space.threshold_low, self.space.threshold_high)
-            index = curve.at_threshold(sampled)
-        stage_latencies = None if self.latency_ms is None else (self.latency_ms(candidate), self.latency_ms(self.target.name))
-        outcome = outcome_at(curve, index, [candidate, self.target.name], self.target.gmacs, self.max_drop, sampled,
-                             stage_latencies)
-        for key in OUTCOME_ATTRS:
-            trial.set_user_attr(key, getattr(outcome, key))
-        trial.set_constraint("drop_over_budget", outcome.drop - self.max_drop)
-        cost = outcome.gmacs if outcome.latency_ms is None else outcome.latency_ms
-        return (cost, outcome.accuracy) if self.pareto else cost
+            threshold = trial.suggest_float("threshold", self.space.threshold_low, self.space.threshold_high)
+            index = prepared.curve.at_threshold(threshold)
+        outcome = self.outcome(candidate, prepared, index, threshold)
+        trial.set_user_attr("outcome", outcome.to_attrs())
+        trial.set_constraint("over_budget", self._over_budget(prepared, index))
+        cost = outcome.calibration.gmacs if outcome.calibration.latency_ms is None else outcome.calibration.latency_ms
+        return (cost, outcome.calibration.accuracy) if self.pareto else cost
 
+    def _over_budget(self, prepared: _Candidate, index: int) -> float:
+        """Optuna's constraint (<= 0: feasible): without a guarantee, the calibration drop minus the budget (points);
+        with one, how much larger the exit share is than at the lowest certified threshold."""
+        curve = prepared.curve
+        if prepared.certified is None:
+            return float(self.target_info.accuracy - curve.accuracy[index] - self.max_drop)
+        return float(curve.exit_ratio[index] - curve.exit_ratio[prepared.certified])
 
-def outcome_at(curve: ThresholdCurve, index: int, stages: list[str], target_gmacs: float, max_drop: float,
-               threshold: float | None = None, stage_latencies: tuple[float, float] | None = None) -> Outcome:
-    """The cascade at one point of a threshold curve; ``threshold`` names a sampled value that falls on it,
-    ``stage_latencies`` the measured ms/image of the first stage and the target."""
-    target_accuracy = 100.0 * curve.target_correct / curve.n_samples
-    accuracy = float(curve.accuracy[index])
-    drop = target_accuracy - accuracy
-    return Outcome(
-        stages=stages,
-        thresholds=[float(curve.thresholds[index]) if threshold is None else threshold],
-        accuracy=accuracy,
-        drop=drop,
-        gmacs=float(curve.gmacs[index]),
-        reduction=100.0 * (1.0 - float(curve.gmacs[index]) / target_gmacs),
-        exit_ratio=float(curve.exit_ratio[index]),
-        feasible=bool(curve.target_correct - curve.n_correct[index] <= allowed_errors(max_drop, curve.n_samples)),
-        latency_ms=None if stage_latencies is None else
-        stage_latencies[0] + stage_latencies[1] * (1.0 - float(curve.exit_ratio[index])),
-    )
+    def _latency(self, stages: Sequence[str], exit_ratio: float) -> float | None:
+        if self.latency_ms is None:
+            return None
+        own = self.latency_ms(stages[0])
+        return own if len(stages) == 1 else own + self.latency_ms(stages[-1]) * (1.0 - exit_ratio)
+
+    def outcome(self, candidate: str, prepared: _Candidate, index: int, threshold: float) -> Outcome:
+        """The cascade ``candidate -> target`` at ``threshold`` (curve point ``index`` on the calibration images)."""
+        curve = prepared.curve
+        stages = [candidate, self.target_info.name]
+        target_gmacs = self.target_info.gmacs
+        exit_cal = float(curve.exit_ratio[index])
+        accuracy = float(curve.accuracy[index])
+        calibration = Figures(
+            images=curve.n_samples, accuracy=accuracy, drop=self.target_info.accuracy - accuracy,
+            gmacs=float(curve.gmacs[index]), reduction=100.0 * (1.0 - float(curve.gmacs[index]) / target_gmacs),
+            exit_ratio=exit_cal, latency_ms=self._latency(stages, exit_cal),
+        )
+        if prepared.certified is None:
+            feasible = bool(curve.target_correct - curve.n_correct[index] <= allowed_errors(self.max_drop, curve.n_samples))
+        else:
+            feasible = index >= prepared.certified
+        test, interval = None, None
+        if prepared.test is not None and self.target_test is not None:
+            test, interval = self._on_test(prepared.test, threshold, stages, self.candidates.index(candidate))
+        return Outcome(stages=stages, thresholds=[threshold], calibration=calibration, test=test, interval=interval,
+                       feasible=feasible)
+
+    def _on_test(self, first: ModelPredictions, threshold: float, stages: list[str], key: int) -> tuple[Figures, Interval]:
+        assert self.target_test is not None
+        exits = np.asarray(first.confidence) > threshold
+        first_right = np.asarray(first.predicted) == self.labels_test
+        target_right = np.asarray(self.target_test.predicted) == self.labels_test
+        cascade_right = np.where(exits, first_right, target_right)
+        cost = first.gmacs + np.where(exits, 0.0, self.target_test.gmacs)
+        n = exits.size
+        accuracy = 100.0 * float(cascade_right.mean())
+        gmacs = float(cost.mean())
+        exit_ratio = float(exits.mean())
+        figures = Figures(
+            images=n, accuracy=accuracy, drop=float(self.target_info.test_accuracy or 0.0) - accuracy, gmacs=gmacs,
+            reduction=100.0 * (1.0 - gmacs / self.target_info.gmacs), exit_ratio=exit_ratio,
+            latency_ms=self._latency(stages, exit_ratio),
+        )
+        d = target_right.astype(np.int8) - cascade_right.astype(np.int8)
+        return figures, bootstrap_interval(d, cost, seed=[self.split.seed, key])
+
+def target_alone_outcome(target: TargetInfo, calibration_images: int, test_images: int) -> Outcome:
+    """The target served alone, in the same terms as any cascade."""
+    def figures(images: int, accuracy: float) -> Figures:
+        return Figures(images=images, accuracy=accuracy, drop=0.0, gmacs=target.gmacs, reduction=0.0, exit_ratio=0.0,
+                       latency_ms=target.latency_ms)
+
+    test = None if target.test_accuracy is None else figures(test_images, target.test_accuracy)
+    return Outcome(stages=[target.name], thresholds=[], calibration=figures(calibration_images, target.accuracy),
+                   test=test, interval=None, feasible=True)
 
 
 def check_max_drop(max_drop: Any) -> float:
@@ -155,9 +275,9 @@ def check_max_drop(max_drop: Any) -> float:
     try:
         value = float(max_drop)
     except (TypeError, ValueError):
-        raise SaverSearchError(f"--max-drop must be a number of top-1 points such as 0.5, got {max_drop!r}") from None
+        raise InvalidParameter("max_drop", f"must be a number of top-1 points such as 0.5, got {max_drop!r}") from None
     if not math.isfinite(value) or value < 0 or value > 100:
-        raise SaverSearchError(f"--max-drop must be between 0 and 100 top-1 points (e.g. 0.5), got {max_drop}")
+        raise InvalidParameter("max_drop", f"must be between 0 and 100 top-1 points (e.g. 0.5), got {max_drop}")
     return value
 
 
@@ -167,7 +287,7 @@ def select_candidates(source: PredictionSource, target: str, space: SearchSpace,
         names = [source.resolve(name) for name in explicit]
         names = [n for n in dict.fromkeys(names) if n != target]
         if not names:
-            raise SaverSearchError("--candidates names only the target; give at least one other model")
+            raise InvalidParameter("candidates", "names only the target; give at least one other model")
         return names
     ceiling = space.candidates.max_relative_cost * source.gmacs(target)
     matching = [n for n in source.model_names() if n != target and space.candidates.matches(n)]
@@ -181,165 +301,233 @@ def select_candidates(source: PredictionSource, target: str, space: SearchSpace,
     return names
 
 
-def make_sampler(space: SearchSpace, candidates: Sequence[str], pareto: bool) -> tuple[optuna.samplers.BaseSampler, str]:
-    """The sampler the space asks for; ``auto``: brute force when only the candidate is searched, else TPE.
-
-    Optuna's grid sampler compares whole grids on every trial (quadratic in the candidate count, minutes
-    for a thousand candidates); the brute-force sampler enumerates the same space in seconds.
-    """
-    name = space.sampler
-    if name == "auto":
-        name = "bruteforce" if space.threshold_mode == "exact" and not pareto else "tpe"
-    if name == "grid":
-        if space.threshold_mode != "exact" or pareto:
-            raise SaverSearchError("sampler 'grid' needs threshold mode 'exact' without --pareto; use tpe, random or nsga2")
-        return optuna.samplers.GridSampler({"candidate": list(candidates)}, seed=space.seed), name
+def make_sampler(space: SearchSpace, pareto: bool) -> tuple[optuna.samplers.BaseSampler, str]:
+    """The sampler of a sampled search (``auto``: TPE); exact mode queues every candidate once instead."""
+    if space.threshold_mode == "exact" and not pareto:
+        if space.sampler != "auto":
+            raise InvalidParameter(
+                "sampler", f"'{space.sampler}' only applies to sampled thresholds: exact mode evaluates every "
+                "candidate once, in queue order; leave the sampler at auto or use threshold mode sampled")
+        return optuna.samplers.RandomSampler(seed=space.seed), "queue"
+    name = "tpe" if space.sampler == "auto" else space.sampler
     samplers = {
-        "bruteforce": lambda: _quiet(optuna.samplers.BruteForceSampler, seed=space.seed),
         "tpe": lambda: optuna.samplers.TPESampler(seed=space.seed, multivariate=True),
         "random": lambda: optuna.samplers.RandomSampler(seed=space.seed),
         "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=space.seed),
     }
-    if name == "bruteforce" and space.threshold_mode != "exact":
-        raise SaverSearchError("sampler 'bruteforce' cannot enumerate a sampled threshold; use tpe or random")
     return samplers[name](), name
 
 
-def _quiet(factory: Any, **kwargs: Any) -> Any:
-    """Build an Optuna object without its 'experimental feature' warning."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return factory(**kwargs)
+def default_study_name(spec: StudySpec) -> str:
+    """A readable name that differs whenever the spec does, so a changed command starts a new study."""
+    kind = "pareto" if spec.pareto else spec.threshold_mode
+    digest = hashlib.sha256(spec.to_json().encode()).hexdigest()[:10]
+    return f"{spec.target} | max-drop {spec.max_drop:g} | {kind} | {digest}"
 
 
-def default_study_name(target: str, source: PredictionSource, max_drop: float, mode: str, pareto: bool) -> str:
-    kind = "pareto" if pareto else mode
-    data = "simulated" if source.simulated else str(getattr(source, "path", source.description))
-    return f"{target} | {data} | max-drop {max_drop:g} | {kind}"
+@dataclass
+class PreparedSearch:
+    """A search ready to run: its spec, the study's info, the objective, the sampler and where the study lives."""
+
+    spec: StudySpec
+    info: StudyInfo
+    objective: CascadeObjective
+    sampler: optuna.samplers.BaseSampler
+    storage: optuna.storages.BaseStorage
+    storage_label: str | None
+    study_name: str
+    n_trials: int | None
+
+    def open(self) -> optuna.Study:
+        """Create the study (queueing the work) or join it, checking that its spec matches."""
+        study, _ = create_or_load(self.storage, self.study_name, self.spec, self.info, self.sampler)
+        return study
+
+    def run(self, progress: bool = False) -> SearchResult:
+        """Run this worker's share of the study and summarise the whole study."""
+        study = self.open()
+        started = time.perf_counter()
+        with StudyProgress(study, self.spec, self.n_trials, progress) as bar:
+            worker = StudyWorker(study, self.storage, self.spec, self.objective, on_change=bar.update)
+            try:
+                worker.run(self.n_trials)
+            except KeyboardInterrupt:
+                raise SearchInterrupted(self.interrupted_message(study)) from None
+        return summarise(study, seconds=time.perf_counter() - started, storage=self.storage_label)
+
+    def interrupted_message(self, study: optuna.Study) -> str:
+        """What an interruption kept, and how to resume."""
+        trials = study.get_trials(deepcopy=False)
+        if self.spec.exact:
+            evaluated = len(candidate_progress(trials, self.spec.candidates).evaluated)
+            done = f"{evaluated} of {len(self.spec.candidates)} candidates evaluated"
+        else:
+            done = f"{sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)} trials complete"
+        if self.storage_label is None:
+            return f"interrupted: {done}; nothing was stored (no storage given), so a rerun starts over"
+        return (f"interrupted: {done} and kept in {self.storage_label} (study '{study.study_name}'); the interrupted "
+                "trial is queued again: rerun the same command to resume")
+
+
+def prepare_search(
+    source: PredictionSource,
+    target: str,
+    max_drop: float,
+    space: SearchSpace | None = None,
+    *,
+    candidates: Sequence[str] | None = None,
+    storage: str | optuna.storages.BaseStorage | None = None,
+    study_name: str | None = None,
+    pareto: bool = False,
+    calibration: float | str | None = DEFAULT_FRACTION,
+    split_seed: int = 0,
+    guarantee: float | str | None = DEFAULT_LEVEL,
+    bound: BoundName = DEFAULT_BOUND,
+    latency_ms: Callable[[str], float] | None = None,
+    sqlite_wal: bool = False,
+) -> PreparedSearch:
+    """Validate the arguments, split the images, fingerprint the data and open the storage (see :func:`run_search`)."""
+    space = space or SearchSpace()
+    max_drop = check_max_drop(max_drop)
+    fraction = check_fraction(calibration)
+    level = check_level(guarantee)
+    split_seed = check_seed(split_seed)
+    bound = check_bound(bound)
+    target = source.resolve(target)
+    names = select_candidates(source, target, space, candidates)
+    sampler, sampler_name = make_sampler(space, pareto)
+    split = make_split(np.asarray(source.labels), fraction, split_seed)
+    objective = CascadeObjective(source, target, names, max_drop, space, pareto, split, level, bound, latency_ms)
+    cost = "gmacs" if latency_ms is None else "latency"
+    spec = StudySpec(
+        target=target, max_drop=max_drop, cost=cost, threshold_mode=space.threshold_mode,
+        threshold_range=(space.threshold_low, space.threshold_high), stages=space.stages,
+        objectives=(cost, "accuracy") if pareto else (cost,),
+        directions=("minimize", "maximize") if pareto else ("minimize",),
+        sampler=sampler_name, candidates=tuple(names), calibration=fraction, split_seed=split_seed,
+        guarantee=level, bound=bound if level is not None else "",
+        data=data_fingerprint(source.labels, getattr(source, "sample_ids", None),
+                              (source.model(name) for name in [target, *names])),
+    )
+    target_info = objective.target_info
+    info = StudyInfo(
+        data=source.description, simulated=source.simulated, space=space.source, target_gmacs=target_info.gmacs,
+        target_accuracy=target_info.accuracy, target_test_accuracy=target_info.test_accuracy,
+        target_latency_ms=target_info.latency_ms, calibration_images=int(split.calibration.size),
+        test_images=int(split.test.size), stratified=split.stratified,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), version=__version__,
+    )
+    backend = open_storage(storage, sqlite_wal=sqlite_wal) or optuna.storages.InMemoryStorage()
+    return PreparedSearch(
+        spec=spec, info=info, objective=objective, sampler=sampler, storage=backend,
+        storage_label=storage if isinstance(storage, str) or storage is None else type(storage).__name__,
+        study_name=study_name or default_study_name(spec),
+        n_trials=space.trials if spec.exact else (space.trials or DEFAULT_SAMPLED_TRIALS),
+    )
 
 
 def run_search(
     source: PredictionSource,
     target: str,
     max_drop: float,
-    space: SearchSpace,
+    space: SearchSpace | None = None,
     *,
     candidates: Sequence[str] | None = None,
-    storage: str | None = None,
+    storage: str | optuna.storages.BaseStorage | None = None,
     study_name: str | None = None,
     pareto: bool = False,
+    calibration: float | str | None = DEFAULT_FRACTION,
+    split_seed: int = 0,
+    guarantee: float | str | None = DEFAULT_LEVEL,
+    bound: BoundName = DEFAULT_BOUND,
     progress: bool = False,
     latency_ms: Callable[[str], float] | None = None,
+    sqlite_wal: bool = False,
 ) -> SearchResult:
-    """Run (or resume) the study for ``target`` under ``max_drop`` and summarise what it found.
+    """Run (or resume, or join as one more worker) the study for ``target`` under ``max_drop`` and summarise it.
 
-    With ``latency_ms`` (milliseconds per image of a model, e.g. measured by ``costs.get_latency``) the study
-    minimises expected latency instead of GMACs.
+    Args:
+        source: the predictions (a store, the simulated zoo, any ``PredictionSource``).
+        target: the big model (a bare timm architecture resolves to its default tag).
+        max_drop: the accuracy budget in top-1 points.
+        space: candidates, threshold mode, sampler, trials, seed (default: every model, exact thresholds).
+        candidates: first-stage candidates, overriding the space's filter.
+        storage: an RDB URL, a journal file path or an Optuna storage; None keeps the study in memory.
+        study_name: the study in ``storage`` (default: derived from the spec).
+        pareto: two objectives (GMACs, accuracy); thresholds are sampled.
+        calibration: share of the labelled images that choose thresholds (stratified by class); None or
+            ``"all"``: every image, in-sample figures.
+        split_seed: seed of the calibration/test split.
+        guarantee: level at which the true drop stays within ``max_drop``; None or ``"none"``: plug-in choice.
+        bound: the test behind the guarantee (see :mod:`saver_search.calibration`).
+        progress: show a progress bar on stderr.
+        latency_ms: milliseconds per image of a model; the study then minimises expected latency.
+        sqlite_wal: switch an SQLite storage to write-ahead logging (see :func:`~saver_search.study.open_storage`).
+
+    Raises:
+        SearchInterrupted: on Ctrl-C, after queueing the interrupted trial again.
     """
-    max_drop = check_max_drop(max_drop)
-    target = source.resolve(target)
-    names = select_candidates(source, target, space, candidates)
-    sampler, sampler_name = make_sampler(space, names, pareto)
-    objective = CascadeObjective(source, target, names, max_drop, space, pareto, latency_ms)
-    cost = "gmacs" if latency_ms is None else "latency"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    name = study_name or default_study_name(target, source, max_drop, space.threshold_mode, pareto)
-    study = optuna.create_study(
-        study_name=name,
-        storage=open_storage(storage),
-        sampler=sampler,
-        directions=["minimize", "maximize"] if pareto else ["minimize"],
-        load_if_exists=True,
-    )
-    _check_study_matches(study, target, max_drop, names, source, cost)
-    target_accuracy = 100.0 * float(np.mean(np.asarray(objective.target.predicted) == objective.labels))
-    for key, value in {
-        "data": source.description, "simulated": source.simulated, "target": target,
-        "target_accuracy": target_accuracy, "target_gmacs": objective.target.gmacs,
-        "max_drop": max_drop, "threshold_mode": space.threshold_mode, "pareto": pareto,
-        "sampler": sampler_name, "candidates": names, "space": space.source, "cost": cost,
-        "target_latency_ms": None if latency_ms is None else latency_ms(target),
-    }.items():
-        study.set_user_attr(key, value)
-    n_trials = space.trials or (len(names) if space.threshold_mode == "exact" and not pareto else DEFAULT_SAMPLED_TRIALS)
-    if sampler_name in ("grid", "bruteforce"):
-        n_trials = min(n_trials, max(len(names) - _n_complete(study), 0))
-    started = time.perf_counter()
-    if n_trials:
-        study.optimize(objective, n_trials=n_trials, show_progress_bar=progress)
-    seconds = time.perf_counter() - started
-    return summarise(study, seconds=seconds, storage=storage)
+    return prepare_search(
+        source, target, max_drop, space, candidates=candidates, storage=storage, study_name=study_name, pareto=pareto,
+        calibration=calibration, split_seed=split_seed, guarantee=guarantee, bound=bound, latency_ms=latency_ms,
+        sqlite_wal=sqlite_wal,
+    ).run(progress)
 
 
-def _n_complete(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+class StudyProgress:
+    """A tqdm bar over the study's work (all workers): candidates evaluated, or this worker's sampled trials."""
+
+    def __init__(self, study: optuna.Study, spec: StudySpec, n_trials: int | None, enabled: bool) -> None:
+        self.study = study
+        self.spec = spec
+        self.enabled = enabled
+        self.bar: Any = None
+        self.last = 0.0
+        self.n_trials = n_trials
+
+    def __enter__(self) -> "StudyProgress":
+        if self.enabled:
+            from tqdm import tqdm
+
+            total = len(self.spec.candidates) if self.spec.exact else self.n_trials
+            self.bar = tqdm(total=total, unit="cand" if self.spec.exact else "trial", dynamic_ncols=True,
+                            desc="candidates evaluated (all workers)" if self.spec.exact else "trials")
+            self.update(force=True)
+        return self
+
+    def update(self, force: bool = False) -> None:
+        """Exact mode: the candidates evaluated by all workers (throttled); sampled: one more trial here."""
+        if self.bar is None:
+            return
+        if not self.spec.exact:
+            self.bar.update(0 if force else 1)
+            return
+        if not force and time.monotonic() - self.last < PROGRESS_EVERY_S:
+            return
+        self.last = time.monotonic()
+        state = candidate_progress(self.study.get_trials(deepcopy=False), self.spec.candidates)
+        self.bar.n = len(state.evaluated)
+        self.bar.set_postfix_str(f"{len(state.running)} running", refresh=False)
+        self.bar.refresh()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            if self.spec.exact:
+                self.update(force=True)
+            self.bar.close()
 
 
-def _check_study_matches(study: optuna.Study, target: str, max_drop: float, names: list[str], source: PredictionSource,
-                         cost: str) -> None:
-    """A stored study resumed with a different target, budget, data or cost would mix incomparable trials."""
-    attrs = study.user_attrs
-    if not attrs:
-        return
-    for key, value in (("target", target), ("max_drop", max_drop), ("data", source.description), ("cost", cost)):
-        if attrs.get(key) != value:
-            raise SaverSearchError(
-                f"study '{study.study_name}' in this storage was run with {key}={attrs.get(key)!r}, not {value!r}; "
-                "pass another --study-name to start a new study"
-            )
-    if attrs.get("candidates") not in (None, names):
-        raise SaverSearchError(
-            f"study '{study.study_name}' was run over a different candidate set; pass another --study-name"
-        )
-
-
-def open_storage(storage: str | None) -> optuna.storages.BaseStorage | None:
-    """An Optuna storage from a URL (``sqlite:///PATH``, any RDB URL) or a journal file path; None in memory."""
-    if storage is None:
-        return None
-    if "://" in storage:
-        try:
-            rdb = optuna.storages.RDBStorage(storage)
-        except Exception as err:  # SQLAlchemy raises many types for bad URLs and unreachable databases
-            raise SaverSearchError(f"cannot open storage {storage}: {str(err).splitlines()[0]}") from err
-        if storage.startswith("sqlite"):
-            _commit_without_fsync(rdb)
-        return rdb
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-    try:
-        return JournalStorage(JournalFileBackend(storage))
-    except OSError as err:
-        raise SaverSearchError(f"cannot open journal file {storage}: {err}") from err
-
-
-def _commit_without_fsync(rdb: optuna.storages.RDBStorage) -> None:
-    """Write-ahead logging without an fsync per commit: a trial makes a dozen small commits, which
-    otherwise cost ~0.25 s per trial. A crashed process loses nothing; only an OS crash may lose the
-    last trials, never the database."""
-    from sqlalchemy import event
-
-    def on_connect(connection: Any, _record: Any) -> None:
-        cursor = connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    event.listen(rdb.engine, "connect", on_connect)
-    rdb.engine.dispose()
-
-
-def load_study(storage: str, study_name: str | None = None) -> optuna.Study:
+def load_study(storage: str | optuna.storages.BaseStorage, study_name: str | None = None) -> optuna.Study:
     """Reload a stored search; the only study in the storage when no name is given."""
-    sqlite = "sqlite:///"
-    if "://" not in storage or storage.startswith(sqlite):
-        path = Path(storage[len(sqlite):] if storage.startswith(sqlite) else storage)
-        if not path.is_file():  # opening it would create an empty storage
-            raise SaverSearchError(f"no storage at {path}: pass the --storage that the search was run with")
+    if not storage_exists(storage):  # opening it would create an empty storage
+        raise SaverSearchError(f"no storage at {storage}: pass the storage that the search was run with")
     backend = open_storage(storage)
-    names = optuna.study.get_all_study_names(backend)
+    try:
+        names = optuna.study.get_all_study_names(backend)
+    except Exception as err:  # a journal file that is not one, a database of another application
+        raise SaverSearchError(f"{storage} is not an Optuna storage: {str(err).splitlines()[0]}") from err
     if not names:
-        raise SaverSearchError(f"storage {storage} holds no study; run a search with --storage {storage} first")
+        raise SaverSearchError(f"storage {storage} holds no study; run a search with this storage first")
     if study_name is None:
         if len(names) > 1:
             raise SaverSearchError(f"storage {storage} holds {len(names)} studies; pick one with --study-name: {'; '.join(names)}")
@@ -349,44 +537,77 @@ def load_study(storage: str, study_name: str | None = None) -> optuna.Study:
     return optuna.load_study(study_name=study_name, storage=backend)
 
 
-def cheapest_per_candidate(scored: Iterable[Scored], candidate: Callable[[Scored], str],
-                           cost: Callable[[Scored], float]) -> list[Scored]:
-    """The cheapest feasible result of each first-stage candidate, cheapest first (ties: more accurate first).
+def read_study(study: optuna.Study) -> tuple[StudySpec, StudyInfo]:
+    """A study's spec and info, also for studies written before specs existed (as in-sample, plug-in studies)."""
+    spec, info = read_spec(study), read_info(study)
+    if spec is not None and info is not None:
+        return spec, info
+    attrs = study.user_attrs
+    legacy = ("data", "simulated", "target", "target_accuracy", "target_gmacs", "max_drop", "threshold_mode",
+              "pareto", "sampler", "candidates", "space")
+    missing = [key for key in legacy if key not in attrs]
+    if missing:
+        raise SaverSearchError(
+            f"study '{study.study_name}' was not written by saver_search (no {', '.join(missing)} attributes)")
+    cost = attrs.get("cost", "gmacs")
+    spec = StudySpec(
+        target=attrs["target"], max_drop=attrs["max_drop"], cost=cost, threshold_mode=attrs["threshold_mode"],
+        threshold_range=(0.0, 1.0), stages=2, objectives=(cost, "accuracy") if attrs["pareto"] else (cost,),
+        directions=("minimize", "maximize") if attrs["pareto"] else ("minimize",), sampler=attrs["sampler"],
+        candidates=tuple(attrs["candidates"]), calibration=None, split_seed=0, guarantee=None, bound="", data="",
+        format=1,
+    )
+    info = StudyInfo(
+        data=attrs["data"], simulated=attrs["simulated"], space=attrs["space"], target_gmacs=attrs["target_gmacs"],
+        target_accuracy=attrs["target_accuracy"], target_test_accuracy=None,
+        target_latency_ms=attrs.get("target_latency_ms"), calibration_images=0, test_images=0, stratified=True,
+        created="", version="",
+    )
+    return spec, info
 
-    Serves the search summary and the reports, so both name the same best cascade.
-    """
-    best: dict[str, Scored] = {}
-    for item in sorted((i for i in scored if i.feasible), key=lambda i: (cost(i), -i.accuracy)):  # type: ignore[attr-defined]
-        best.setdefault(candidate(item), item)
-    return list(best.values())
+
+def study_outcomes(study: optuna.Study) -> list[Outcome]:
+    """The outcome of every complete trial, in trial order."""
+    return [Outcome.from_attrs(t.user_attrs, t.number)
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if is_outcome(t.user_attrs)]
 
 
 def summarise(study: optuna.Study, *, seconds: float = 0.0, storage: str | None = None) -> SearchResult:
-    """The best cascade, the best alternative per other candidate and (multi-objective) the front."""
-    attrs = study.user_attrs
-    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                if "feasible" in t.user_attrs]
-    outcomes = [Outcome.from_trial(t) for t in complete]
-    by_latency = attrs.get("cost") == "latency"
-    ranked = cheapest_per_candidate(outcomes, lambda o: o.stages[0],
-                                    lambda o: o.latency_ms if by_latency else o.gmacs)
-    pareto = attrs.get("pareto", False)
-    front = sorted((Outcome.from_trial(t) for t in study.best_trials), key=lambda o: o.gmacs) if pareto else []
+    """The best cascade, the best alternative per other candidate, the front (multi-objective) and progress."""
+    spec, info = read_study(study)
+    trials = study.get_trials(deepcopy=False)
+    outcomes = study_outcomes(study)
+    by_latency = spec.cost == "latency"
+    ranked = rank_outcomes(outcomes, by_latency)
+    target = TargetInfo(spec.target, info.target_gmacs, info.target_accuracy, info.target_test_accuracy,
+                        info.target_latency_ms)
+    alone = target_alone_outcome(target, info.calibration_images, info.test_images)
+    target_cost = (target.latency_ms if by_latency else target.gmacs) or 0.0
+    saving = [o for o in ranked if (o.calibration.latency_ms if by_latency else o.calibration.gmacs) < target_cost]
+    best = saving[0] if saving else alone
+    note = None
+    if not saving:
+        if not ranked and not spec.exact:
+            note = "no trial found a cascade within the budget: the target alone is returned; raise --trials"
+        elif spec.guarantee is not None:
+            note = (f"with {info.calibration_images:,} calibration images no cascade keeps {spec.max_drop:g} points at "
+                    f"{spec.guarantee:.0%}: the target alone is returned; use more images or a larger budget")
+        else:
+            note = "no candidate saves compute within this budget: the target alone is returned"
+    front = sorted((Outcome.from_attrs(t.user_attrs, t.number) for t in study.best_trials),
+                   key=lambda o: o.calibration.gmacs) if spec.pareto else []
+    state = candidate_progress(trials, spec.candidates)
+    if not spec.exact:
+        state = Progress(evaluated=sorted({o.first for o in outcomes}), running=state.running, missing=[])
     return SearchResult(
-        data=attrs["data"],
-        simulated=attrs["simulated"],
-        target=TargetInfo(attrs["target"], attrs["target_accuracy"], attrs["target_gmacs"], attrs.get("target_latency_ms")),
-        max_drop=attrs["max_drop"],
-        threshold_mode="pareto (sampled)" if pareto else attrs["threshold_mode"],
-        sampler=attrs["sampler"],
-        best=ranked[0] if ranked else None,
-        alternatives=ranked[1 : 1 + N_ALTERNATIVES],
-        pareto=front,
-        n_trials=len(complete),
-        n_candidates=len(attrs["candidates"]),
-        seconds=seconds,
-        study_name=study.study_name,
-        storage=storage,
-        space=attrs["space"],
-        cost=attrs.get("cost", "gmacs"),
+        data=info.data, simulated=info.simulated, target=target, max_drop=spec.max_drop,
+        threshold_mode="pareto (sampled)" if spec.pareto else spec.threshold_mode, sampler=spec.sampler,
+        split=SplitInfo(info.calibration_images, info.test_images, spec.calibration, spec.split_seed, info.stratified),
+        guarantee=None if spec.guarantee is None else GuaranteeInfo(spec.guarantee, spec.bound, len(spec.candidates)),
+        best=best, alternatives=[o for o in ranked if o is not best][:N_ALTERNATIVES], pareto=front,
+        n_trials=len(outcomes), n_candidates=len(spec.candidates), evaluated=state.evaluated, running=state.running,
+        missing=state.missing, seconds=seconds, study_name=study.study_name, storage=storage, space=info.space,
+        cost=spec.cost, note=note,
     )
+

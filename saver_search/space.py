@@ -10,7 +10,7 @@ from typing import Any
 from saver_search.errors import SaverSearchError
 
 THRESHOLD_MODES = ("exact", "sampled")
-SAMPLERS = ("auto", "grid", "bruteforce", "tpe", "random", "nsga2")
+SAMPLERS = ("auto", "tpe", "random", "nsga2")  # exact mode queues every candidate once: auto only
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
 
 

@@ -1,75 +1,30 @@
-"""A stored search as plain records: what every trial found, the study's settings and the threshold curves.
+"""A stored search as plain records: the study's spec and info, every trial's outcome and the threshold curves.
 
-Everything is read from the study's user attributes, so a trace needs no prediction data. pandas is
-optional: only :func:`trials_frame` imports it.
+Everything is read from the study, so a trace needs no prediction data. Trials are searched on calibration
+images, so trial-level plots and tables use calibration figures; each outcome also carries its held-out
+test figures. pandas is optional: only :func:`trials_frame` imports it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import optuna
 
 from saver_search.errors import SaverSearchError
-from saver_search.search import cheapest_per_candidate
+from saver_search.results import Outcome, rank_outcomes
+from saver_search.search import read_study, study_outcomes
+from saver_search.study import StudyInfo, StudySpec
 
 if TYPE_CHECKING:
     import pandas as pd
 
-STUDY_ATTRS = ("data", "simulated", "target", "target_accuracy", "target_gmacs", "max_drop", "threshold_mode",
-               "pareto", "sampler", "candidates", "space")
-
-
-@dataclass(frozen=True)
-class StudyInfo:
-    """What a study was run on: data, target, budget and search settings."""
-
-    study_name: str
-    data: str
-    simulated: bool
-    target: str
-    target_accuracy: float
-    target_gmacs: float
-    max_drop: float
-    threshold_mode: str
-    pareto: bool
-    sampler: str
-    candidates: list[str]
-    space: str
-    cost: str = "gmacs"
-
-    @property
-    def min_accuracy(self) -> float:
-        """The lowest top-1 (%) within the budget."""
-        return self.target_accuracy - self.max_drop
-
-    @property
-    def tag(self) -> str:
-        """Appended to every title: marks results from simulated predictions."""
-        return " (simulated)" if self.simulated else ""
-
-
-@dataclass(frozen=True)
-class TrialRecord:
-    """One complete trial: the two-stage cascade it evaluated and how it did."""
-
-    trial: int
-    candidate: str
-    threshold: float
-    accuracy: float
-    drop: float
-    gmacs: float
-    reduction: float
-    exit_ratio: float
-    feasible: bool
-    latency_ms: float | None = None
-
 
 @dataclass(frozen=True)
 class ThresholdCurve:
-    """A candidate's cascade at evenly spaced thresholds (the ``curve`` attribute of its first trial)."""
+    """A candidate's cascade at evenly spaced thresholds on the calibration images (its first trial's ``curve``)."""
 
     candidate: str
     threshold: list[float]
@@ -80,77 +35,99 @@ class ThresholdCurve:
 
 @dataclass(frozen=True)
 class SearchTrace:
-    """A study's settings, its complete trials in order, and one threshold curve per evaluated candidate."""
+    """A study's spec and info, its complete trials in order, and one threshold curve per evaluated candidate."""
 
+    study_name: str
+    spec: StudySpec
     info: StudyInfo
-    records: list[TrialRecord]
+    outcomes: list[Outcome]
     curves: dict[str, ThresholdCurve]
+
+    @property
+    def min_accuracy(self) -> float:
+        """The lowest calibration top-1 (%) within the budget."""
+        return self.info.target_accuracy - self.spec.max_drop
+
+    @property
+    def tag(self) -> str:
+        """Appended to every title: marks results from simulated predictions."""
+        return " (simulated)" if self.info.simulated else ""
+
+    @property
+    def in_sample(self) -> bool:
+        return self.spec.calibration is None
+
+    @property
+    def images_label(self) -> str:
+        """Which images the trial figures are measured on."""
+        if self.in_sample:
+            return "all images, in-sample" if not self.info.calibration_images else \
+                f"all {self.info.calibration_images:,} images, in-sample"
+        return f"{self.info.calibration_images:,} calibration images"
 
 
 def load_trace(study: optuna.Study) -> SearchTrace:
     """Read a saver_search study; raises if it is not one or has no complete trial yet."""
-    attrs = study.user_attrs
-    missing = [key for key in STUDY_ATTRS if key not in attrs]
-    if missing:
-        raise SaverSearchError(
-            f"study '{study.study_name}' was not written by saver_search (no {', '.join(missing)} attributes)"
-        )
-    info = StudyInfo(study_name=study.study_name, cost=attrs.get("cost", "gmacs"),
-                     **{key: attrs[key] for key in STUDY_ATTRS})
-    trials = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-              if "feasible" in t.user_attrs]
-    if not trials:
+    spec, info = read_study(study)
+    outcomes = study_outcomes(study)
+    if not outcomes:
         raise SaverSearchError(
             f"study '{study.study_name}' has no complete trial yet; run the search again with the same --storage"
         )
-    records = [_record(t) for t in trials]
     curves: dict[str, ThresholdCurve] = {}
-    for trial, record in zip(trials, records):
-        if "curve" in trial.user_attrs and record.candidate not in curves:
-            curves[record.candidate] = ThresholdCurve(candidate=record.candidate, **trial.user_attrs["curve"])
-    return SearchTrace(info=info, records=records, curves=curves)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        candidate = trial.params.get("candidate")
+        if "curve" in trial.user_attrs and candidate not in curves:
+            curves[candidate] = ThresholdCurve(candidate=candidate, **trial.user_attrs["curve"])
+    return SearchTrace(study_name=study.study_name, spec=spec, info=info, outcomes=outcomes, curves=curves)
 
 
-def _record(trial: optuna.trial.FrozenTrial) -> TrialRecord:
-    attrs = trial.user_attrs
-    return TrialRecord(
-        trial=trial.number, candidate=attrs["stages"][0], threshold=attrs["thresholds"][0],
-        latency_ms=attrs.get("latency_ms"),
-        **{key: attrs[key] for key in ("accuracy", "drop", "gmacs", "reduction", "exit_ratio", "feasible")},
-    )
+def best_per_candidate(trace: SearchTrace) -> list[Outcome]:
+    """The cheapest feasible trial of each candidate, cheapest first by the study's cost (GMACs or latency) on
+    the calibration images, ranked exactly as the search ranked them (candidates never feasible are left out)."""
+    return rank_outcomes(trace.outcomes, by_latency=trace.spec.cost == "latency")
 
 
-def best_per_candidate(trace: SearchTrace) -> list[TrialRecord]:
-    """The cheapest feasible trial of each candidate, cheapest first by the study's cost (GMACs or latency),
-    ranked exactly as the search ranked them (candidates never feasible are left out)."""
-    by_latency = trace.info.cost == "latency"
-    return cheapest_per_candidate(trace.records, lambda r: r.candidate,
-                                  lambda r: r.latency_ms if by_latency else r.gmacs)
-
-
-def pareto_front(records: list[TrialRecord]) -> list[TrialRecord]:
-    """Trials no other trial beats on both GMACs (lower) and top-1 (higher), by increasing GMACs."""
-    front: list[TrialRecord] = []
-    for record in sorted(records, key=lambda r: (r.gmacs, -r.accuracy)):
-        if not front or record.accuracy > front[-1].accuracy:
-            front.append(record)
+def pareto_front(outcomes: list[Outcome]) -> list[Outcome]:
+    """Trials no other trial beats on both GMACs (lower) and top-1 (higher) on the calibration images,
+    by increasing GMACs."""
+    front: list[Outcome] = []
+    for outcome in sorted(outcomes, key=lambda o: (o.calibration.gmacs, -o.calibration.accuracy)):
+        if not front or outcome.calibration.accuracy > front[-1].calibration.accuracy:
+            front.append(outcome)
     return front
 
 
 def best_so_far(trace: SearchTrace) -> list[float]:
-    """Per trial, in order: the lowest GMACs of any feasible trial up to it (NaN before the first)."""
+    """Per trial, in order: the lowest calibration GMACs of any feasible trial up to it (NaN before the first)."""
     best = math.nan
     history = []
-    for record in trace.records:
-        if record.feasible and (math.isnan(best) or record.gmacs < best):
-            best = record.gmacs
+    for outcome in trace.outcomes:
+        if outcome.feasible and (math.isnan(best) or outcome.calibration.gmacs < best):
+            best = outcome.calibration.gmacs
         history.append(best)
     return history
 
 
+FRAME_FIGURES = ("accuracy", "drop", "gmacs", "reduction", "exit_ratio", "latency_ms")
+
+
 def trials_frame(trace: SearchTrace) -> "pd.DataFrame":
-    """All trials as a DataFrame indexed by trial number, columns as :class:`TrialRecord` (needs pandas)."""
+    """All trials as a DataFrame indexed by trial number (needs pandas): candidate, threshold, feasible, the
+    calibration figures as ``cal_*`` and the held-out ones as ``test_*`` (NaN in-sample), and the bootstrap
+    interval of the test drop and GMACs."""
     import pandas as pd
 
-    columns = [f.name for f in fields(TrialRecord)]
-    return pd.DataFrame([asdict(r) for r in trace.records], columns=columns).set_index("trial")
+    rows = []
+    for outcome in trace.outcomes:
+        row = {"trial": outcome.trial, "candidate": outcome.first, "threshold": outcome.thresholds[0],
+               "feasible": outcome.feasible}
+        for prefix, figures in (("cal", outcome.calibration), ("test", outcome.test)):
+            for name in FRAME_FIGURES:
+                row[f"{prefix}_{name}"] = math.nan if figures is None or getattr(figures, name) is None \
+                    else getattr(figures, name)
+        interval = outcome.interval
+        row["test_drop_low"], row["test_drop_high"] = interval.drop if interval else (math.nan, math.nan)
+        row["test_gmacs_low"], row["test_gmacs_high"] = interval.gmacs if interval else (math.nan, math.nan)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("trial")

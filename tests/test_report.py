@@ -9,7 +9,8 @@ import pytest
 
 from conftest import make_store, run_cli
 from saver_search.plots import REPORT_FIGURES, plot_budget_sweep
-from saver_search.search import load_study, open_storage, run_search, summarise
+from saver_search.search import load_study, run_search, summarise
+from saver_search.study import open_storage
 from saver_search.simulate import SimulatedZoo
 from saver_search.space import SearchSpace
 from saver_search.store import PredictionStore
@@ -18,7 +19,8 @@ from saver_search.trace import best_per_candidate, best_so_far, load_trace, pare
 MODELS = {"tiny_a.x": (0.70, 0.5), "tiny_b.x": (0.78, 1.0), "mid_c.x": (0.85, 3.0), "big_t.x": (0.90, 10.0)}
 TARGET = "big_t.x"
 MIN_PNG_BYTES = 10_000
-SAMPLED = SearchSpace(threshold_mode="sampled", trials=10)  # SQLite on disk costs ~0.4 s per trial
+SAMPLED = SearchSpace(threshold_mode="sampled", trials=10)
+PLUG_IN = dict(guarantee=None)  # 1,000 calibration images certify little at 1 point; these tests are about reports
 
 
 @pytest.fixture
@@ -40,7 +42,7 @@ def assert_one_line_error(proc, *fragments: str) -> None:
 
 
 def test_report_rebuilt_in_fresh_process(store, storage, tmp_path):
-    result = run_search(store, TARGET, 1.0, SAMPLED, storage=storage, study_name="s1")
+    result = run_search(store, TARGET, 1.0, SAMPLED, storage=storage, study_name="s1", **PLUG_IN)
     out = tmp_path / "report"
     proc = run_cli("report", "--storage", storage, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
@@ -49,8 +51,10 @@ def test_report_rebuilt_in_fresh_process(store, storage, tmp_path):
         assert (out / f"{name}.png").stat().st_size > MIN_PNG_BYTES
     summary = (out / "summary.md").read_text()
     best = result.best
-    assert f"`{TARGET}`" in summary and f"**{best.stages[0]} -> {TARGET}**" in summary
-    assert f"{best.gmacs:.3f} GMACs / image" in summary and "SIMULATED" not in summary
+    assert f"`{TARGET}`" in summary and f"**{best.first} -> {TARGET}**" in summary
+    assert f"{best.test.gmacs:.3f} GMACs / image" in summary and "SIMULATED" not in summary
+    assert "held-out test images" in summary and "bootstrap interval over the test images" in summary
+    assert f"On the calibration images: {best.calibration.gmacs:.3f} GMACs" in summary
     assert all(f"]({name}.png)" in summary for name in REPORT_FIGURES)
 
 
@@ -75,9 +79,9 @@ def test_resumed_study_adds_trials_and_reloads_by_name(store, storage):
     study = load_study(storage, "resumed")
     assert summarise(study).n_trials == 20 and len(study.trials) == 20
     trace = load_trace(study)
-    assert [r.trial for r in trace.records] == list(range(20))
-    assert set(trace.curves) == {r.candidate for r in trace.records}
-    assert load_trace(load_study(storage, "other")).info.max_drop == 2.0
+    assert [o.trial for o in trace.outcomes] == list(range(20))
+    assert set(trace.curves) == {o.first for o in trace.outcomes}
+    assert load_trace(load_study(storage, "other")).spec.max_drop == 2.0
 
 
 def test_resume_from_the_command_line(store, tmp_path):
@@ -92,30 +96,34 @@ def test_resume_from_the_command_line(store, tmp_path):
 
 def test_trace_of_exact_search_has_every_candidate(store, tmp_path):
     storage = str(tmp_path / "exact.log")
-    result = run_search(store, TARGET, 1.0, SearchSpace(), storage=storage)
+    result = run_search(store, TARGET, 1.0, SearchSpace(), storage=storage, **PLUG_IN)
     trace = load_trace(load_study(storage))
     best = best_per_candidate(trace)
-    assert [r.candidate for r in best] == [o.stages[0] for o in [result.best, *result.alternatives]]
-    assert best[0].gmacs == pytest.approx(result.best.gmacs)
+    assert [o.first for o in best] == [o.first for o in [result.best, *result.alternatives]]
+    assert best[0] == result.best
     assert set(trace.curves) == set(MODELS) - {TARGET}
-    curve = trace.curves[best[0].candidate]
+    curve = trace.curves[best[0].first]
     assert len(curve.threshold) == len(curve.accuracy) == len(curve.gmacs) == 101
     frame = trials_frame(trace)
-    assert list(frame.index) == [0, 1, 2] and frame["feasible"].all()
+    assert sorted(frame.index) == [0, 1, 2] and frame["feasible"].all()
+    row = frame.loc[best[0].trial]
+    assert row["test_gmacs"] == best[0].test.gmacs and row["cal_gmacs"] == best[0].calibration.gmacs
+    assert row["test_drop_low"] <= row["test_drop"] <= row["test_drop_high"]
 
 
 def test_pareto_front_and_history_helpers(store, tmp_path):
     storage = str(tmp_path / "sampled.log")
-    run_search(store, TARGET, 1.0, SAMPLED, storage=storage)
-    records = load_trace(load_study(storage)).records
-    front = pareto_front(records)
-    assert all(a.gmacs < b.gmacs and a.accuracy < b.accuracy for a, b in zip(front, front[1:]))
-    for record in front:
-        assert not any(o.gmacs <= record.gmacs and o.accuracy > record.accuracy for o in records)
-    for record in records:
-        assert any(f.gmacs <= record.gmacs and f.accuracy >= record.accuracy for f in front)
-    history = best_so_far(load_trace(load_study(storage)))
-    assert history[-1] == min(r.gmacs for r in records if r.feasible)
+    run_search(store, TARGET, 1.0, SAMPLED, storage=storage, **PLUG_IN)
+    points = [(o.calibration.gmacs, o.calibration.accuracy) for o in load_trace(load_study(storage)).outcomes]
+    front = [(o.calibration.gmacs, o.calibration.accuracy) for o in pareto_front(load_trace(load_study(storage)).outcomes)]
+    assert all(a[0] < b[0] and a[1] < b[1] for a, b in zip(front, front[1:]))
+    for gmacs, accuracy in front:
+        assert not any(g <= gmacs and a > accuracy for g, a in points)
+    for gmacs, accuracy in points:
+        assert any(g <= gmacs and a >= accuracy for g, a in front)
+    trace = load_trace(load_study(storage))
+    history = best_so_far(trace)
+    assert history[-1] == min(o.calibration.gmacs for o in trace.outcomes if o.feasible)
     assert all(math.isnan(a) or b <= a for a, b in zip(history, history[1:]))
 
 
@@ -128,7 +136,7 @@ def test_pareto_mode_study_reports(store, tmp_path):
 
 
 def test_budget_sweep_plot(store):
-    results = [run_search(store, TARGET, drop, SearchSpace()) for drop in (0.0, 1.0, 5.0)]
+    results = [run_search(store, TARGET, drop, SearchSpace(), **PLUG_IN) for drop in (0.0, 1.0, 5.0)]
     figure = plot_budget_sweep(results)
     assert len(figure.axes[0].lines[0].get_xdata()) == 3
 

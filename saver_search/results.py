@@ -1,0 +1,103 @@
+"""How a cascade did: one record (stages, thresholds, calibration and test figures, interval) for every output.
+
+The same :class:`Outcome` is stored with each trial, ranked by the search, read back by the trace and printed
+by the table, JSON, report and notebook. Thresholds are chosen on calibration images; ``test`` holds the
+figures on held-out images (None when the search ran in-sample, with no test part).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
+
+from saver_search.calibration import Interval
+
+@dataclass(frozen=True)
+class Figures:
+    """A cascade on one set of images: top-1 (%), drop below the target on the same images (points),
+    GMACs per image, compute saved (%), share of images answered before the target, optional ms/image."""
+
+    images: int
+    accuracy: float
+    drop: float
+    gmacs: float
+    reduction: float
+    exit_ratio: float
+    latency_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One cascade and how it did. ``stages`` run first .. target; a single stage is the target alone.
+
+    ``feasible``: the thresholds keep the budget, certified at the study's guarantee level on the
+    calibration images (or, without a guarantee, the calibration drop is within the budget).
+    """
+
+    stages: list[str]
+    thresholds: list[float]
+    calibration: Figures
+    test: Figures | None
+    interval: Interval | None
+    feasible: bool
+    trial: int | None = None
+
+    @property
+    def first(self) -> str:
+        """The first stage (the target itself when the target is served alone)."""
+        return self.stages[0]
+
+    @property
+    def target_alone(self) -> bool:
+        return len(self.stages) == 1
+
+    @property
+    def reported(self) -> Figures:
+        """The figures to report: held-out test figures when there is a test part, else calibration."""
+        return self.test if self.test is not None else self.calibration
+
+    def to_attrs(self) -> dict[str, Any]:
+        """A JSON-ready dict, stored with the trial (``trial`` is not stored: it is the trial's number)."""
+        data = asdict(self)
+        del data["trial"]
+        return data
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any], trial: int | None = None) -> "Outcome":
+        """Inverse of :meth:`to_attrs`; also reads trials of studies written before the calibration split."""
+        if "outcome" in attrs:
+            data = attrs["outcome"]
+            interval = data.get("interval")
+            return cls(
+                stages=list(data["stages"]), thresholds=list(data["thresholds"]),
+                calibration=Figures(**data["calibration"]),
+                test=None if data.get("test") is None else Figures(**data["test"]),
+                interval=None if interval is None else Interval(
+                    level=interval["level"], drop=tuple(interval["drop"]), gmacs=tuple(interval["gmacs"])),
+                feasible=bool(data["feasible"]), trial=trial,
+            )
+        legacy = Figures(images=0, accuracy=attrs["accuracy"], drop=attrs["drop"], gmacs=attrs["gmacs"],
+                         reduction=attrs["reduction"], exit_ratio=attrs["exit_ratio"], latency_ms=attrs.get("latency_ms"))
+        return cls(stages=list(attrs["stages"]), thresholds=list(attrs["thresholds"]), calibration=legacy, test=None,
+                   interval=None, feasible=bool(attrs["feasible"]), trial=trial)
+
+
+def is_outcome(attrs: dict[str, Any]) -> bool:
+    """Whether a trial's user attributes hold an outcome (current or legacy layout)."""
+    return "outcome" in attrs or "feasible" in attrs
+
+
+def rank_outcomes(outcomes: Iterable[Outcome], by_latency: bool = False) -> list[Outcome]:
+    """The cheapest feasible outcome of each first stage, cheapest first (ties: more accurate first).
+
+    Ranks by calibration figures only (GMACs, or expected latency with ``by_latency``), so the choice never
+    sees test images; serves the search summary and the reports, so both name the same best cascade.
+    """
+    def cost(outcome: Outcome) -> float:
+        value = outcome.calibration.latency_ms if by_latency else outcome.calibration.gmacs
+        return float("inf") if value is None else value
+
+    best: dict[str, Outcome] = {}
+    for outcome in sorted((o for o in outcomes if o.feasible), key=lambda o: (cost(o), -o.calibration.accuracy)):
+        best.setdefault(outcome.first, outcome)
+    return list(best.values())

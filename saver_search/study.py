@@ -1,0 +1,543 @@
+"""Stored studies you can trust: one spec per study, race-free creation, workers that lose and repeat nothing.
+
+* **One study spec** (:class:`StudySpec`): everything that makes two runs' trials comparable (target, budget,
+  cost, threshold mode, stages, objectives, candidates, calibration split, guarantee, and a content
+  fingerprint of the data, never a path). The process that creates a study writes it once, after queueing
+  the work; every later process reads it with :func:`read_spec` and compares it whole. A resume never
+  writes to the study's attributes.
+* **Race-free creation**: any number of workers may start at once on an empty storage. Schema creation is
+  retried when two processes race for it; ``create_new_study`` lets exactly one of them create the study,
+  the others wait for its spec.
+* **Workers** (:class:`StudyWorker`): in exact mode each candidate is queued once (``enqueue_trial``) and
+  workers pop the queue. A trial records its worker (host, pid, heartbeat); a trial whose worker died
+  (its process is gone on this host, or its heartbeat is older than :data:`GRACE_S` elsewhere) is failed by
+  exactly one live worker (an atomic state change) and queued again. An interrupted trial (Ctrl-C) is
+  queued again by its own worker. A worker whose queue is empty waits for the other workers' trials, then
+  queues any candidate still missing; a retried trial whose candidate is already evaluated, or queued
+  earlier, is pruned as a duplicate. So every candidate ends with exactly one complete trial.
+* **Storages**: an Optuna ``BaseStorage`` object, an RDB URL (``sqlite:///PATH``,
+  ``postgresql+psycopg://...``) or a journal file path, locked with ``flock`` so that a killed worker never
+  leaves a stale lock behind. Nothing here changes global state; :func:`open_storage` switches SQLite to
+  WAL only when asked (the CLI asks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import optuna
+from optuna.exceptions import DuplicatedStudyError, UpdateFinishedTrialError
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from saver_search.errors import InvalidParameter, SaverSearchError, StudyMismatch
+
+SPEC_FORMAT = 2  # 1: the flat attributes written before there was a spec (read, never resumed)
+SPEC_ATTR = "saver_search:spec"
+INFO_ATTR = "saver_search:info"
+WORKER_ATTR = "worker"
+QUEUED_ATTR = "queued"
+RETRY_ATTR = "retry_of"
+RECONCILED_ATTR = "reconciled"
+HEARTBEAT_S = 5.0
+GRACE_S = 30.0  # a trial of another host with no heartbeat for this long is dead
+POLL_S = 0.25
+SPEC_WAIT_S = 60.0
+SCHEMA_RETRIES = 12
+RACE_MARKERS = ("already exists", "unique constraint", "duplicate key", "database is locked", "alembic_version")
+LEGACY_ATTRS = ("target", "max_drop", "candidates")
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """What a study was created for; two runs share a study only if their specs are equal.
+
+    ``calibration`` None: in-sample (all images calibrate); ``guarantee`` None: plug-in choice.
+    ``data`` is a content fingerprint (:func:`data_fingerprint`).
+    """
+
+    target: str
+    max_drop: float
+    cost: str
+    threshold_mode: str
+    threshold_range: tuple[float, float]
+    stages: int
+    objectives: tuple[str, ...]
+    directions: tuple[str, ...]
+    sampler: str
+    candidates: tuple[str, ...]
+    calibration: float | None
+    split_seed: int
+    guarantee: float | None
+    bound: str
+    data: str
+    format: int = SPEC_FORMAT
+
+    @property
+    def pareto(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def exact(self) -> bool:
+        """Exact mode: one trial per candidate, its threshold solved from the calibration curve."""
+        return self.threshold_mode == "exact" and not self.pareto
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "StudySpec":
+        data = json.loads(text)
+        for key in ("threshold_range", "objectives", "directions", "candidates"):
+            data[key] = tuple(data[key])
+        return cls(**data)
+
+    def check_resumes(self, stored: "StudySpec", study_name: str) -> None:
+        """Raise :class:`StudyMismatch` naming the first key where ``stored`` differs from this spec."""
+        for field in fields(self):
+            mine, theirs = getattr(self, field.name), getattr(stored, field.name)
+            if mine == theirs:
+                continue
+            if field.name == "candidates":
+                missing = [c for c in theirs if c not in mine] or [c for c in mine if c not in theirs]
+                theirs = f"{len(theirs)} candidates"
+                mine = f"{len(mine)} candidates (differing: {', '.join(missing[:3]) or 'order'})"
+            raise StudyMismatch(study_name, field.name, theirs, mine)
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    """What a study records about its data and target besides its identity (written once, never compared)."""
+
+    data: str
+    simulated: bool
+    space: str
+    target_gmacs: float
+    target_accuracy: float
+    target_test_accuracy: float | None
+    target_latency_ms: float | None
+    calibration_images: int
+    test_images: int
+    stratified: bool
+    created: str
+    version: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def data_fingerprint(labels: np.ndarray, sample_ids: np.ndarray | None, models: Iterable[Any]) -> str:
+    """A hash of what a search reads: labels, sample ids and, per model, its identity and top-k arrays.
+
+    ``models`` yields ``ModelPredictions``; their ``created`` time and ``source`` text are left out, so two
+    copies of the same data (another path, another machine) fingerprint alike.
+    """
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(labels, dtype=np.int64).data)
+    if sample_ids is not None:
+        digest.update("\n".join(map(str, sample_ids)).encode())
+    for model in models:
+        meta = model.meta
+        identity = {"name": meta.name, "gmacs": meta.gmacs, "k": meta.k, "arch": meta.arch, "img_size": meta.img_size}
+        digest.update(json.dumps(identity, sort_keys=True).encode())
+        for array in (model.classes, model.probs):
+            digest.update(np.ascontiguousarray(array).data)
+    return "sha256:" + digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------- storages
+
+
+class FlockLock:
+    """A journal file lock held with ``flock(2)`` on the journal itself: the kernel drops it when its process
+    dies, so a killed worker never leaves a stale lock (Optuna's file locks wait 30 s for one)."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        import fcntl
+
+        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        import fcntl
+
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def open_storage(storage: str | BaseStorage | None, *, sqlite_wal: bool = False) -> BaseStorage | None:
+    """An Optuna storage from an object (returned as is), an RDB URL or a journal file path; None in memory.
+
+    Args:
+        storage: ``sqlite:///PATH``, ``postgresql+psycopg://USER@HOST/DB`` (any SQLAlchemy URL), a journal
+            file path, or a ``BaseStorage``.
+        sqlite_wal: switch an SQLite database to write-ahead logging with ``synchronous=NORMAL`` (persistent
+            in the file; faster, and readers no longer block the writer). Off by default: the library does
+            not change a user's database settings.
+    """
+    if storage is None or isinstance(storage, BaseStorage):
+        return storage
+    if not isinstance(storage, (str, os.PathLike)):
+        raise InvalidParameter("storage", f"must be a URL, a journal file path or an optuna storage, got {type(storage).__name__}")
+    storage = str(storage)
+    if "://" in storage:
+        return _open_rdb(storage, sqlite_wal)
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    try:
+        return JournalStorage(JournalFileBackend(storage, lock_obj=FlockLock(storage)))  # type: ignore[arg-type]
+    except OSError as err:
+        raise SaverSearchError(f"cannot open journal file {storage}: {err.strerror or err}") from err
+
+
+def _open_rdb(url: str, sqlite_wal: bool) -> BaseStorage:
+    """An RDB storage; schema creation is retried while other processes race to create the same tables."""
+    engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    for attempt in range(SCHEMA_RETRIES):
+        try:
+            rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            break
+        except ModuleNotFoundError as err:
+            raise SaverSearchError(
+                f"cannot open storage {url}: the database driver '{err.name}' is not installed; for PostgreSQL "
+                "install the extra: pip install 'saver_search[postgres]'"
+            ) from err
+        except Exception as err:  # SQLAlchemy raises many types for bad URLs, races and unreachable servers
+            text = str(err).lower()
+            if attempt + 1 < SCHEMA_RETRIES and any(marker in text for marker in RACE_MARKERS):
+                time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))
+                continue
+            raise SaverSearchError(f"cannot open storage {url}: {str(err).splitlines()[0]}") from err
+    if sqlite_wal and url.startswith("sqlite"):
+        _sqlite_wal(rdb)
+    return rdb
+
+
+def _sqlite_wal(rdb: optuna.storages.RDBStorage) -> None:
+    """Write-ahead logging without an fsync per commit: a trial makes a few small commits, each ~0.1 s with
+    fsync. A killed process loses nothing; only an OS crash may lose the last trials, never the database."""
+    from sqlalchemy import event
+
+    def on_connect(connection: Any, _record: Any) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    event.listen(rdb.engine, "connect", on_connect)
+    rdb.engine.dispose()
+
+
+def storage_exists(storage: str | BaseStorage) -> bool:
+    """False for a SQLite or journal path with no file yet (opening it would create one)."""
+    if not isinstance(storage, str):
+        return True
+    sqlite = "sqlite:///"
+    if storage.startswith(sqlite):
+        return Path(storage[len(sqlite):]).is_file()
+    return "://" in storage or Path(storage).is_file()
+
+
+# ------------------------------------------------------------------------------------------ creation, specs
+
+
+def read_spec(study: optuna.Study) -> StudySpec | None:
+    """The study's spec; None when it has none (not written by saver_search, or created before specs)."""
+    text = study.user_attrs.get(SPEC_ATTR)
+    return None if text is None else StudySpec.from_json(text)
+
+
+def read_info(study: optuna.Study) -> StudyInfo | None:
+    text = study.user_attrs.get(INFO_ATTR)
+    return None if text is None else StudyInfo(**json.loads(text))
+
+
+def create_or_load(storage: BaseStorage, study_name: str, spec: StudySpec, info: StudyInfo,
+                   sampler: optuna.samplers.BaseSampler) -> tuple[optuna.Study, bool]:
+    """Create the study with its spec, or load it and check that its spec equals ``spec``.
+
+    Exactly one of several concurrent callers creates it: that one queues every candidate (exact mode), then
+    writes the info and the spec, last, which marks the study ready. The others wait for the spec.
+    Returns the study and whether this call created it.
+    """
+    directions = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]
+    try:
+        storage.create_new_study(directions=directions, study_name=study_name)
+        created = True
+    except DuplicatedStudyError:
+        created = False
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
+    if created:
+        if spec.exact:
+            enqueue_candidates(study, spec.candidates)
+        study.set_user_attr(INFO_ATTR, info.to_json())
+        study.set_user_attr(SPEC_ATTR, spec.to_json())
+        return study, True
+    spec.check_resumes(_wait_for_spec(study), study_name)
+    return study, False
+
+
+def _wait_for_spec(study: optuna.Study) -> StudySpec:
+    deadline = time.monotonic() + SPEC_WAIT_S
+    while True:
+        attrs = study.user_attrs
+        if SPEC_ATTR in attrs:
+            return StudySpec.from_json(attrs[SPEC_ATTR])
+        if all(key in attrs for key in LEGACY_ATTRS):
+            raise SaverSearchError(
+                f"study '{study.study_name}' was created by an earlier saver_search without a study spec: it can "
+                "be reported but not resumed; give another study name to start a new study"
+            )
+        if time.monotonic() > deadline:
+            raise SaverSearchError(
+                f"study '{study.study_name}' has no saver_search spec after {SPEC_WAIT_S:.0f} s: it was not created "
+                "by saver_search, or its creator stopped while creating it; give another study name"
+            )
+        time.sleep(POLL_S)
+
+
+def enqueue_candidates(study: optuna.Study, candidates: Iterable[str], **attrs: Any) -> None:
+    """Queue one trial per candidate (exact mode); ``attrs`` mark retries and reconciliations."""
+    for candidate in candidates:
+        study.enqueue_trial({"candidate": candidate}, user_attrs={QUEUED_ATTR: True, **attrs})
+
+
+def trial_candidate(trial: FrozenTrial) -> str | None:
+    """The candidate a trial evaluates, known from the moment it is queued."""
+    return trial.params.get("candidate", trial.system_attrs.get("fixed_params", {}).get("candidate"))
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where an exact-mode study stands, over all workers: candidates evaluated, still running, missing."""
+
+    evaluated: list[str]
+    running: list[str]
+    missing: list[str]
+
+
+def candidate_progress(trials: Sequence[FrozenTrial], candidates: Sequence[str]) -> Progress:
+    complete = {trial_candidate(t) for t in trials if t.state == TrialState.COMPLETE}
+    running = {trial_candidate(t) for t in trials if t.state == TrialState.RUNNING} - complete
+    return Progress(
+        evaluated=[c for c in candidates if c in complete],
+        running=[c for c in candidates if c in running],
+        missing=[c for c in candidates if c not in complete and c not in running],
+    )
+
+
+# ------------------------------------------------------------------------------------------------ workers
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _process_stat(pid: int) -> tuple[str, str] | None:
+    """``(state, start time)`` of a process from /proc, or None where /proc is unavailable."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return ("X", "")
+    except OSError:
+        return None
+    after_name = text[text.rindex(")") + 2:].split()
+    return after_name[0], after_name[19]
+
+
+HOST = f"{socket.gethostname()}/{_boot_id()}"
+
+
+def _identity() -> dict[str, Any]:
+    stat = _process_stat(os.getpid())
+    return {"host": HOST, "pid": os.getpid(), "started": stat[1] if stat else ""}
+
+
+def _process_alive(pid: int, started: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    stat = _process_stat(pid)
+    if stat is None:
+        return True
+    state, start = stat
+    return state not in ("Z", "X") and (not started or start == started)
+
+
+def worker_is_dead(trial: FrozenTrial, now: float | None = None) -> bool:
+    """Whether a running trial's worker is gone: its process on this host has exited, or (another host) it
+    has not beaten for :data:`GRACE_S`. A trial that never recorded its worker counts from its start."""
+    worker = trial.user_attrs.get(WORKER_ATTR)
+    if worker is None:
+        started = trial.datetime_start
+        return started is not None and (datetime.now() - started).total_seconds() > GRACE_S
+    if worker.get("host") == HOST:
+        return not _process_alive(int(worker["pid"]), str(worker.get("started", "")))
+    return (time.time() if now is None else now) - float(worker["heartbeat"]) > GRACE_S
+
+
+class _Heartbeat:
+    """Records this worker on a running trial, then refreshes the record every :data:`HEARTBEAT_S`."""
+
+    def __init__(self, storage: BaseStorage, trial_id: int) -> None:
+        self._storage = storage
+        self._trial_id = trial_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _beat(self) -> None:
+        self._storage.set_trial_user_attr(self._trial_id, WORKER_ATTR, {**_identity(), "heartbeat": time.time()})
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self._beat()
+            except Exception:  # the trial finished (or was reclaimed) meanwhile
+                return
+
+    def __enter__(self) -> "_Heartbeat":
+        self._beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class StudyWorker:
+    """Runs one study's trials in this process, alongside any number of workers in other processes.
+
+    ``objective(trial)`` returns the trial's value(s) and may raise ``optuna.TrialPruned``.
+    ``on_change()`` is called after every trial this worker finishes and while it waits.
+    """
+
+    def __init__(self, study: optuna.Study, storage: BaseStorage, spec: StudySpec,
+                 objective: Callable[[optuna.Trial], Any], on_change: Callable[[], None] | None = None) -> None:
+        self.study = study
+        self.storage = storage
+        self.spec = spec
+        self.objective = objective
+        self.on_change = on_change or (lambda: None)
+        self.study_id = storage.get_study_id_from_name(study.study_name)
+        self.completed = 0
+
+    def _trial_id(self, number: int) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+
+    def run(self, n_trials: int | None) -> None:
+        """Exact mode: evaluate queued candidates (at most ``n_trials``, all with None) until every candidate is
+        evaluated; sampled mode: run ``n_trials`` trials."""
+        if self.spec.exact:
+            self._run_queue(n_trials)
+        else:
+            for _ in range(n_trials or 0):
+                self.reap()
+                self._run_one()
+
+    def _run_queue(self, n_trials: int | None) -> None:
+        while n_trials is None or self.completed < n_trials:
+            self.reap()
+            trials = self.study.get_trials(deepcopy=False)
+            if any(t.state == TrialState.WAITING for t in trials):
+                self._run_one()
+                continue
+            progress = candidate_progress(trials, self.spec.candidates)
+            if progress.running:
+                self.on_change()
+                time.sleep(POLL_S)
+                continue
+            if not progress.missing:
+                return
+            enqueue_candidates(self.study, progress.missing, **{RECONCILED_ATTR: True})
+
+    def reap(self) -> int:
+        """Fail the running trials whose worker is dead and queue them again; returns how many this worker
+        failed (another worker that gets there first does it instead: the state change is atomic)."""
+        reaped = 0
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if not worker_is_dead(trial):
+                continue
+            trial_id = self._trial_id(trial.number)
+            try:
+                won = self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            except UpdateFinishedTrialError:
+                won = False
+            if won:
+                self.retry(trial)
+                reaped += 1
+        return reaped
+
+    def retry(self, trial: FrozenTrial) -> None:
+        """Queue a failed trial's parameters again (nothing to retry if it died before choosing any)."""
+        params = trial.system_attrs.get("fixed_params") or trial.params
+        if params:
+            self.study.enqueue_trial(dict(params), user_attrs={QUEUED_ATTR: True, RETRY_ATTR: trial.number})
+
+    def _duplicate_of(self, trial: FrozenTrial) -> int | None:
+        """For a retried or reconciled exact-mode trial: the number of a trial that makes it a duplicate (its
+        candidate is complete, or queued or running under a lower number)."""
+        if not (RETRY_ATTR in trial.user_attrs or trial.user_attrs.get(RECONCILED_ATTR)):
+            return None
+        candidate = trial_candidate(trial)
+        for other in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)):
+            if other.number != trial.number and trial_candidate(other) == candidate and (
+                    other.state == TrialState.COMPLETE or other.number < trial.number):
+                return other.number
+        return None
+
+    def _run_one(self) -> None:
+        trial = self.study.ask()
+        trial_id = self._trial_id(trial.number)
+        frozen = self.storage.get_trial(trial_id)
+        if self.spec.exact:
+            if not frozen.user_attrs.get(QUEUED_ATTR):  # another worker emptied the queue after we looked
+                self.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+                return
+            duplicate = self._duplicate_of(frozen)
+            if duplicate is not None:
+                self.storage.set_trial_user_attr(trial_id, "duplicate_of", duplicate)
+                self.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+                return
+        try:
+            with _Heartbeat(self.storage, trial_id):
+                values = self.objective(trial)
+        except optuna.TrialPruned:
+            self.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+            return
+        except UpdateFinishedTrialError:
+            return  # another worker judged this one dead and queued the trial again
+        except BaseException:  # an error, or Ctrl-C: fail the trial and queue it again, unless already reclaimed
+            if not self.storage.get_trial(trial_id).state.is_finished():
+                self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                self.retry(self.storage.get_trial(trial_id))
+            raise
+        told = self.study.tell(trial, values, skip_if_finished=True)
+        if told.state == TrialState.COMPLETE:
+            self.completed += 1
+        self.on_change()
