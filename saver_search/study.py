@@ -33,7 +33,8 @@ import time
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import optuna
@@ -461,11 +462,24 @@ class StudyWorker:
                 self._run_one()
 
     def _run_queue(self, n_trials: int | None) -> None:
+        """Claim queued trials (in a random order, so that workers rarely reach for the same one) until every
+        candidate is evaluated; the queue is re-read only when this worker's list of it runs out."""
+        order = random.Random(os.getpid())
+        pending: list[int] = []
+        reaped_at = time.monotonic()
         while n_trials is None or self.completed < n_trials:
+            if pending:
+                if time.monotonic() - reaped_at > HEARTBEAT_S:
+                    self.reap()
+                    reaped_at = time.monotonic()
+                self._run_queued(pending.pop())
+                continue
             self.reap()
+            reaped_at = time.monotonic()
             trials = self.study.get_trials(deepcopy=False)
-            if any(t.state == TrialState.WAITING for t in trials):
-                self._run_one()
+            pending = [t.number for t in trials if t.state == TrialState.WAITING]
+            if pending:
+                order.shuffle(pending)
                 continue
             progress = candidate_progress(trials, self.spec.candidates)
             if progress.running:
@@ -511,33 +525,55 @@ class StudyWorker:
                 return other.number
         return None
 
-    def _run_one(self) -> None:
-        trial = self.study.ask()
-        trial_id = self._trial_id(trial.number)
-        frozen = self.storage.get_trial(trial_id)
-        if self.spec.exact:
-            if not frozen.user_attrs.get(QUEUED_ATTR):  # another worker emptied the queue after we looked
-                self.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+    def _run_queued(self, number: int) -> None:
+        """Claim queued trial ``number`` (an atomic WAITING -> RUNNING change; another worker may win it) and run it,
+        unless it duplicates a trial of the same candidate."""
+        trial_id = self._trial_id(number)
+        try:
+            if not self.storage.set_trial_state_values(trial_id, TrialState.RUNNING):
                 return
-            duplicate = self._duplicate_of(frozen)
+        except UpdateFinishedTrialError:
+            return
+        with self._owning(trial_id):
+            trial = optuna.Trial(self.study, trial_id)
+            duplicate = self._duplicate_of(self.storage.get_trial(trial_id))
             if duplicate is not None:
                 self.storage.set_trial_user_attr(trial_id, "duplicate_of", duplicate)
-                self.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+                self.study.tell(trial, state=TrialState.PRUNED)
                 return
+            self._execute(trial, trial_id)
+
+    def _run_one(self) -> None:
+        """Run the next trial: a queued one (a retry) if any, else one the sampler proposes."""
+        trial = self.study.ask()
+        trial_id = self._trial_id(trial.number)
+        with self._owning(trial_id):
+            self._execute(trial, trial_id)
+
+    @contextmanager
+    def _owning(self, trial_id: int) -> Iterator[None]:
+        """While this worker owns a running trial: on an error or Ctrl-C, fail it and queue it again (unless another
+        worker reclaimed it meanwhile), then let the exception go on."""
+        try:
+            yield
+        except UpdateFinishedTrialError:
+            return  # another worker judged this one dead and queued the trial again
+        except BaseException:
+            try:
+                won = self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            except UpdateFinishedTrialError:
+                won = False
+            if won:
+                self.retry(self.storage.get_trial(trial_id))
+            raise
+
+    def _execute(self, trial: optuna.Trial, trial_id: int) -> None:
         try:
             with _Heartbeat(self.storage, trial_id):
                 values = self.objective(trial)
         except optuna.TrialPruned:
-            self.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+            self.study.tell(trial, state=TrialState.PRUNED)
             return
-        except UpdateFinishedTrialError:
-            return  # another worker judged this one dead and queued the trial again
-        except BaseException:  # an error, or Ctrl-C: fail the trial and queue it again, unless already reclaimed
-            if not self.storage.get_trial(trial_id).state.is_finished():
-                self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-                self.retry(self.storage.get_trial(trial_id))
-            raise
-        told = self.study.tell(trial, values, skip_if_finished=True)
-        if told.state == TrialState.COMPLETE:
+        if self.study.tell(trial, values).state == TrialState.COMPLETE:
             self.completed += 1
         self.on_change()

@@ -41,3 +41,45 @@ def run_cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProce
     """Run ``python -m saver_search ARGS`` in a fresh process (stopped after 5 minutes)."""
     return subprocess.run([sys.executable, "-m", "saver_search", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd or REPO, timeout=300)
+
+
+sys.path.insert(0, str(REPO / "scripts"))
+import local_postgres  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A throwaway PostgreSQL server (scripts/local_postgres.py); skipped where none can be started."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg is not installed: pip install -e '.[postgres]'")
+    if local_postgres.server_binaries() is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on this machine")
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="saver-pg-"))  # outside pytest's 0700 tmp: the server may run as postgres
+    try:
+        local_postgres.start(folder)
+    except (subprocess.CalledProcessError, OSError) as err:
+        pytest.skip(f"a PostgreSQL server could not be started: {getattr(err, 'stderr', '') or err}")
+    yield folder
+    local_postgres.stop(folder)
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request) -> str:
+    """A fresh database on the test server, one per test."""
+    import hashlib
+
+    name = "t_" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16]
+    return local_postgres.create_database(postgres_server, name)
+
+
+def start_cli(*args: object) -> subprocess.Popen:
+    """Start ``python -m saver_search ARGS`` without waiting (a worker that a test may signal)."""
+    return subprocess.Popen([sys.executable, "-m", "saver_search", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)

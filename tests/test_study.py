@@ -1,0 +1,273 @@
+"""Studies you can trust: crashes, Ctrl-C, concurrent workers, resumes, PostgreSQL. Real processes, real signals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sqlite3
+import time
+from collections import Counter
+from dataclasses import replace
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import make_store, run_cli, start_cli
+from saver_search.errors import StudyMismatch
+from saver_search.search import load_study, run_search, summarise
+from saver_search.space import SearchSpace
+from saver_search.study import HOST, GRACE_S, StudySpec, open_storage, worker_is_dead
+
+MODELS = {**{f"cand_{i}.x": (0.62 + 0.04 * i, 0.4 + 0.6 * i) for i in range(6)}, "big.x": (0.9, 20.0)}
+TARGET = "big.x"
+CANDIDATES = sorted(set(MODELS) - {TARGET})
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """100,000 images: a trial takes long enough (~0.1 s) for a signal to land inside one."""
+    return make_store(tmp_path_factory.mktemp("data") / "store", n=100_000, models=MODELS, seed=1)
+
+
+@pytest.fixture(params=["sqlite", "journal", "postgres"])
+def storage(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'study.db'}"
+    if request.param == "journal":
+        return str(tmp_path / "study.log")
+    return request.getfixturevalue("postgres_url")
+
+
+def search_args(store, storage, *extra):
+    return ["--data", store.path, "--target", TARGET, "--max-drop", "2", "--storage", storage,
+            "--study-name", "s", *extra]
+
+
+def trials_of(storage, name="s"):
+    return optuna.load_study(study_name=name, storage=open_storage(storage)).get_trials(deepcopy=False)
+
+
+def complete_per_candidate(trials):
+    return Counter(t.params["candidate"] for t in trials if t.state == TrialState.COMPLETE)
+
+
+def signal_inside_a_trial(process, storage, sig, timeout=120.0):
+    """Send ``sig`` to ``process`` as soon as it runs a trial; returns that trial's number (None if it never did)."""
+    backend = open_storage(storage)
+    deadline = time.monotonic() + timeout
+    study = None
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            study = study or optuna.load_study(study_name="s", storage=backend)
+            running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                       if t.user_attrs.get("worker", {}).get("pid") == process.pid]
+        except KeyError:  # the study is not created yet
+            running = []
+        if running:
+            process.send_signal(sig)
+            process.wait()
+            return running[0]
+        time.sleep(0.005)
+    return None
+
+
+def interrupted_once(store, storage, sig, *extra):
+    """Start a search and signal it inside a trial; retried until a signal lands inside one (trials are short)."""
+    for _ in range(5):
+        process = start_cli(*search_args(store, storage, *extra))
+        number = signal_inside_a_trial(process, storage, sig)
+        stdout, stderr = process.communicate()
+        if number is not None and trials_of(storage)[number].state != TrialState.COMPLETE:
+            return process, stderr, number
+    pytest.fail("no signal landed inside a trial in 5 tries")
+
+
+def test_sigkill_mid_study_then_rerun_evaluates_every_candidate_once(store, storage):
+    process, _, number = interrupted_once(store, storage, signal.SIGKILL)
+    assert process.returncode == -signal.SIGKILL
+    assert trials_of(storage)[number].state == TrialState.RUNNING  # its worker died with it
+    rerun = run_cli(*search_args(store, storage, "--json"))
+    assert rerun.returncode == 0, rerun.stderr
+    trials = trials_of(storage)
+    assert complete_per_candidate(trials) == Counter(CANDIDATES)
+    assert trials[number].state == TrialState.FAIL  # found dead, failed and retried
+    assert any(t.user_attrs.get("retry_of") == number and t.state == TrialState.COMPLETE for t in trials)
+    payload = json.loads(rerun.stdout)
+    assert sorted(payload["evaluated"]) == CANDIDATES and payload["missing"] == payload["running"] == []
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "journal"], indirect=True)
+def test_ctrl_c_prints_one_line_and_queues_the_interrupted_trial(store, storage):
+    process, stderr, number = interrupted_once(store, storage, signal.SIGINT)
+    assert process.returncode == 130
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted: ") and "Traceback" not in stderr, stderr
+    assert "queued again: rerun the same command to resume" in lines[0]
+    trials = trials_of(storage)
+    assert trials[number].state == TrialState.FAIL
+    assert [t.state for t in trials if t.user_attrs.get("retry_of") == number] == [TrialState.WAITING]
+    assert run_cli(*search_args(store, storage)).returncode == 0
+    assert complete_per_candidate(trials_of(storage)) == Counter(CANDIDATES)
+
+
+def test_sampled_mode_trials_add_up_after_a_kill(store, tmp_path):
+    storage = str(tmp_path / "sampled.log")
+    process, _, number = interrupted_once(store, storage, signal.SIGKILL, "--threshold", "sampled", "--trials", "12")
+    completed = sum(t.state == TrialState.COMPLETE for t in trials_of(storage))
+    rerun = run_cli(*search_args(store, storage, "--threshold", "sampled", "--trials", "12"))
+    assert rerun.returncode == 0, rerun.stderr
+    trials = trials_of(storage)
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == completed + 12
+    retried = [t for t in trials if t.user_attrs.get("retry_of") == number]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    assert trials[number].params.items() <= retried[0].params.items()  # what the lost trial had chosen, tried again
+
+
+def test_four_postgres_workers_one_killed_match_a_single_process_run(store, postgres_url):
+    workers = [start_cli(*search_args(store, postgres_url)) for _ in range(4)]
+    number = signal_inside_a_trial(workers[1], postgres_url, signal.SIGKILL)
+    for worker in workers:
+        worker.communicate()
+    assert [w.returncode for w in workers if w is not workers[1]] == [0, 0, 0]
+    trials = trials_of(postgres_url)
+    assert complete_per_candidate(trials) == Counter(CANDIDATES)
+    if number is not None and trials[number].state != TrialState.COMPLETE:
+        assert trials[number].state == TrialState.FAIL
+    alone = run_search(store, TARGET, 2.0, SearchSpace()).best
+    stored = summarise(load_study(postgres_url, "s")).best
+    assert stored == replace(alone, trial=stored.trial)
+
+
+@pytest.mark.parametrize("n_workers", [2, 4])
+def test_workers_started_together_on_an_empty_storage_all_succeed(store, storage, n_workers):
+    workers = [start_cli(*search_args(store, storage, "--threshold", "sampled", "--trials", "6"))
+               for _ in range(n_workers)]
+    results = [worker.communicate() for worker in workers]
+    assert [w.returncode for w in workers] == [0] * n_workers, [err for _, err in results]
+    assert sum(t.state == TrialState.COMPLETE for t in trials_of(storage)) == 6 * n_workers
+
+
+def test_exact_workers_started_together_evaluate_each_candidate_once(store, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'exact.db'}"
+    workers = [start_cli(*search_args(store, storage)) for _ in range(4)]
+    results = [worker.communicate() for worker in workers]
+    assert [w.returncode for w in workers] == [0] * 4, [err for _, err in results]
+    assert complete_per_candidate(trials_of(storage)) == Counter(CANDIDATES)
+
+
+def test_workers_flag_runs_local_processes(store, tmp_path):
+    storage = str(tmp_path / "workers.log")
+    proc = run_cli(*search_args(store, storage, "--workers", "3", "--json"))
+    assert proc.returncode == 0, proc.stderr
+    trials = trials_of(storage)
+    assert complete_per_candidate(trials) == Counter(CANDIDATES)
+    assert sorted(json.loads(proc.stdout)["evaluated"]) == CANDIDATES
+    alone = run_cli("--data", store.path, "--target", TARGET, "--max-drop", "2", "--workers", "2")
+    assert alone.returncode == 2 and alone.stderr.strip() == "error: --workers needs --storage: a database or journal file that the workers share"
+
+
+def snapshot(storage):
+    study = optuna.load_study(study_name="s", storage=open_storage(storage))
+    return study.user_attrs, [(t.number, t.state, t.params, t.user_attrs, t.values) for t in study.trials]
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--threshold", "sampled"], "--threshold exact"),
+    (["--pareto"], "no --pareto"),
+    (["--max-drop", "1"], "--max-drop 2.0"),
+    (["--calibration", "0.3"], "--calibration 0.5"),
+    (["--calibration", "all"], "--calibration 0.5"),
+    (["--guarantee", "none"], "--guarantee 0.95"),
+    (["--guarantee", "0.9"], "--guarantee 0.95"),
+    (["--split-seed", "3"], "--split-seed 0"),
+    (["--bound", "binomial"], "--bound betting"),
+    (["--candidates", "cand_0.x,cand_1.x"], "--candidates 6 candidates"),
+    (["--target", "cand_5.x"], "--target big.x"),
+])
+def test_resume_mismatch_is_refused_and_the_study_is_unchanged(store, tmp_path, extra, fragment):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    assert run_cli(*search_args(store, storage)).returncode == 0
+    before = snapshot(storage)
+    proc = run_cli(*search_args(store, storage), *extra)  # a flag given twice: the last one counts
+    assert proc.returncode == 2, proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: study 's' was created with") and fragment in lines[0], lines
+    assert "--study-name" in lines[0]
+    assert snapshot(storage) == before
+
+
+def test_other_data_is_refused_and_a_copied_store_resumes(store, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    assert run_cli(*search_args(store, storage, "--trials", "2")).returncode == 0
+    copy = shutil.copytree(store.path, tmp_path / "elsewhere" / "store")
+    proc = run_cli("--data", copy, *search_args(store, storage)[2:])
+    assert proc.returncode == 0, proc.stderr
+    assert complete_per_candidate(trials_of(storage)) == Counter(CANDIDATES)
+    other = make_store(tmp_path / "other", n=2_000, models=MODELS, seed=2)
+    before = snapshot(storage)
+    proc = run_cli("--data", other.path, *search_args(store, storage)[2:])
+    assert proc.returncode == 2 and "was created on other data (fingerprint sha256:" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and snapshot(storage) == before
+
+
+def test_the_library_changes_no_global_state(store, tmp_path):
+    path = tmp_path / "plain.db"
+    level = optuna.logging.get_verbosity()
+    run_search(store, TARGET, 2.0, SearchSpace(), storage=f"sqlite:///{path}", study_name="s")
+    assert optuna.logging.get_verbosity() == level
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    run_search(store, TARGET, 2.0, SearchSpace(), storage=f"sqlite:///{path}", study_name="s", sqlite_wal=True)
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_study_without_spec_reports_but_does_not_resume(store, tmp_path):
+    storage = str(tmp_path / "legacy.log")
+    study = optuna.create_study(study_name="s", storage=open_storage(storage))
+    attrs = {"data": "old store", "simulated": False, "target": TARGET, "target_accuracy": 90.0, "target_gmacs": 20.0,
+             "max_drop": 2.0, "threshold_mode": "exact", "pareto": False, "sampler": "bruteforce",
+             "candidates": CANDIDATES, "space": "built-in defaults"}
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    study.add_trial(optuna.trial.create_trial(
+        params={"candidate": "cand_0.x"}, distributions={"candidate": optuna.distributions.CategoricalDistribution(CANDIDATES)},
+        value=5.0, user_attrs={"stages": ["cand_0.x", TARGET], "thresholds": [0.5], "accuracy": 89.0, "drop": 1.0,
+                               "gmacs": 5.0, "reduction": 75.0, "exit_ratio": 0.8, "feasible": True}))
+    report = run_cli("report", "--storage", storage, "--out", tmp_path / "report")
+    assert report.returncode == 0, report.stderr
+    assert "in-sample (optimistic)" in (tmp_path / "report" / "summary.md").read_text()
+    proc = run_cli(*search_args(store, storage))
+    assert proc.returncode == 2 and "earlier saver_search without a study spec" in proc.stderr
+
+
+def test_spec_round_trips_and_names_the_first_difference():
+    spec = StudySpec(target="t", max_drop=0.5, cost="gmacs", threshold_mode="exact", threshold_range=(0.0, 1.0),
+                     stages=2, objectives=("gmacs",), directions=("minimize",), sampler="queue", candidates=("a", "b"),
+                     calibration=0.5, split_seed=0, guarantee=0.95, bound="betting", data="sha256:x")
+    assert StudySpec.from_json(spec.to_json()) == spec
+    with pytest.raises(StudyMismatch) as error:
+        replace(spec, guarantee=None, split_seed=4).check_resumes(spec, "s")
+    assert (error.value.key, error.value.stored, error.value.given) == ("split_seed", 0, 4)
+
+
+def running_trial(worker):
+    return optuna.trial.FrozenTrial(
+        number=0, state=TrialState.RUNNING, value=None, datetime_start=__import__("datetime").datetime.now(),
+        datetime_complete=None, params={}, distributions={}, user_attrs={} if worker is None else {"worker": worker},
+        system_attrs={}, intermediate_values={}, trial_id=0)
+
+
+def test_dead_workers_are_told_from_live_ones():
+    import os
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    now = time.time()
+    assert not worker_is_dead(running_trial({"host": HOST, "pid": os.getpid(), "heartbeat": now}))
+    assert worker_is_dead(running_trial({"host": HOST, "pid": child.pid, "heartbeat": now}))
+    assert not worker_is_dead(running_trial({"host": "elsewhere", "pid": 1, "heartbeat": now - GRACE_S / 2}))
+    assert worker_is_dead(running_trial({"host": "elsewhere", "pid": 1, "heartbeat": now - 2 * GRACE_S}))
+    assert not worker_is_dead(running_trial(None))  # just claimed: its worker is writing its record
