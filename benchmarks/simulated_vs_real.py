@@ -20,17 +20,15 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 
 import numpy as np
 
 from saver_search.cascade import threshold_curve
-from saver_search.importers import read_labels_csv, read_predictions_csv
 from saver_search.simulate import DEFAULT_PARAMS, ImageLatents, SimParams, simulate_predictions
 from saver_search.store import ModelMeta, ModelPredictions
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "imagenet-x"
-FIRST, TARGET = "ResNet50", "ViT"
+from imagenet_x import FIRST, TARGET, load as load_real  # noqa: E402  (benchmarks/ is on sys.path)
+
 # name: (published top-1 %, GMACs, family); both trained on ImageNet-1k only.
 PAIR = {FIRST: (76.13, 4.11, "resnet"), TARGET: (78.01, 17.58, "vit")}
 JOINT_CELLS = ("both right", f"only {FIRST}", f"only {TARGET}", "both wrong")
@@ -50,21 +48,6 @@ class PairFigures:
     cascade_gmacs: dict[float, float]  # cheapest cascade GMACs per accuracy-drop budget
     wrong_agreement: float  # % of both-wrong images where both give the same class
     confidence_correlation: float  # Spearman correlation of the two models' confidences
-
-
-def load_real() -> tuple[np.ndarray, dict[str, ModelPredictions]]:
-    """Labels and the real pair's top-1 predictions; exits with a message when the data are absent."""
-    if not DATA.is_dir():
-        sys.exit(f"no reference data at {DATA}: this benchmark needs imagenet-x's ResNet50.csv, ViT.csv and filename_label.csv")
-    ids, labels = read_labels_csv(DATA / "filename_label.csv")
-    models = {}
-    for name in PAIR:
-        predictions = read_predictions_csv(DATA / f"{name}.csv")
-        if not np.array_equal(predictions.sample_ids, ids):
-            sys.exit(f"{DATA / name}.csv lists other images, or in another order, than filename_label.csv")
-        meta = ModelMeta(name=name, gmacs=PAIR[name][1], k=1, source="imagenet-x", created="")
-        models[name] = ModelPredictions(meta, predictions.classes.astype(np.int32), predictions.probs.astype(np.float32))
-    return labels.astype(np.int32), models
 
 
 def simulate_pair(latents: ImageLatents, params: SimParams = DEFAULT_PARAMS) -> dict[str, ModelPredictions]:

@@ -7,19 +7,25 @@ probability at least ``1 - alpha`` over the draw of the calibration images.
 
 How (Learn-then-Test with fixed-sequence testing, Angelopoulos et al. 2021): for one cascade structure the
 thresholds are ordered from the safest (nothing exits: the target alone, drop exactly 0) towards the cheapest.
-Each threshold is tested for ``H0: true drop > budget`` at level ``alpha / n_tests``; the search takes the
-cheapest threshold reached before the first test that fails. Testing in a fixed order needs no correction
-for the number of thresholds (any number: every distinct calibration confidence). ``n_tests`` is the number
-of cascade structures the search may choose from (candidates), a Bonferroni correction, so the guarantee
-covers the choice among them.
+Each threshold is tested for ``H0: true drop > budget``; the search takes the cheapest threshold reached
+before the first test that fails. Testing in a fixed order needs no correction for the number of thresholds
+(any number: every distinct calibration confidence). ``n_tests`` is the number of cascade structures the
+search may choose from (candidates), a Bonferroni correction, so the guarantee covers the choice among them.
+
+A threshold is certified when the upper end of the two-sided ``level`` confidence interval of its drop lies
+below the budget: each test runs at ``(1 - level) / (2 n_tests)``. A one-sided test at twice that would
+suffice for the promise on the true drop; the other half covers what a user checks it on, a finite set of
+held-out images with sampling noise of its own. On ImageNet-X (``benchmarks/guarantee_coverage.py``) the
+one-sided betting test breaks the budget on the held-out half in 5.3-6.2 % of 1,000 splits, the two-sided
+one in at most 5 %.
 
 The tests, from per-block counts of images with ``d = +1`` (target right, cascade wrong) and ``d = -1``:
 
 * ``betting`` (default): a betting test (Waudby-Smith and Ramdas 2024). Wealth ``prod(1 + b (budget - d))``
   is a nonnegative supermartingale under H0 whatever the predictable bets ``b >= 0``, so by Ville's
-  inequality it exceeds ``n_tests / alpha`` with probability at most ``alpha / n_tests``. The calibration
+  inequality it ever exceeds ``1 / alpha`` with probability at most ``alpha``. The calibration
   images are taken in a seeded random order, in blocks of geometrically growing size; each block's bet is
-  set from the variance of the blocks before it (``b = sqrt(2 log(n_tests / alpha) / (n var))``, capped at
+  set from the variance of the blocks before it (``b = sqrt(2 log(1 / alpha) / (n var))``, capped at
   ``1 / (2 (1 - budget))``). Within a block the bet is fixed, so only counts are needed: O(blocks) per
   threshold. Adapts to the small variance of ``d`` (mostly 0) like a Bernstein bound, without its
   constants.
@@ -213,9 +219,16 @@ _TESTS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray, float, float], n
 }
 
 
+def test_level(level: float, n_tests: int = 1) -> float:
+    """The error rate each threshold is tested at: the upper tail of a two-sided ``level`` interval, Bonferroni
+    over ``n_tests`` cascade structures."""
+    return (1.0 - level) / (2 * max(n_tests, 1))
+
+
 def certify(plus: np.ndarray, minus: np.ndarray, block_sizes: np.ndarray, max_drop: float, level: float,
             n_tests: int = 1, bound: BoundName = DEFAULT_BOUND) -> np.ndarray:
-    """For each configuration (a column of ``plus``/``minus``), whether ``bound`` rejects ``true drop > max_drop``.
+    """For each configuration (a column of ``plus``/``minus``), whether the upper end of ``bound``'s two-sided
+    ``level`` confidence interval of the true drop lies below ``max_drop`` (see :func:`test_level`).
 
     Args:
         plus: ``(blocks, configurations)`` counts of calibration images the target gets right and the cascade
@@ -224,8 +237,7 @@ def certify(plus: np.ndarray, minus: np.ndarray, block_sizes: np.ndarray, max_dr
         block_sizes: images per block.
         max_drop: the budget in top-1 points.
         level: the guarantee level, e.g. 0.95.
-        n_tests: the number of cascade structures the search chooses from; each is tested at
-            ``(1 - level) / n_tests``.
+        n_tests: the number of cascade structures the search chooses from (Bonferroni).
         bound: one of :data:`BOUNDS`.
 
     Returns:
@@ -237,8 +249,7 @@ def certify(plus: np.ndarray, minus: np.ndarray, block_sizes: np.ndarray, max_dr
     budget = max_drop / 100.0
     if budget >= 1.0:  # the drop can never exceed 100 points
         return np.ones(plus.shape[1], dtype=bool)
-    alpha = (1.0 - level) / max(n_tests, 1)
-    return _TESTS[check_bound(bound)](plus, minus, sizes, budget, alpha)
+    return _TESTS[check_bound(bound)](plus, minus, sizes, budget, test_level(level, n_tests))
 
 
 def leading_passes(passed: np.ndarray) -> int:
