@@ -63,54 +63,65 @@ BOOTSTRAP_DRAWS = 2000
 
 
 @dataclass(frozen=True)
-class Split:
-    """Which labelled images choose the thresholds (calibration) and which report the figures (test).
+class SplitInfo:
+    """How labelled images were split: part sizes, calibration share (None: in-sample), seed, stratification."""
 
-    ``calibration`` and ``test`` are sorted sample indices; ``blocks`` gives each calibration image (in the
-    order of ``calibration``) its betting block. ``fraction`` None: in-sample, every image calibrates and
-    there is no test part.
-    """
-
-    calibration: np.ndarray
-    test: np.ndarray
-    blocks: np.ndarray
+    calibration_images: int
+    test_images: int
     fraction: float | None
     seed: int
     stratified: bool
 
     @property
     def in_sample(self) -> bool:
+        """Every image calibrates and there is no test part: figures are optimistic."""
         return self.fraction is None
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which labelled images choose the thresholds (calibration) and which report the figures (test).
+
+    ``calibration`` and ``test`` are sorted sample indices; ``blocks`` gives each calibration image (in the
+    order of ``calibration``) its betting block.
+    """
+
+    calibration: np.ndarray
+    test: np.ndarray
+    blocks: np.ndarray
+    info: SplitInfo
+
+    @property
+    def in_sample(self) -> bool:
+        return self.info.in_sample
 
     @property
     def block_sizes(self) -> np.ndarray:
         return np.bincount(self.blocks, minlength=len(BLOCK_FRACTIONS))
 
 
+def _share_or_none(value: float | str | None, parameter: str, none_word: str, example: str) -> float | None:
+    """A number strictly between 0 and 1, or None for ``none_word``; errors name ``parameter``."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == none_word):
+        return None
+    hint = f"such as {example}, or '{none_word}'"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidParameter(parameter, f"must be a number strictly between 0 and 1 {hint}, got {value!r}") from None
+    if not (0.0 < number < 1.0):
+        raise InvalidParameter(parameter, f"must be strictly between 0 and 1 ({hint}), got {value}")
+    return number
+
+
 def check_fraction(fraction: float | str | None) -> float | None:
     """The calibration share in (0, 1), or None for ``all`` (in-sample)."""
-    if fraction is None or (isinstance(fraction, str) and fraction.strip().lower() == "all"):
-        return None
-    try:
-        value = float(fraction)
-    except (TypeError, ValueError):
-        raise InvalidParameter("calibration", f"must be a fraction in (0, 1) such as 0.5, or 'all', got {fraction!r}") from None
-    if not (0.0 < value < 1.0):
-        raise InvalidParameter("calibration", f"must be a fraction strictly between 0 and 1 (e.g. 0.5), or 'all', got {fraction}")
-    return value
+    return _share_or_none(fraction, "calibration", "all", "0.5")
 
 
 def check_level(level: float | str | None) -> float | None:
     """The guarantee level in (0, 1), or None for ``none`` (plug-in choice)."""
-    if level is None or (isinstance(level, str) and level.strip().lower() == "none"):
-        return None
-    try:
-        value = float(level)
-    except (TypeError, ValueError):
-        raise InvalidParameter("guarantee", f"must be a level in (0, 1) such as 0.95, or 'none', got {level!r}") from None
-    if not (0.0 < value < 1.0):
-        raise InvalidParameter("guarantee", f"must be a probability strictly between 0 and 1 (e.g. 0.95), or 'none', got {level}")
-    return value
+    return _share_or_none(level, "guarantee", "none", "0.95")
 
 
 def check_seed(seed: object) -> int:
@@ -164,7 +175,9 @@ def make_split(labels: np.ndarray, fraction: float | None, seed: int) -> Split:
     position = np.empty(calibration.size, dtype=np.int64)
     position[rng.permutation(calibration.size)] = np.arange(calibration.size)
     blocks = (np.searchsorted(edges, position, side="right") - 1).clip(0, len(BLOCK_FRACTIONS) - 1)
-    return Split(calibration=calibration, test=test, blocks=blocks, fraction=fraction, seed=seed, stratified=stratified)
+    info = SplitInfo(calibration_images=int(calibration.size), test_images=int(test.size), fraction=fraction, seed=seed,
+                     stratified=stratified)
+    return Split(calibration=calibration, test=test, blocks=blocks, info=info)
 
 
 def _betting(plus: np.ndarray, minus: np.ndarray, sizes: np.ndarray, budget: float, alpha: float) -> np.ndarray:

@@ -23,7 +23,7 @@ import optuna
 
 from saver_search import __version__
 from saver_search.calibration import (
-    DEFAULT_BOUND, DEFAULT_FRACTION, DEFAULT_LEVEL, BoundName, Interval, Split, bootstrap_interval, check_bound,
+    DEFAULT_BOUND, DEFAULT_FRACTION, DEFAULT_LEVEL, BoundName, Interval, Split, SplitInfo, bootstrap_interval, check_bound,
     check_fraction, check_level, check_seed, make_split,
 )
 from saver_search.cascade import ThresholdCurve, allowed_errors, threshold_curve
@@ -55,21 +55,6 @@ class TargetInfo:
     @property
     def reported_accuracy(self) -> float:
         return self.accuracy if self.test_accuracy is None else self.test_accuracy
-
-
-@dataclass(frozen=True)
-class SplitInfo:
-    """How the labelled images were split (``fraction`` None: in-sample, no test part)."""
-
-    calibration_images: int
-    test_images: int
-    fraction: float | None
-    seed: int
-    stratified: bool
-
-    @property
-    def in_sample(self) -> bool:
-        return self.fraction is None
 
 
 @dataclass(frozen=True)
@@ -257,7 +242,7 @@ class CascadeObjective:
             latency_ms=self._latency(stages, exit_ratio),
         )
         d = target_right.astype(np.int8) - cascade_right.astype(np.int8)
-        return figures, bootstrap_interval(d, cost, seed=[self.split.seed, key])
+        return figures, bootstrap_interval(d, cost, seed=[self.split.info.seed, key])
 
 def target_alone_outcome(target: TargetInfo, calibration_images: int, test_images: int) -> Outcome:
     """The target served alone, in the same terms as any cascade."""
@@ -386,7 +371,25 @@ def prepare_search(
     latency_ms: Callable[[str], float] | None = None,
     sqlite_wal: bool = False,
 ) -> PreparedSearch:
-    """Validate the arguments, split the images, fingerprint the data and open the storage (see :func:`run_search`)."""
+    """Validate the arguments, split the images, fingerprint the data and open the storage: a search ready to run.
+
+    Args:
+        source: the predictions (a store, the simulated zoo, any ``PredictionSource``).
+        target: the big model (a bare timm architecture resolves to its default tag).
+        max_drop: the accuracy budget in top-1 points.
+        space: candidates, threshold mode, sampler, trials, seed (default: every model, exact thresholds).
+        candidates: first-stage candidates, overriding the space's filter.
+        storage: an RDB URL, a journal file path or an Optuna storage; None keeps the study in memory.
+        study_name: the study in ``storage`` (default: derived from the spec).
+        pareto: two objectives (GMACs, accuracy); thresholds are sampled.
+        calibration: share of the labelled images that choose thresholds (stratified by class); None or
+            ``"all"``: every image, in-sample figures.
+        split_seed: seed of the calibration/test split.
+        guarantee: level at which the true drop stays within ``max_drop``; None or ``"none"``: plug-in choice.
+        bound: the test behind the guarantee (see :mod:`saver_search.calibration`).
+        latency_ms: milliseconds per image of a model; the study then minimises expected latency.
+        sqlite_wal: switch an SQLite storage to write-ahead logging (see :func:`~saver_search.study.open_storage`).
+    """
     space = space or SearchSpace()
     max_drop = check_max_drop(max_drop)
     fraction = check_fraction(calibration)
@@ -414,7 +417,7 @@ def prepare_search(
         data=source.description, simulated=source.simulated, space=space.source, target_gmacs=target_info.gmacs,
         target_accuracy=target_info.accuracy, target_test_accuracy=target_info.test_accuracy,
         target_latency_ms=target_info.latency_ms, calibration_images=int(split.calibration.size),
-        test_images=int(split.test.size), stratified=split.stratified,
+        test_images=int(split.test.size), stratified=split.info.stratified,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), version=__version__,
     )
     backend = open_storage(storage, sqlite_wal=sqlite_wal) or optuna.storages.InMemoryStorage()
@@ -426,52 +429,17 @@ def prepare_search(
     )
 
 
-def run_search(
-    source: PredictionSource,
-    target: str,
-    max_drop: float,
-    space: SearchSpace | None = None,
-    *,
-    candidates: Sequence[str] | None = None,
-    storage: str | optuna.storages.BaseStorage | None = None,
-    study_name: str | None = None,
-    pareto: bool = False,
-    calibration: float | str | None = DEFAULT_FRACTION,
-    split_seed: int = 0,
-    guarantee: float | str | None = DEFAULT_LEVEL,
-    bound: BoundName = DEFAULT_BOUND,
-    progress: bool = False,
-    latency_ms: Callable[[str], float] | None = None,
-    sqlite_wal: bool = False,
-) -> SearchResult:
+def run_search(source: PredictionSource, target: str, max_drop: float, space: SearchSpace | None = None, *,
+               progress: bool = False, **options: Any) -> SearchResult:
     """Run (or resume, or join as one more worker) the study for ``target`` under ``max_drop`` and summarise it.
 
-    Args:
-        source: the predictions (a store, the simulated zoo, any ``PredictionSource``).
-        target: the big model (a bare timm architecture resolves to its default tag).
-        max_drop: the accuracy budget in top-1 points.
-        space: candidates, threshold mode, sampler, trials, seed (default: every model, exact thresholds).
-        candidates: first-stage candidates, overriding the space's filter.
-        storage: an RDB URL, a journal file path or an Optuna storage; None keeps the study in memory.
-        study_name: the study in ``storage`` (default: derived from the spec).
-        pareto: two objectives (GMACs, accuracy); thresholds are sampled.
-        calibration: share of the labelled images that choose thresholds (stratified by class); None or
-            ``"all"``: every image, in-sample figures.
-        split_seed: seed of the calibration/test split.
-        guarantee: level at which the true drop stays within ``max_drop``; None or ``"none"``: plug-in choice.
-        bound: the test behind the guarantee (see :mod:`saver_search.calibration`).
-        progress: show a progress bar on stderr.
-        latency_ms: milliseconds per image of a model; the study then minimises expected latency.
-        sqlite_wal: switch an SQLite storage to write-ahead logging (see :func:`~saver_search.study.open_storage`).
+    Takes the arguments of :func:`prepare_search` (candidates, storage, study name, pareto, calibration, split
+    seed, guarantee, bound, latency, SQLite WAL), and ``progress`` to show a progress bar on stderr.
 
     Raises:
         SearchInterrupted: on Ctrl-C, after queueing the interrupted trial again.
     """
-    return prepare_search(
-        source, target, max_drop, space, candidates=candidates, storage=storage, study_name=study_name, pareto=pareto,
-        calibration=calibration, split_seed=split_seed, guarantee=guarantee, bound=bound, latency_ms=latency_ms,
-        sqlite_wal=sqlite_wal,
-    ).run(progress)
+    return prepare_search(source, target, max_drop, space, **options).run(progress)
 
 
 class StudyProgress:

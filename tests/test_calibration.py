@@ -24,7 +24,7 @@ def test_split_is_deterministic_stratified_and_exact_in_size():
     other = make_split(labels, 0.3, seed=8)
     assert np.array_equal(split.calibration, again.calibration) and np.array_equal(split.blocks, again.blocks)
     assert not np.array_equal(split.calibration, other.calibration)
-    assert split.stratified and split.calibration.size == round(0.3 * labels.size)
+    assert split.info.stratified and split.calibration.size == round(0.3 * labels.size)
     assert np.array_equal(np.sort(np.concatenate((split.calibration, split.test))), np.arange(labels.size))
     per_class = np.bincount(labels[split.calibration], minlength=12)
     assert np.all(np.abs(per_class - 0.3 * np.bincount(labels)) < 1)
@@ -34,7 +34,7 @@ def test_split_is_deterministic_stratified_and_exact_in_size():
 def test_a_class_with_one_image_falls_back_to_a_plain_split(tmp_path):
     labels = np.concatenate((np.repeat(np.arange(5), 40), [5]))
     split = make_split(labels, 0.5, seed=0)
-    assert not split.stratified and split.calibration.size == round(0.5 * labels.size)
+    assert not split.info.stratified and split.calibration.size == round(0.5 * labels.size)
     store = PredictionStore.create(tmp_path / "s", [f"i{i}" for i in range(labels.size)], labels, n_classes=6)
     rng = np.random.default_rng(0)
     for name, gmacs in (("a.x", 1.0), ("b.x", 9.0)):

@@ -37,9 +37,9 @@ def assert_user_error(proc, *fragments):
     (["--target", "big.b", "--max-drop", "0.5", "--trials", "0"], ["--trials"]),
     (["--target", "big.b", "--max-drop", "0.5", "--calibration", "0"], ["--calibration", "strictly between 0 and 1"]),
     (["--target", "big.b", "--max-drop", "0.5", "--calibration", "1"], ["--calibration", "strictly between 0 and 1"]),
-    (["--target", "big.b", "--max-drop", "0.5", "--calibration", "most"], ["--calibration must be a fraction"]),
+    (["--target", "big.b", "--max-drop", "0.5", "--calibration", "most"], ["--calibration must be a number", "or 'all'"]),
     (["--target", "big.b", "--max-drop", "0.5", "--guarantee", "1.2"], ["--guarantee", "between 0 and 1"]),
-    (["--target", "big.b", "--max-drop", "0.5", "--guarantee", "high"], ["--guarantee must be a level"]),
+    (["--target", "big.b", "--max-drop", "0.5", "--guarantee", "high"], ["--guarantee must be a number", "or 'none'"]),
     (["--target", "big.b", "--max-drop", "0.5", "--split-seed", "1.5"], ["--split-seed must be an integer"]),
     (["--target", "big.b", "--max-drop", "0.5", "--calibration", "0.001"], ["--calibration", "leaves the calibration part empty"]),
 ])
