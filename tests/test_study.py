@@ -271,3 +271,34 @@ def test_dead_workers_are_told_from_live_ones():
     assert not worker_is_dead(running_trial({"host": "elsewhere", "pid": 1, "heartbeat": now - GRACE_S / 2}))
     assert worker_is_dead(running_trial({"host": "elsewhere", "pid": 1, "heartbeat": now - 2 * GRACE_S}))
     assert not worker_is_dead(running_trial(None))  # just claimed: its worker is writing its record
+
+
+def test_a_storage_object_works_through_the_python_api(store, tmp_path):
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    backend = JournalStorage(JournalFileBackend(str(tmp_path / "object.log")))
+    first = run_search(store, TARGET, 2.0, SearchSpace(trials=3), storage=backend, study_name="s")
+    rest = run_search(store, TARGET, 2.0, SearchSpace(), storage=backend, study_name="s")
+    assert len(first.evaluated) == 3 and sorted(rest.evaluated) == CANDIDATES and rest.storage == "JournalStorage"
+    assert complete_per_candidate(optuna.load_study(study_name="s", storage=backend).trials) == Counter(CANDIDATES)
+
+
+def test_a_killed_lock_holder_leaves_no_stale_journal_lock(tmp_path):
+    import fcntl
+    import os
+    import subprocess
+    import sys
+
+    journal = tmp_path / "locked.log"
+    journal.touch()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from saver_search.study import FlockLock; lock = FlockLock(sys.argv[1]); lock.acquire(); "
+        "print('held', flush=True); time.sleep(600)"), str(journal)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    fd = os.open(journal, os.O_WRONLY | os.O_APPEND)
+    with pytest.raises(BlockingIOError):  # held: another process cannot take it
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    holder.kill()
+    holder.wait()
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free at once: the kernel dropped the dead holder's lock
+    os.close(fd)
