@@ -11,7 +11,7 @@ from saver_search.errors import SaverSearchError
 
 THRESHOLD_MODES = ("exact", "sampled")
 SAMPLERS = ("auto", "tpe", "random", "nsga2")  # exact mode queues every candidate once: auto only
-DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
+DEFAULT_SPACE_NAME = "default.yaml"  # in search_spaces/, shipped as the package saver_search.search_spaces
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,12 @@ def load_space(path: str | Path | None = None) -> SearchSpace:
     """Load and validate a search space YAML file (the shipped default when ``path`` is None)."""
     import yaml
 
-    path = Path(path) if path is not None else DEFAULT_SPACE
+    if path is None:
+        from importlib.resources import files
+
+        resource = files("saver_search.search_spaces") / DEFAULT_SPACE_NAME
+        return parse_space(yaml.safe_load(resource.read_text()), f"search_spaces/{DEFAULT_SPACE_NAME}")
+    path = Path(path)
     try:
         text = path.read_text()
     except FileNotFoundError:
