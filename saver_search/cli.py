@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-from saver_search.errors import InvalidParameter, SaverSearchError, StudyMismatch
+from saver_search.errors import SaverSearchError, StudyMismatch
 
 # Each subcommand lives in its own module exposing ``register(subparsers)``; the module is
 # imported only when its subcommand runs, so ``--help`` and the search never import torch.
@@ -74,14 +74,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(code or 0)
 
 
-# Study keys that are not named like the flag that sets them.
-STUDY_KEY_FLAGS = {"threshold_mode": "--threshold", "objectives": "--pareto", "directions": "--pareto",
-                   "threshold_range": "the space's threshold.low/high", "stages": "the space's stages",
-                   "format": "the saver_search version"}
+# Python parameters (and study keys) that are not named like the flag that sets them.
+FLAGS = {"overwrite": "--force", "force": "--force", "labels_path": "--labels", "labels_csv": "--labels",
+         "root": "--images", "path": "--data", "store_path": "--data", "skip_unreadable": "--on-corrupt skip",
+         "n_classes": "--num-classes", "threshold_mode": "--threshold", "objectives": "--pareto", "directions": "--pareto"}
+NOT_FLAGS = {"threshold_range": "the space's threshold.low/high", "stages": "the space's stages",
+             "format": "the saver_search version"}
 
 
-def _flag(name: str) -> str:
-    return STUDY_KEY_FLAGS.get(name, "--" + name.replace("_", "-"))
+def flag(name: str, value: str | None = None) -> str:
+    """How the CLI names a library option: its flag, with the value unless it is a switch."""
+    if name in NOT_FLAGS:
+        return NOT_FLAGS[name]
+    text = FLAGS.get(name, "--" + name.replace("_", "-"))
+    return text if value in (None, "True") else f"{text} {value}"
 
 
 def _flag_value(key: str, value: object) -> str:
@@ -93,9 +99,7 @@ def _flag_value(key: str, value: object) -> str:
 
 
 def cli_message(err: SaverSearchError) -> str:
-    """A library error in the CLI's terms: parameters become flags, study keys the flags that set them."""
-    if isinstance(err, InvalidParameter):
-        return f"{_flag(err.parameter)} {err.problem}"
+    """A library error in the CLI's terms: options become flags, study keys the flags that set them."""
     if isinstance(err, StudyMismatch):
         key, stored, given = err.key, _flag_value(err.key, err.stored), _flag_value(err.key, err.given)
         if key == "data":
@@ -104,9 +108,9 @@ def cli_message(err: SaverSearchError) -> str:
         if key in ("objectives", "directions"):
             return (f"study '{err.study_name}' was created with {stored}; this command has {given}: rerun with the "
                     "same choice to resume it, or pass another --study-name")
-        return (f"study '{err.study_name}' was created with {_flag(key)} {stored}; this command gives {given}: rerun "
-                f"with {_flag(key)} {stored} to resume it, or pass another --study-name to start a new study")
-    return str(err)
+        return (f"study '{err.study_name}' was created with {flag(key)} {stored}; this command gives {given}: rerun "
+                f"with {flag(key)} {stored} to resume it, or pass another --study-name to start a new study")
+    return err.render(flag)
 
 
 def _overview() -> str:

@@ -334,9 +334,9 @@ def _count(name: str, img_size: int | None) -> tuple[str, int, dict[str, int], i
 def _count_failure(tag: str, img_size: int | None, err: Exception) -> str:
     where = f"at {img_size}x{img_size}" if img_size else "at its default input size"
     fix = (
-        "try its default resolution (omit --img-size) or a multiple of its patch/window size"
+        "try its default resolution (omit <img_size>) or a multiple of its patch/window size"
         if img_size
-        else "it cannot run on the meta device; measure it with --measure instead"
+        else "it cannot run on the meta device; measure its latency instead (costs --measure, or get_latency)"
     )
     return f"cannot count {tag} {where}: {type(err).__name__}: {_first_line(err)}; {fix}"
 
@@ -388,7 +388,7 @@ def _torch_device(device: str) -> Any:
     except RuntimeError as err:
         raise SaverSearchError(f"unknown device {device!r}; use cpu or cuda") from err
     if target.type == "cuda" and not torch.cuda.is_available():
-        raise SaverSearchError("CUDA is not available on this machine; use --device cpu")
+        raise SaverSearchError("CUDA is not available on this machine; use <device=cpu>")
     if target.type not in ("cpu", "cuda"):
         raise SaverSearchError(f"unsupported device {device!r}; use cpu or cuda")
     return target

@@ -125,7 +125,7 @@ def open_or_create_store(
         return _open_existing(path, dataset)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise SaverSearchError(
-            f"{path} exists but is not a prediction store: pass a new or empty folder as --data, "
+            f"{path} exists but is not a prediction store: pass a new or empty folder as <path>, "
             "or the folder of an existing store"
         )
     ids, labels = dataset.sample_ids, dataset.labels
@@ -137,7 +137,7 @@ def open_or_create_store(
         if not skip_unreadable:
             raise SaverSearchError(
                 f"{len(unreadable)} of {ids.size} images cannot be read, first: {dataset.root / first_id} ({reason}); "
-                "fix or remove them, or pass --on-corrupt skip to leave them out of the store"
+                "fix or remove them, or pass <skip_unreadable=True> to leave them out of the store"
             )
         if len(unreadable) == ids.size:
             raise SaverSearchError(
@@ -166,8 +166,8 @@ def _open_existing(path: Path, dataset: ImageDataset) -> StoreSetup:
         missing = stored[~present]
         raise SaverSearchError(
             f"store {path} was made from other images: {missing.size} of its {stored.size} samples are not in "
-            f"{dataset.layout} (first: {str(missing[0])!r}); pass the --images/--labels the store was created with, "
-            "or a new --data folder for this dataset"
+            f"{dataset.layout} (first: {str(missing[0])!r}); pass the <root>/<labels_csv> the store was created with, "
+            "or a new <path> folder for this dataset"
         )
     differ = np.flatnonzero(dataset.labels[position] != np.asarray(store.labels))
     if differ.size:
@@ -175,7 +175,7 @@ def _open_existing(path: Path, dataset: ImageDataset) -> StoreSetup:
         raise SaverSearchError(
             f"labels differ from store {path} for {differ.size} images (first: {first!r} is "
             f"{int(dataset.labels[position[differ[0]]])} here, {int(store.labels[differ[0]])} in the store); "
-            "pass the labels the store was created with, or a new --data folder"
+            "pass the labels the store was created with, or a new <path> folder"
         )
     return StoreSetup(store, False, [], len(dataset) - store.n_samples)
 
@@ -186,7 +186,7 @@ def _list_from_csv(root: Path, labels_csv: Path) -> tuple[np.ndarray, np.ndarray
     if missing:
         raise SaverSearchError(
             f"{len(missing)} of the {ids.size} files listed in {labels_csv} are not in {root} (first: {str(missing[0])!r}); "
-            "file names in the CSV must be relative to the --images folder"
+            "file names in the CSV must be relative to the <root> folder"
         )
     return ids, labels
 
@@ -197,13 +197,13 @@ def _list_class_folders(root: Path) -> tuple[np.ndarray, np.ndarray]:
     loose = [entry.name for entry in entries if entry.is_file() and entry.suffix.lower() in IMAGE_EXTENSIONS]
     if loose and not folders:
         raise SaverSearchError(
-            f"{root} holds images but no class folders: pass --labels CSV (file_name,label) to label them, "
+            f"{root} holds images but no class folders: pass <labels_csv> (a CSV file_name,label) to label them, "
             "or put each image in a folder named by its class (ImageNet synset like n01440764, or class index)"
         )
     if loose:
         raise SaverSearchError(
             f"{root} has {len(loose)} images outside its class folders (first: {loose[0]!r}): move them into "
-            "their class folder, or pass --labels CSV to label every image by file name"
+            "their class folder, or pass <labels_csv> (a CSV) to label every image by file name"
         )
     ids: list[str] = []
     labels: list[int] = []
@@ -218,7 +218,7 @@ def _list_class_folders(root: Path) -> tuple[np.ndarray, np.ndarray]:
     if not ids:
         raise SaverSearchError(
             f"no images in {root}: expected class folders of {', '.join(sorted(IMAGE_EXTENSIONS))} files "
-            "(ImageNet style), or a folder of images with --labels CSV"
+            "(ImageNet style), or a folder of images with <labels_csv> (a CSV)"
         )
     return np.array(ids, dtype=str), np.array(labels, dtype=np.int64)
 
@@ -232,12 +232,12 @@ def _class_index(folder: str, root: Path) -> int:
         if index is None:
             raise SaverSearchError(
                 f"class folder {root / folder} is a synset outside ImageNet-1k; only the 1000 ImageNet-1k classes "
-                "are known by name: pass --labels CSV with class indices for other datasets"
+                "are known by name: pass <labels_csv> (a CSV) with class indices for other datasets"
             )
         return index
     raise SaverSearchError(
         f"class folder {root / folder} is neither an ImageNet-1k synset (like n01440764) nor a class index: "
-        "rename the class folders, or pass --labels CSV (file_name,label) with class indices"
+        "rename the class folders, or pass <labels_csv> (a CSV file_name,label) with class indices"
     )
 
 

@@ -183,7 +183,7 @@ def import_predictions(
             if not (np.array_equal(ids, store.sample_ids) and np.array_equal(labels, store.labels)):
                 raise SaverSearchError(
                     f"{labels_path} does not match the samples and labels store {store_path} was created with; "
-                    "a store's samples are fixed: use a new --data folder for another dataset"
+                    "a store's samples are fixed: use a new <store_path> folder for another dataset"
                 )
     else:
         store = _create_store(store_path, predictions, predictions_path, labels_path, n_classes)
@@ -206,7 +206,7 @@ def _create_store(
         source = f"labels from {Path(predictions_path).name}"
     else:
         raise SaverSearchError(
-            f"no store at {store_path} yet and {predictions_path} carries no labels: pass --labels CSV "
+            f"no store at {store_path} yet and {predictions_path} carries no labels: pass <labels_path> (a CSV) "
             "(file_name,label) to create the store"
         )
     return PredictionStore.create(store_path, ids, labels, n_classes=n_classes, source=source)

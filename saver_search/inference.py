@@ -93,7 +93,7 @@ class CacheSummary:
 
     def line(self) -> str:
         if self.status == "already cached":
-            return f"{self.name}: already in the store, skipped (pass --force to recompute it)"
+            return f"{self.name}: already in the store, skipped (force recomputes it)"
         if self.status == "busy":
             return f"{self.name}: another process is caching it, skipped"
         resumed = self.images - self.processed
@@ -112,8 +112,8 @@ def resolve_device(device: str | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     target = torch.device(device)
     if target.type == "cuda" and not torch.cuda.is_available():
-        raise SaverSearchError("--device cuda was asked for but CUDA is not available here (torch "
-                               f"{torch.__version__}); use --device cpu or a CUDA build of torch")
+        raise SaverSearchError("<device=cuda> was asked for but CUDA is not available here (torch "
+                               f"{torch.__version__}); use <device=cpu> or a CUDA build of torch")
     return target
 
 
@@ -133,7 +133,7 @@ def load_model(name: str, weights: Weights) -> torch.nn.Module:
         except Exception as err:  # hub/network/cache failures come in many types
             raise SaverSearchError(
                 f"cannot load the pretrained weights of {name} ({type(err).__name__}: {_first_line(err)}); "
-                f"check the network or the Hugging Face cache, or pass --checkpoint {name}=FILE"
+                f"check the network or the Hugging Face cache, or pass a local <checkpoint> file for {name}"
             ) from err
         return model.eval()
     torch.manual_seed(0)  # random init is the same in every run, so resumed and sharded runs agree
@@ -306,7 +306,7 @@ def _run(
     if model.num_classes != store.n_classes:
         raise SaverSearchError(
             f"{cost.name} predicts {model.num_classes} classes but store {store.path} has {store.n_classes}; "
-            "use a model with the store's classes (or a store made with --num-classes to match)"
+            "use a model with the store's classes (or a store made with <n_classes> to match)"
         )
     config = timm.data.resolve_model_data_config(model)
     settings = {
@@ -371,7 +371,7 @@ def _predict(
                 if bad is not None:
                     raise SaverSearchError(
                         f"cannot read {root / str(sample_ids[int(indices[bad])])} ({errors[bad]}); it was readable "
-                        "when the store was created: restore the file, or make a new store (--data) with --on-corrupt skip"
+                        "when the store was created: restore the file, or make a new store (<path>) with <skip_unreadable=True>"
                     )
                 x = batch.to(device, non_blocking=True).float().sub_(mean).div_(std)
                 with autocast:

@@ -281,7 +281,7 @@ def select_candidates(source: PredictionSource, target: str, space: SearchSpace,
         raise SaverSearchError(
             f"empty candidate set: {len(matching)} models of {source.description} match the patterns of "
             f"{space.source} and none costs <= {space.candidates.max_relative_cost:g} x the target "
-            f"({ceiling:.3g} GMACs); widen candidates.include / max_relative_cost or pass --candidates"
+            f"({ceiling:.3g} GMACs); widen candidates.include / max_relative_cost or pass <candidates>"
         )
     return names
 
@@ -498,7 +498,7 @@ def load_study(storage: str | optuna.storages.BaseStorage, study_name: str | Non
         raise SaverSearchError(f"storage {storage} holds no study; run a search with this storage first")
     if study_name is None:
         if len(names) > 1:
-            raise SaverSearchError(f"storage {storage} holds {len(names)} studies; pick one with --study-name: {'; '.join(names)}")
+            raise SaverSearchError(f"storage {storage} holds {len(names)} studies; pick one with <study_name>: {'; '.join(names)}")
         study_name = names[0]
     if study_name not in names:
         raise SaverSearchError(f"no study named '{study_name}' in {storage}; it holds: {'; '.join(names)}")
@@ -557,7 +557,7 @@ def summarise(study: optuna.Study, *, seconds: float = 0.0, storage: str | None 
     note = None
     if not saving:
         if not ranked and not spec.exact:
-            note = "no trial found a cascade within the budget: the target alone is returned; raise --trials"
+            note = "no trial found a cascade within the budget: the target alone is returned; run more trials"
         elif spec.guarantee is not None:
             note = (f"with {info.calibration_images:,} calibration images no cascade keeps {spec.max_drop:g} points at "
                     f"{spec.guarantee:.0%}: the target alone is returned; use more images or a larger budget")

@@ -141,7 +141,7 @@ def _load_array(path: Path) -> np.ndarray:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as err:
         raise SaverSearchError(
-            f"corrupt store file {path}: {err}; re-import that model (use --force) or rebuild the store"
+            f"corrupt store file {path}: {err}; re-import that model (<overwrite=True>) or rebuild the store"
         ) from err
 
 
@@ -168,7 +168,7 @@ def validate_labels(labels: np.ndarray, n_classes: int) -> np.ndarray:
     if bad.size:
         raise SaverSearchError(
             f"{bad.size} labels are outside 0..{n_classes - 1} (first: sample {bad[0]} has {labels[bad[0]]}); "
-            "labels must be 0-based class indices (pass --num-classes if the dataset has more classes)"
+            "labels must be 0-based class indices (pass <n_classes> if the dataset has more classes)"
         )
     return labels.astype(np.int32)
 
@@ -216,7 +216,7 @@ class PredictionStore:
         if not self.path.is_dir():
             raise SaverSearchError(
                 f"no prediction store at {self.path}: create one with `python -m saver_search import` or "
-                "`python -m saver_search cache`, or leave out --data to use the simulated default"
+                "`python -m saver_search cache`, or leave out <data> to use the simulated default"
             )
         try:
             info = _read_json(self.path / "dataset.json")
@@ -300,7 +300,7 @@ class PredictionStore:
         try:
             return ModelMeta(**_read_json(path))
         except TypeError as err:
-            raise SaverSearchError(f"corrupt store file {path}: {err}; re-import that model with --force") from err
+            raise SaverSearchError(f"corrupt store file {path}: {err}; re-import that model with <overwrite=True>") from err
 
     def gmacs(self, name: str) -> float:
         return self.model(name).gmacs if name in self._models else self.meta(name).gmacs
@@ -315,7 +315,7 @@ class PredictionStore:
             if classes.shape != (meta.k, self.n_samples) or probs.shape != classes.shape:
                 raise SaverSearchError(
                     f"corrupt store: model '{name}' has arrays {classes.shape}/{probs.shape}, expected "
-                    f"({meta.k}, {self.n_samples}); re-import it with --force"
+                    f"({meta.k}, {self.n_samples}); re-import it with <overwrite=True>"
                 )
             self._models[name] = ModelPredictions(meta, classes, probs)
         return self._models[name]
@@ -344,7 +344,7 @@ class PredictionStore:
         if not name or "/" in name or name.startswith(".") or name != name.strip():
             raise SaverSearchError(f"invalid model name {name!r}: use a timm-style name such as resnet50.a1_in1k")
         if self.has_model(name) and not overwrite:
-            raise SaverSearchError(f"model '{name}' is already in store {self.path}; pass --force to replace it")
+            raise SaverSearchError(f"model '{name}' is already in store {self.path}; pass <overwrite=True> to replace it")
         if not (np.isfinite(gmacs) and gmacs > 0):
             raise SaverSearchError(f"model '{name}': cost must be a positive number of GMACs, got {gmacs}")
         classes, probs = validate_topk(classes, probs, self.n_samples, self.n_classes, name)

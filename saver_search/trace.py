@@ -72,7 +72,7 @@ def load_trace(study: optuna.Study) -> SearchTrace:
     outcomes = study_outcomes(study)
     if not outcomes:
         raise SaverSearchError(
-            f"study '{study.study_name}' has no complete trial yet; run the search again with the same --storage"
+            f"study '{study.study_name}' has no complete trial yet; run the search again with the same <storage>"
         )
     curves: dict[str, ThresholdCurve] = {}
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):

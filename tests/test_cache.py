@@ -317,7 +317,7 @@ def test_hub_weights_unreachable_is_a_clear_error(photos: Path, tmp_path: Path) 
     assert result.returncode == 2
     line = error_line(result.stderr)
     assert "cannot load the pretrained weights of resnet10t.c3_in1k" in line
-    assert "pass --checkpoint resnet10t.c3_in1k=FILE" in line
+    assert "pass a local --checkpoint file for resnet10t.c3_in1k" in line
     assert PredictionStore(tmp_path / "store").model_names() == []
 
 

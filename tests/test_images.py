@@ -57,7 +57,7 @@ def test_labels_csv_layout(tmp_path: Path) -> None:
     assert list(dataset.labels) == [1, 999, 3]
 
     csv.write_text("file_name,label\nz.jpg,3\nmissing.jpg,1\n")
-    with pytest.raises(SaverSearchError, match=r"1 of the 2 files listed .* not in .*'missing.jpg'.*relative to the --images"):
+    with pytest.raises(SaverSearchError, match=r"1 of the 2 files listed .* not in .*'missing.jpg'.*relative to the root"):
         list_images(root, csv)
 
 
@@ -65,7 +65,7 @@ def test_labels_csv_layout(tmp_path: Path) -> None:
     ("layout", "message"),
     [
         ({}, r"no images in .*expected class folders"),
-        ({"x.jpg": None}, r"holds images but no class folders: pass --labels CSV"),
+        ({"x.jpg": None}, r"holds images but no class folders: pass labels_csv"),
         ({"x.jpg": None, "n01440764/y.jpg": None}, r"1 images outside its class folders \(first: 'x.jpg'\)"),
         ({"cats/y.jpg": None}, r"class folder .*cats is neither an ImageNet-1k synset"),
         ({"n99999999/y.jpg": None}, r"synset outside ImageNet-1k"),
@@ -135,7 +135,7 @@ def test_reopen_with_changed_label_fails(tmp_path: Path) -> None:
 def test_unreadable_images_fail_or_are_skipped(class_folders: Path, tmp_path: Path, workers: int) -> None:
     truncate(write_image(class_folders / "n02123045" / "broken.jpg", size=(300, 200)))
     dataset = list_images(class_folders)
-    with pytest.raises(SaverSearchError, match=r"1 of 5 images cannot be read, first: .*broken.jpg .*--on-corrupt skip"):
+    with pytest.raises(SaverSearchError, match=r"1 of 5 images cannot be read, first: .*broken.jpg .*skip_unreadable=True"):
         open_or_create_store(tmp_path / "store", dataset, workers=workers)
     assert not (tmp_path / "store").exists()
 

@@ -49,7 +49,7 @@ def test_misaligned_model_rejected(tmp_path):
 def test_replace_needs_overwrite_and_keeps_old_on_failure(tmp_path):
     store = make_store(tmp_path / "s", n=10, models={"m.a": (0.5, 1.0)})
     before = np.array(store.model("m.a").confidence)
-    with pytest.raises(SaverSearchError, match="--force"):
+    with pytest.raises(SaverSearchError, match="overwrite=True"):
         store.add_model("m.a", np.zeros((1, 10), int), np.full((1, 10), 0.5), gmacs=1.0, source="t")
     with pytest.raises(SaverSearchError):
         store.add_model("m.a", np.zeros((1, 10), int), np.full((1, 10), np.nan), gmacs=1.0, source="t", overwrite=True)
