@@ -17,7 +17,6 @@ published figures would be more than 2% off.
 from __future__ import annotations
 
 import csv
-import difflib
 import json
 import math
 import os
@@ -30,7 +29,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from saver_search.errors import SaverSearchError
+from saver_search.errors import SaverSearchError, UnknownModel
+from saver_search.naming import close_names, split_name
 from saver_search.files import atomic_write_text
 
 TABLE_PATH = Path(__file__).parent / "data" / "costs.csv"
@@ -137,16 +137,16 @@ def flop_counter() -> Any:
 def resolve_name(name: str) -> str:
     """Full pretrained tag for ``name``: a bare architecture maps to timm's default tag, a full tag to itself."""
     timm = _import_timm()
-    arch, _, tag = name.partition(".")
+    arch, tag = split_name(name)
     if not timm.is_model(arch):
-        raise SaverSearchError(_unknown_model_message(timm, name))
+        raise UnknownModel(name, _unknown_model_message(timm, name))
     try:
         cfg = timm.models.get_pretrained_cfg(name)
     except RuntimeError:  # the architecture exists but has no such tag
         cfg = None
     if tag:
         if cfg is None:
-            raise SaverSearchError(_unknown_model_message(timm, name))
+            raise UnknownModel(name, _unknown_model_message(timm, name))
         return name
     return f"{arch}.{cfg.tag}" if cfg is not None and cfg.tag else arch
 
@@ -412,14 +412,14 @@ def _cpu_model() -> str:
 
 
 def _unknown_model_message(timm: ModuleType, name: str) -> str:
-    arch = name.partition(".")[0]
-    if "." in name and timm.is_model(arch):
+    arch, tag = split_name(name)
+    if tag and timm.is_model(arch):
         head = f"unknown pretrained tag '{name}' for {arch}"
         candidates = timm.list_models(f"{arch}.*", pretrained=True)
     else:
         head = f"unknown model '{name}'"
         candidates = timm.list_models() + timm.list_models(pretrained=True)
-    matches = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
+    matches = close_names(name, candidates, n=5)
     suggestion = f": did you mean {', '.join(matches)}?" if matches else ""
     return f"{head}{suggestion} {LIST_HINT}"
 

@@ -99,9 +99,15 @@ def read_matrix_npy(path: str | Path) -> Predictions:
     matrix = _load_numpy(path)
     if not isinstance(matrix, np.ndarray) or matrix.ndim != 2:
         raise SaverSearchError(f"{path} must hold one (samples x classes) matrix of probabilities or logits")
-    matrix = matrix.astype(np.float32)
+    return predictions_from_matrix(matrix, str(path))
+
+
+def predictions_from_matrix(matrix: np.ndarray, what: str) -> Predictions:
+    """Top-k predictions of an ``(n, classes)`` matrix: probabilities when every row is a probability vector,
+    else logits (converted by softmax and kept). ``what`` names the matrix in errors."""
+    matrix = np.asarray(matrix, dtype=np.float32)
     if not np.isfinite(matrix).all():
-        raise SaverSearchError(f"{path} holds NaN or infinite values; fix the model outputs before importing")
+        raise SaverSearchError(f"{what} holds NaN or infinite values; fix the model outputs first")
     is_probability = matrix.min() >= 0 and matrix.max() <= 1 and np.allclose(matrix.sum(axis=1), 1.0, atol=1e-3)
     logits = None
     if not is_probability:

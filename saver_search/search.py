@@ -30,7 +30,8 @@ from saver_search.cascade import ThresholdCurve, allowed_errors, threshold_curve
 from saver_search.errors import InvalidParameter, SaverSearchError
 from saver_search.results import Figures, Outcome, is_outcome, rank_outcomes
 from saver_search.space import SearchSpace
-from saver_search.store import ModelPredictions, PredictionSource
+from saver_search.sources import PredictionSource
+from saver_search.store import ModelPredictions
 from saver_search.study import (
     Progress, StudyInfo, StudySpec, StudyWorker, candidate_progress, create_or_load, data_fingerprint, open_storage,
     read_info, read_spec, storage_exists,

@@ -26,7 +26,8 @@ from functools import cached_property
 
 import numpy as np
 
-from saver_search.store import ModelMeta, ModelPredictions, resolve_model_name
+from saver_search.naming import resolve_model_name, split_name
+from saver_search.store import ModelMeta, ModelPredictions
 from saver_search.zoo import ZooEntry, load_zoo
 
 SOURCE = "simulated"
@@ -270,6 +271,6 @@ class SimulatedZoo:
         classes, probs = simulate_predictions(self._latents, name, top1, family, pretrain, params)
         meta = ModelMeta(
             name=name, gmacs=float(gmacs), k=classes.shape[0], source=SOURCE, created="",
-            arch=name.split(".", 1)[0], img_size=img_size,
+            arch=split_name(name)[0], img_size=img_size,
         )
         return ModelPredictions(meta, classes, probs)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from saver_search.errors import SaverSearchError
+from saver_search.naming import split_name
 
-THRESHOLD_MODES = ("exact", "sampled")
-SAMPLERS = ("auto", "tpe", "random", "nsga2")  # exact mode queues every candidate once: auto only
+ThresholdMode = Literal["exact", "sampled"]
+SamplerName = Literal["auto", "tpe", "random", "nsga2"]
+THRESHOLD_MODES: tuple[ThresholdMode, ...] = ("exact", "sampled")
+SAMPLERS: tuple[SamplerName, ...] = ("auto", "tpe", "random", "nsga2")  # exact mode queues every candidate once
 DEFAULT_SPACE_NAME = "default.yaml"  # in search_spaces/, shipped as the package saver_search.search_spaces
 
 
@@ -25,7 +28,7 @@ class CandidateFilter:
 
     def matches(self, name: str) -> bool:
         """Whether ``name`` passes the name and tag patterns (cost is checked by the search)."""
-        tag = name.split(".", 1)[1] if "." in name else ""
+        tag = split_name(name)[1]
         return (
             any(fnmatch.fnmatchcase(name, p) for p in self.include)
             and not any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
@@ -39,10 +42,10 @@ class SearchSpace:
 
     candidates: CandidateFilter = field(default_factory=CandidateFilter)
     stages: int = 2
-    threshold_mode: str = "exact"
+    threshold_mode: ThresholdMode = "exact"
     threshold_low: float = 0.0
     threshold_high: float = 1.0
-    sampler: str = "auto"
+    sampler: SamplerName = "auto"
     trials: int | None = None
     seed: int = 0
     source: str = "built-in defaults"
@@ -127,10 +130,10 @@ def parse_space(data: Any, where: str) -> SearchSpace:
             max_relative_cost=_number(cand.get("max_relative_cost", 1.0), where, "candidates.max_relative_cost"),
         ),
         stages=stages,
-        threshold_mode=str(mode),
+        threshold_mode=str(mode),  # type: ignore[arg-type]  (checked below)
         threshold_low=_number(threshold.get("low", 0.0), where, "threshold.low"),
         threshold_high=_number(threshold.get("high", 1.0), where, "threshold.high"),
-        sampler=str(sampler),
+        sampler=str(sampler),  # type: ignore[arg-type]  (checked below)
         trials=trials,
         seed=seed,
         source=where,

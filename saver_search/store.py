@@ -23,12 +23,12 @@ import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from saver_search.errors import SaverSearchError
 from saver_search.files import atomic_write_text
+from saver_search.naming import resolve_model_name
 
 FORMAT = "saver_search.store/1"
 PROBABILITY_TOLERANCE = 1e-3
@@ -73,59 +73,6 @@ class ModelPredictions:
     def confidence(self) -> np.ndarray:
         """Top-1 probability per sample."""
         return self.probs[0]
-
-
-class PredictionSource(Protocol):
-    """What the search reads: a real store on disk or the simulated zoo."""
-
-    @property
-    def description(self) -> str: ...
-
-    @property
-    def simulated(self) -> bool: ...
-
-    @property
-    def labels(self) -> np.ndarray: ...
-
-    def model_names(self) -> list[str]: ...
-
-    def model(self, name: str) -> ModelPredictions: ...
-
-    def gmacs(self, name: str) -> float: ...
-
-    def resolve(self, name: str) -> str: ...
-
-
-def resolve_model_name(name: str, available: list[str], where: str) -> str:
-    """Resolve a user-given model name against the models of a data source.
-
-    A full name is taken as given. A bare timm architecture (no ``.tag``) resolves to timm's
-    default pretrained tag when that is available, else to the only model of that architecture.
-    """
-    if name in available:
-        return name
-    if "." not in name:
-        same_arch = [m for m in available if m.split(".", 1)[0] == name]
-        if len(same_arch) == 1:
-            return same_arch[0]
-        if same_arch:
-            from saver_search.zoo import default_tag
-
-            default = default_tag(name)
-            if default in same_arch:
-                return default
-            raise SaverSearchError(
-                f"model '{name}' is ambiguous in {where}: it has {', '.join(sorted(same_arch))}; "
-                "name one of them in full"
-            )
-    import difflib
-
-    close = difflib.get_close_matches(name, available, n=3, cutoff=0.6)
-    hint = f" did you mean {', '.join(close)}?" if close else ""
-    raise SaverSearchError(
-        f"unknown model '{name}' in {where}.{hint} "
-        f"({len(available)} models there; import or cache it first to use it)"
-    )
 
 
 def _now() -> str:
@@ -181,8 +128,8 @@ def validate_topk(classes: np.ndarray, probs: np.ndarray, n_samples: int, n_clas
         raise SaverSearchError(f"model '{name}': classes {classes.shape} and probabilities {probs.shape} differ in shape")
     if classes.shape[1] != n_samples:
         raise SaverSearchError(
-            f"model '{name}' has predictions for {classes.shape[1]} samples but the store has {n_samples}; "
-            "every model of a store must cover the same samples in the same order"
+            f"model '{name}' has predictions for {classes.shape[1]} samples but the data has {n_samples}; "
+            "every model must cover the same samples in the same order"
         )
     if not np.issubdtype(classes.dtype, np.integer):
         raise SaverSearchError(f"model '{name}': predicted classes must be integers, got {classes.dtype}")

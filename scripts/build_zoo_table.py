@@ -128,6 +128,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def build_rows(source: Path) -> list[dict[str, str]]:
     """One output row per pretrained tag of the results table, best top-1 first."""
     from saver_search.compat import import_timm
+    from saver_search.naming import split_name
 
     timm = import_timm()
     results = read_csv(source / RESULTS)
@@ -139,7 +140,7 @@ def build_rows(source: Path) -> list[dict[str, str]]:
         by_name.setdefault(row["model"], []).append(row)
     rows = []
     for name, candidates in by_name.items():
-        arch, tag = name.split(".", 1)
+        arch, tag = split_name(name)
         default_size = timm.models.get_pretrained_cfg(name).input_size[-1]
         chosen = next((r for r in candidates if int(r["img_size"]) == default_size), candidates[0])
         img_size = int(chosen["img_size"])
