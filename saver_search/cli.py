@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from saver_search.errors import SaverSearchError, StudyMismatch
 
@@ -19,10 +19,18 @@ SUBCOMMANDS: dict[str, str] = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other error of the CLI."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see: {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def _build_parser(command: str) -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m saver_search",
         description="Find the cheapest tiny-model-first cascade for a large image classifier.",
     )
@@ -56,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args_list and args_list[0] in ("-h", "--help"):
         print(_overview())
         return
+    if args_list and not args_list[0].startswith("-") and args_list[0] not in SUBCOMMANDS:
+        print(f"error: unknown command '{args_list[0]}': use one of {', '.join(SUBCOMMANDS)}, or no command to "
+              "search (see: python -m saver_search --help)", file=sys.stderr)
+        sys.exit(2)
     command = args_list[0] if args_list and args_list[0] in SUBCOMMANDS else "search"
     if not (args_list and args_list[0] == command):
         args_list.insert(0, command)
@@ -77,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 # Python parameters (and study keys) that are not named like the flag that sets them.
 FLAGS = {"overwrite": "--force", "force": "--force", "labels_path": "--labels", "labels_csv": "--labels",
          "root": "--images", "path": "--data", "store_path": "--data", "skip_unreadable": "--on-corrupt skip",
-         "n_classes": "--num-classes", "threshold_mode": "--threshold", "objectives": "--pareto", "directions": "--pareto"}
+         "n_classes": "--num-classes", "exit_index": "--exit", "threshold_mode": "--threshold", "objectives": "--pareto", "directions": "--pareto"}
 NOT_FLAGS = {"threshold_range": "the space's threshold.low/high", "stages": "the space's stages",
              "format": "the saver_search version"}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from saver_search.cli import positive_int
 from saver_search.errors import SaverSearchError
 
 
@@ -22,17 +23,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cost = parser.add_mutually_exclusive_group(required=True)
     cost.add_argument("--arch", help="timm model name whose GMACs are counted (at --img-size or its default)")
     cost.add_argument("--gmacs", type=float, help="the model's cost in GMACs per image")
-    parser.add_argument("--img-size", type=int, help="input resolution the predictions were made at")
+    parser.add_argument("--img-size", type=positive_int, help="input resolution the predictions were made at")
     parser.add_argument("--num-classes", type=int, default=1000, help="classes in the dataset (default 1000)")
     parser.add_argument("--force", action="store_true", help="replace the model if the store has it")
+    parser.add_argument("--exit", type=int, default=-1, dest="exit_index", metavar="I",
+                        help="TinySaver records with several exits: which one (default -1, the last: the full model)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
     from saver_search.importers import import_predictions
 
-    if args.img_size is not None and args.img_size <= 0:
-        raise SaverSearchError(f"--img-size must be a positive number of pixels, got {args.img_size}")
     if args.num_classes < 2:
         raise SaverSearchError(f"--num-classes must be at least 2, got {args.num_classes}")
     arch = None
@@ -45,6 +46,6 @@ def run(args: argparse.Namespace) -> None:
         gmacs, img_size = args.gmacs, args.img_size
     meta = import_predictions(
         args.data, args.name, args.predictions, gmacs=gmacs, arch=arch, img_size=img_size,
-        labels_path=args.labels, n_classes=args.num_classes, overwrite=args.force,
+        labels_path=args.labels, n_classes=args.num_classes, overwrite=args.force, exit_index=args.exit_index,
     )
     print(f"imported {meta.name}: top-{meta.k} predictions, {meta.gmacs:.3f} GMACs/image, into {args.data}")

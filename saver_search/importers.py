@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from saver_search.errors import SaverSearchError
-from saver_search.store import ModelMeta, PredictionStore, topk_from_probabilities
+from saver_search.errors import InvalidParameter, SaverSearchError
+from saver_search.store import ModelMeta, PredictionStore, npy_problem, topk_from_probabilities
 
 TOP_K = 5
 
@@ -77,20 +78,36 @@ def _load_numpy(path: Path) -> np.lib.npyio.NpzFile | np.ndarray:
     except FileNotFoundError:
         raise SaverSearchError(f"file not found: {path}") from None
     except (OSError, ValueError) as err:
-        raise SaverSearchError(f"{path} is not a readable NumPy file: {err}") from err
+        raise SaverSearchError(f"{path} is not a readable NumPy .npy/.npz file ({npy_problem(err)})") from err
 
 
-def read_tinysaver_npz(path: str | Path) -> Predictions:
-    """TinySaver's per-model record: ``confs`` and ``preds`` (n,) or (n, k), and ``label`` (n,)."""
+def read_tinysaver_npz(path: str | Path, exit_index: int = -1) -> Predictions:
+    """A TinySaver record: ``confs`` (float) and ``preds`` (int) shaped ``(n,)``, ``(n, topk)`` or, as its
+    ``OutputRecorder`` writes them, ``(exits, n, topk)``; ``label`` shaped ``(n,)`` or ``(n, 1)``.
+
+    ``exit_index`` picks the exit of a multi-exit record (default: the last, the full model).
+    """
     path = Path(path)
     record = _load_numpy(path)
     missing = [key for key in ("confs", "preds", "label") if key not in record.files]
     if missing:
         raise SaverSearchError(f"{path} lacks array(s) {', '.join(missing)}: expected TinySaver's confs, preds, label")
-    confs, preds = np.asarray(record["confs"]), np.asarray(record["preds"])
-    if confs.ndim == 2:
-        confs, preds = confs.T, preds.T
-    return Predictions(np.atleast_2d(preds), np.atleast_2d(confs), labels=np.asarray(record["label"]))
+    confs, preds, label = (np.asarray(record[key]) for key in ("confs", "preds", "label"))
+    if confs.shape != preds.shape or not 1 <= confs.ndim <= 3:
+        raise SaverSearchError(
+            f"{path}: confs {confs.shape} and preds {preds.shape} must have one shape, (n,), (n, topk) or "
+            "(exits, n, topk)")
+    if confs.ndim == 3:
+        if not -confs.shape[0] <= exit_index < confs.shape[0]:
+            raise InvalidParameter("exit_index", f"{exit_index} is out of range: {path} has {confs.shape[0]} exits "
+                                                 f"(0 .. {confs.shape[0] - 1}, or -1 for the last)")
+        confs, preds = confs[exit_index], preds[exit_index]
+    if label.ndim == 2 and label.shape[1] == 1:
+        label = label[:, 0]
+    if label.ndim != 1 or label.size != confs.shape[0]:
+        raise SaverSearchError(f"{path}: label {label.shape} must be one class per sample, (n,) or (n, 1), for the "
+                               f"{confs.shape[0]} samples of confs/preds")
+    return Predictions(np.atleast_2d(preds.T), np.atleast_2d(confs.T), labels=label)
 
 
 def read_matrix_npy(path: str | Path) -> Predictions:
@@ -119,10 +136,12 @@ def predictions_from_matrix(matrix: np.ndarray, what: str) -> Predictions:
     return Predictions(classes, probs, logits=logits)
 
 
-def read_predictions(path: str | Path) -> Predictions:
+def read_predictions(path: str | Path, exit_index: int = -1) -> Predictions:
     """Read predictions in whichever supported format the file's suffix names."""
     suffix = Path(path).suffix.lower()
-    readers = {".csv": read_predictions_csv, ".npz": read_tinysaver_npz, ".npy": read_matrix_npy}
+    if suffix == ".npz":
+        return read_tinysaver_npz(path, exit_index)
+    readers = {".csv": read_predictions_csv, ".npy": read_matrix_npy}
     if suffix not in readers:
         raise SaverSearchError(f"unsupported predictions file {path}: use a .csv, TinySaver .npz or .npy")
     return readers[suffix](path)
@@ -134,7 +153,9 @@ def _align_to_store(store: PredictionStore, predictions: Predictions, path: str 
         ids = predictions.sample_ids
         unique, counts = np.unique(ids, return_counts=True)
         if unique.size != ids.size:
-            raise SaverSearchError(f"{path}: sample id {unique[counts > 1][0]!r} occurs more than once")
+            duplicate = unique[counts > 1][0]
+            rows = np.flatnonzero(ids == duplicate)[:2] + 2  # 1-based, after the header line
+            raise SaverSearchError(f"{path}: sample id {str(duplicate)!r} occurs more than once (rows {rows[0]} and {rows[1]})")
         store_ids = np.asarray(store.sample_ids)
         order = np.argsort(ids)
         position = np.searchsorted(ids, store_ids, sorter=order)
@@ -145,8 +166,9 @@ def _align_to_store(store: PredictionStore, predictions: Predictions, path: str 
             extra = np.setdiff1d(ids, store_ids)
             raise SaverSearchError(
                 f"{path} does not cover the store's samples: {missing.size} of the store's {store_ids.size} ids "
-                f"missing{f' (first: {missing[0]!r})' if missing.size else ''}, {extra.size} unknown"
-                f"{f' (first: {extra[0]!r})' if extra.size else ''}; every model must predict the same images"
+                f"missing{f' (first: {str(missing[0])!r})' if missing.size else ''}, {extra.size} unknown"
+                f"{f' (first: {str(extra[0])!r}, row {int(np.flatnonzero(ids == extra[0])[0]) + 2})' if extra.size else ''}; "
+                "every model must predict the same images"
             )
         take = order[position]
         return Predictions(predictions.classes[:, take], predictions.probs[:, take], store_ids, None,
@@ -161,8 +183,9 @@ def _align_to_store(store: PredictionStore, predictions: Predictions, path: str 
         differ = np.flatnonzero(np.asarray(predictions.labels) != np.asarray(store.labels))
         if differ.size:
             raise SaverSearchError(
-                f"{path} is misaligned with store {store.path}: its labels differ at {differ.size} samples "
-                f"(first: sample {differ[0]}); it must list the store's samples in the store's order"
+                f"{path} is misaligned with store {store.path}: its labels differ at {differ.size} samples (first: "
+                f"record {differ[0]}, 0-based, {str(store.sample_ids[differ[0]])!r} in the store); it must list the "
+                "store's samples in the store's order"
             )
     return predictions
 
@@ -178,9 +201,13 @@ def import_predictions(
     labels_path: str | Path | None = None,
     n_classes: int = 1000,
     overwrite: bool = False,
+    exit_index: int = -1,
 ) -> ModelMeta:
-    """Add one model's predictions to a store, creating the store from the labels on first use."""
-    predictions = read_predictions(predictions_path)
+    """Add one model's predictions to a store, creating the store from the labels on first use.
+
+    A first import that fails leaves nothing behind: the store it created is removed again.
+    """
+    predictions = read_predictions(predictions_path, exit_index)
     store_path = Path(store_path)
     if (store_path / "dataset.json").exists():
         store = PredictionStore(store_path)
@@ -191,8 +218,20 @@ def import_predictions(
                     f"{labels_path} does not match the samples and labels store {store_path} was created with; "
                     "a store's samples are fixed: use a new <store_path> folder for another dataset"
                 )
-    else:
-        store = _create_store(store_path, predictions, predictions_path, labels_path, n_classes)
+        return _add(store, name, predictions, predictions_path, gmacs, arch, img_size, overwrite)
+    existed = store_path.exists()
+    store = _create_store(store_path, predictions, predictions_path, labels_path, n_classes)
+    try:
+        return _add(store, name, predictions, predictions_path, gmacs, arch, img_size, overwrite)
+    except BaseException:
+        shutil.rmtree(store_path, ignore_errors=True)
+        if existed:  # it was an empty folder before
+            store_path.mkdir()
+        raise
+
+
+def _add(store: PredictionStore, name: str, predictions: Predictions, predictions_path: str | Path, gmacs: float,
+         arch: str | None, img_size: int | None, overwrite: bool) -> ModelMeta:
     predictions = _align_to_store(store, predictions, predictions_path)
     return store.add_model(
         name, predictions.classes, predictions.probs, gmacs=gmacs, arch=arch, img_size=img_size,

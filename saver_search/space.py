@@ -102,8 +102,11 @@ def _check_keys(data: dict, known: set[str], where: str, prefix: str = "") -> No
 
 def parse_space(data: Any, where: str) -> SearchSpace:
     """Validate a parsed YAML mapping and build the search space; errors name the offending key."""
-    if data is None:
-        data = {}
+    if data is None or data == {}:
+        raise SaverSearchError(
+            f"{where} is empty: a space names at least its candidates (candidates.include, e.g. ['resnet*']); "
+            "see search_spaces/default.yaml"
+        )
     if not isinstance(data, dict):
         raise SaverSearchError(f"{where}: a search space must be a YAML mapping of keys ({', '.join(sorted(KNOWN_KEYS))})")
     _check_keys(data, KNOWN_KEYS, where)

@@ -17,16 +17,18 @@ to a temporary sibling first and is renamed into place, so a half-written model 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
-from saver_search.errors import SaverSearchError
+from saver_search.errors import CorruptStore, SaverSearchError
 from saver_search.files import atomic_write_text
 from saver_search.naming import resolve_model_name
 
@@ -83,13 +85,31 @@ def _save_array(folder: Path, name: str, array: np.ndarray) -> None:
     np.save(folder / name, np.ascontiguousarray(array), allow_pickle=False)
 
 
+DATASET_FILES = {"labels.npy": "labels", "sample_ids.npy": "sample ids", "dataset.json": "description"}
+
+
+def npy_problem(err: Exception) -> str:
+    """What is wrong with a file ``np.load`` refused, in words (NumPy explains a bad header as pickled data)."""
+    text = str(err)
+    if "pickle" in text:
+        return "its header is not a NumPy header: not a NumPy file, or damaged"
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _damaged(path: Path, problem: str) -> CorruptStore:
+    """A store file that cannot be read: the fix depends on whether it belongs to the dataset or to one model."""
+    if path.name in DATASET_FILES:
+        fix = f"the store's {DATASET_FILES[path.name]} are damaged: restore the store from a copy or rebuild it"
+    else:
+        fix = f"re-import model '{path.parent.name}' (<overwrite=True>) or restore it from a copy"
+    return CorruptStore(path, f"corrupt store file {path} ({problem}); {fix}")
+
+
 def _load_array(path: Path) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as err:
-        raise SaverSearchError(
-            f"corrupt store file {path}: {err}; re-import that model (<overwrite=True>) or rebuild the store"
-        ) from err
+        raise _damaged(path, npy_problem(err)) from err
 
 
 def _read_json(path: Path) -> dict:
@@ -98,7 +118,17 @@ def _read_json(path: Path) -> dict:
     except FileNotFoundError:
         raise
     except (OSError, ValueError) as err:
-        raise SaverSearchError(f"corrupt store file {path}: {err}; rebuild it or restore it from a copy") from err
+        raise _damaged(path, str(err).splitlines()[0]) from err
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn a failed write (read-only folder, full disk, no permission) into one line; the store is unchanged."""
+    try:
+        yield
+    except OSError as err:
+        raise SaverSearchError(f"cannot write to store {path}: {err.strerror or err}; use a folder you can write to "
+                               "(nothing in the store was changed)") from err
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -203,13 +233,14 @@ class PredictionStore:
         if unique.size != ids.size:
             dupes = unique[counts > 1]
             raise SaverSearchError(
-                f"{dupes.size} sample ids occur more than once (first: {dupes[0]!r}); every sample needs a unique id"
+                f"{dupes.size} sample ids occur more than once (first: {str(dupes[0])!r}); every sample needs a unique id"
             )
         labels = validate_labels(labels, n_classes)
         if labels.shape != ids.shape:
             raise SaverSearchError(f"{ids.size} sample ids but {labels.size} labels")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+        with _writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
         try:
             _save_array(tmp, "sample_ids.npy", ids)
             _save_array(tmp, "labels.npy", labels)
@@ -219,8 +250,10 @@ class PredictionStore:
             if path.exists() and not any(path.iterdir()):
                 path.rmdir()
             os.rename(tmp, path)
-        except BaseException:
+        except BaseException as err:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(err, OSError):
+                raise SaverSearchError(f"cannot create store {path}: {err.strerror or err}") from err
             raise
         return cls(path)
 
@@ -247,7 +280,7 @@ class PredictionStore:
         try:
             return ModelMeta(**_read_json(path))
         except TypeError as err:
-            raise SaverSearchError(f"corrupt store file {path}: {err}; re-import that model with <overwrite=True>") from err
+            raise _damaged(path, f"fields do not match: {err}") from err
 
     def gmacs(self, name: str) -> float:
         return self.model(name).gmacs if name in self._models else self.meta(name).gmacs
@@ -300,7 +333,8 @@ class PredictionStore:
             arch=arch, img_size=img_size, has_logits=logits is not None,
         )
         models = self.path / "models"
-        tmp = Path(tempfile.mkdtemp(dir=models, prefix=f".{name}.tmp-"))
+        with _writing(self.path):
+            tmp = Path(tempfile.mkdtemp(dir=models, prefix=f".{name}.tmp-"))
         try:
             _save_array(tmp, "classes.npy", classes)
             _save_array(tmp, "probs.npy", probs)
@@ -319,8 +353,11 @@ class PredictionStore:
                 shutil.rmtree(trash, ignore_errors=True)
             else:
                 os.rename(tmp, final)
-        except BaseException:
+        except BaseException as err:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(err, OSError):
+                raise SaverSearchError(f"cannot write model '{name}' to store {self.path}: {err.strerror or err}; "
+                                       "nothing in the store was changed") from err
             raise
         self._models.pop(name, None)
         return meta

@@ -208,6 +208,9 @@ def open_storage(storage: str | BaseStorage | None, *, sqlite_wal: bool = False)
         return JournalStorage(JournalFileBackend(storage, lock_obj=FlockLock(storage)))  # type: ignore[arg-type]
     except OSError as err:
         raise SaverSearchError(f"cannot open journal file {storage}: {err.strerror or err}") from err
+    except ValueError as err:  # it replays the file at once: a file of another kind fails to parse
+        raise SaverSearchError(f"{storage} is not an Optuna storage (a journal file holds one JSON record a line: "
+                               f"{str(err).splitlines()[0]}); pass the storage the search was run with") from err
 
 
 def _open_rdb(url: str, sqlite_wal: bool) -> BaseStorage:

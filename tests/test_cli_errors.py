@@ -1,6 +1,7 @@
 """Bad input: a one-line error, exit code 2, and the store left exactly as it was."""
 
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -170,3 +171,109 @@ def test_import_existing_model_needs_force(tmp_path, labels_csv):
     assert run_cli(*import_args(tmp_path / "s", "m.a", good, labels_csv)).returncode == 0
     assert_user_error(run_cli(*import_args(tmp_path / "s", "m.a", good)), "--force")
     assert run_cli(*import_args(tmp_path / "s", "m.a", good), "--force").returncode == 0
+
+
+def test_a_failed_first_import_leaves_nothing_behind(tmp_path, labels_csv):
+    wrong = write_csv(tmp_path / "wrong.csv", [(f"other{i}.jpg", 0, 0.5) for i in range(6)])
+    assert_user_error(run_cli(*import_args(tmp_path / "s", "m.a", wrong, labels_csv)), "does not cover")
+    assert not (tmp_path / "s").exists()
+    (tmp_path / "empty").mkdir()
+    assert_user_error(run_cli(*import_args(tmp_path / "empty", "m.a", wrong, labels_csv)), "does not cover")
+    assert (tmp_path / "empty").is_dir() and not any((tmp_path / "empty").iterdir())
+    right = write_csv(tmp_path / "right.csv", [(f"img{i}.jpg", 0, 0.5) for i in range(6)])
+    assert run_cli(*import_args(tmp_path / "s", "m.a", right, labels_csv)).returncode == 0  # the retry just works
+
+
+def test_import_into_a_read_only_store(tmp_path, labels_csv):
+    if os.geteuid() == 0:
+        pytest.skip("root writes to read-only folders")
+    good = write_csv(tmp_path / "good.csv", [(f"img{i}.jpg", 0, 0.5) for i in range(6)])
+    assert run_cli(*import_args(tmp_path / "s", "good.a", good, labels_csv)).returncode == 0
+    before = snapshot(tmp_path / "s")
+    for folder in (tmp_path / "s", tmp_path / "s" / "models"):
+        folder.chmod(0o555)
+    try:
+        assert_user_error(run_cli(*import_args(tmp_path / "s", "new.a", good)), "cannot write to store", "nothing")
+    finally:
+        for folder in (tmp_path / "s", tmp_path / "s" / "models"):
+            folder.chmod(0o755)
+    assert snapshot(tmp_path / "s") == before
+
+
+def test_garbage_and_truncated_numpy_files_say_what_is_wrong(tmp_path):
+    store = make_store(tmp_path / "s", n=20, n_classes=10, models={"a.x": (0.6, 1.0), "b.x": (0.9, 5.0)})
+    (tmp_path / "garbage.npy").write_bytes(b"this is not numpy at all" * 10)
+    proc = run_cli(*import_args(store.path, "g.a", tmp_path / "garbage.npy"))
+    assert_user_error(proc, "not a readable NumPy", "header is not a NumPy header")
+    assert "pickle" not in proc.stderr
+    probs = store.path / "models" / "a.x" / "probs.npy"
+    probs.write_bytes(probs.read_bytes()[:100])  # truncated mid-array
+    proc = run_cli("--data", store.path, "--target", "b.x", "--max-drop", "1")
+    assert_user_error(proc, "corrupt store file", "probs.npy", "re-import model 'a.x' (--force)")
+    labels = store.path / "labels.npy"
+    labels.write_bytes(labels.read_bytes()[:90])
+    proc = run_cli("--data", store.path, "--target", "b.x", "--max-drop", "1")
+    assert_user_error(proc, "labels.npy", "the store's labels are damaged: restore the store from a copy")
+    assert "re-import" not in proc.stderr
+
+
+def test_ids_print_plainly_with_their_csv_row(tmp_path, labels_csv):
+    rows = [(f"img{i}.jpg", 0, 0.5) for i in range(6)] + [("img3.jpg", 1, 0.5)]
+    proc = run_cli(*import_args(tmp_path / "s", "m.a", write_csv(tmp_path / "dup.csv", rows), labels_csv))
+    assert_user_error(proc, "sample id 'img3.jpg' occurs more than once (rows 5 and 8)")
+    assert "np.str_" not in proc.stderr
+
+
+def test_tinysaver_output_recorder_layout_imports(tmp_path):
+    """Exactly as TinySaver's OutputRecorder writes it: confs float32 and preds int16 (exits, n, topk), label int16 (n, 1)."""
+    rng = np.random.default_rng(0)
+    n, exits, topk = 40, 3, 5
+    labels = rng.integers(0, 10, n).astype(np.int16)
+    preds = np.stack([np.stack([(labels + j + e) % 10 for j in range(topk)], axis=1) for e in range(exits)]).astype(np.int16)
+    confs = np.sort(rng.random((exits, n, topk)).astype(np.float32), axis=2)[:, :, ::-1]
+    np.savez(tmp_path / "m_val.npz", confs=confs, preds=preds, label=labels[:, None])
+    proc = run_cli(*import_args(tmp_path / "s", "m.a", tmp_path / "m_val.npz"), "--num-classes", "10")
+    assert proc.returncode == 0, proc.stderr
+    from saver_search.store import PredictionStore
+
+    store = PredictionStore(tmp_path / "s")
+    model = store.model("m.a")
+    assert model.classes.shape == (topk, n)  # every top-k kept, the last exit by default
+    np.testing.assert_array_equal(model.classes, preds[-1].T)
+    np.testing.assert_allclose(model.probs, confs[-1].T)
+    np.testing.assert_array_equal(store.labels, labels)
+    proc = run_cli(*import_args(tmp_path / "s", "e0.a", tmp_path / "m_val.npz"), "--exit", "0")
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(PredictionStore(tmp_path / "s").model("e0.a").classes, preds[0].T)
+    assert_user_error(run_cli(*import_args(tmp_path / "s", "e9.a", tmp_path / "m_val.npz"), "--exit", "9"),
+                      "--exit 9 is out of range", "3 exits")
+    np.savez(tmp_path / "bad.npz", confs=confs, preds=preds[:, :, :2], label=labels[:, None])
+    assert_user_error(run_cli(*import_args(tmp_path / "s", "bad.a", tmp_path / "bad.npz")), "must have one shape")
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["frobnicate"], ["unknown command 'frobnicate'", "search, import, costs, cache, report"]),
+    (["costs", "resnet50", "--img-size", "0"], ["--img-size", "must be a positive integer"]),
+    (["import", "--data", "x", "--name", "y", "--predictions", "z", "--gmacs", "1", "--img-size", "0"],
+     ["--img-size", "must be a positive integer"]),
+    (["--target", "x"], ["required", "--max-drop", "--help"]),
+])
+def test_usage_errors_are_one_line(args, fragments):
+    assert_user_error(run_cli(*args), *fragments)
+
+
+def test_report_of_a_file_that_is_not_a_storage(tmp_path, labels_csv):
+    assert_user_error(run_cli("report", "--storage", labels_csv, "--out", tmp_path / "r"), "is not an Optuna storage")
+    assert not (tmp_path / "r").exists()
+
+
+def test_empty_space_yaml_is_an_error(store, tmp_path):
+    space = tmp_path / "empty.yaml"
+    space.write_text("# nothing here\n")
+    proc = run_cli("--data", str(store.path), "--space", str(space), "--target", "big.b", "--max-drop", "1")
+    assert_user_error(proc, "is empty", "candidates.include")
+
+
+def test_unknown_target_suggests_the_architecture_it_contains():
+    proc = run_cli("--target", "efficientnet_b7", "--max-drop", "0.5")
+    assert_user_error(proc, "unknown model 'efficientnet_b7'", "did you mean tf_efficientnet_b7.")
