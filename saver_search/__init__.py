@@ -60,7 +60,7 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *__all__])
 
 
-if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily through __getattr__
+if TYPE_CHECKING:  # noqa: F401 (for type checkers and IDEs; at run time names load lazily through __getattr__)
     from saver_search.calibration import BOUNDS, Interval, SplitInfo
     from saver_search.cascade import CascadeResult, ThresholdCurve, evaluate_cascade, threshold_curve
     from saver_search.costs import ModelCost, get_cost

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 from dataclasses import asdict
 from typing import Any
@@ -47,10 +48,13 @@ def run(args: argparse.Namespace) -> int:
 def _record(costs: Any, name: str, args: argparse.Namespace) -> dict[str, Any]:
     record = asdict(costs.get_cost(name, args.img_size))
     if args.measure:
-        seconds = costs.get_latency(
+        latency = costs.get_latency(
             record["name"], args.img_size, args.batch_size, args.device, repeats=args.repeats, refresh=True
         )
-        record.update(latency_ms=round(seconds * 1e3, 3), images_per_s=round(1 / seconds, 1))
+        if latency.unsteady:
+            print(costs.unsteady_warning(record["name"], latency), file=sys.stderr)
+        record.update(latency_ms=round(latency.seconds * 1e3, 3), images_per_s=round(1 / latency.seconds, 1),
+                      spread=round(latency.spread, 3))
         record.update(batch_size=args.batch_size, device=costs.device_name(args.device))
     return record
 

@@ -60,23 +60,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def measured_latency(source, batch_size: int, device: str) -> Callable[[str], float]:
-    """Milliseconds per image of a source's model at its recorded resolution, measured once and cached on disk."""
-    from saver_search.costs import get_latency
-
-    if batch_size < 1:
-        raise SaverSearchError(f"--latency-batch-size must be a positive integer, got {batch_size}")
-    measured: dict[str, float] = {}
-
-    def latency_ms(name: str) -> float:
-        if name not in measured:
-            img_size = source.model(name).meta.img_size
-            measured[name] = 1000.0 * get_latency(name, img_size, batch_size=batch_size, device=device)
-        return measured[name]
-
-    return latency_ms
-
-
 def _space(args: argparse.Namespace) -> SearchSpace:
     if args.trials is not None and args.trials < 1:
         raise SaverSearchError(f"--trials must be a positive integer, got {args.trials}")
@@ -105,7 +88,7 @@ def run(args: argparse.Namespace) -> int | None:
         source, args.target, max_drop, space, candidates=candidates, storage=args.storage,
         study_name=args.study_name, pareto=args.pareto, calibration=args.calibration, split_seed=args.split_seed,
         guarantee=args.guarantee, bound=args.bound, sqlite_wal=True,
-        latency_ms=measured_latency(source, args.latency_batch_size, args.device) if args.cost == "latency" else None,
+        latency_ms=_latency(source, args) if args.cost == "latency" else None,
     )
     if args.workers > 1:
         result, code = _run_workers(args, prepared, space.seed)
@@ -117,6 +100,13 @@ def run(args: argparse.Namespace) -> int | None:
             return None
     print(to_json(result) if args.json else to_text(result))
     return None
+
+
+def _latency(source: Any, args: argparse.Namespace) -> Callable[[str], float]:
+    from saver_search.costs import source_latency, unsteady_warning
+
+    return source_latency(source, args.latency_batch_size, args.device,
+                          on_unsteady=lambda name, latency: print(unsteady_warning(name, latency), file=sys.stderr))
 
 
 def _worker_argv(argv: list[str], seed: int) -> list[str]:

@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
-from saver_search.errors import SaverSearchError, UnknownModel
+from saver_search.errors import InvalidParameter, SaverSearchError, UnknownModel
 from saver_search.naming import close_names, split_name
 from saver_search.files import atomic_write_text
 
@@ -160,6 +160,22 @@ def list_pretrained(pattern: str) -> list[str]:
     return fnmatch.filter(_import_timm().list_models(pretrained=True), pattern)
 
 
+UNSTEADY = 0.25  # a latency whose repeats spread more than this (p90 - p10, relative to the median) is noisy
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Measured seconds per image (median over repeats) and the repeats' spread: ``(p90 - p10) / median``.
+    A spread above :data:`UNSTEADY` means the machine was busy and the figure is unreliable."""
+
+    seconds: float
+    spread: float
+
+    @property
+    def unsteady(self) -> bool:
+        return self.spread > UNSTEADY
+
+
 def measure_latency(
     name: str,
     img_size: int | None = None,
@@ -167,12 +183,12 @@ def measure_latency(
     device: str = "cpu",
     warmup: int = 3,
     repeats: int = 10,
-) -> float:
-    """Median seconds per image over ``repeats`` real forward passes of a randomly initialised model."""
+) -> Latency:
+    """Seconds per image over ``repeats`` real forward passes of a randomly initialised model (median, spread)."""
     _check_img_size(img_size)
     for label, value in (("batch_size", batch_size), ("repeats", repeats)):
         if value < 1:
-            raise SaverSearchError(f"{label} must be a positive integer, got {value}")
+            raise InvalidParameter(label, f"must be a positive integer, got {value}")
     torch = _import_torch()
     target = _torch_device(device)
     _, model, (height, width) = build_model(name, img_size, target)
@@ -187,7 +203,9 @@ def measure_latency(
             model(images)
             _synchronize(target)
             times.append(time.perf_counter() - start)
-    return statistics.median(times) / batch_size
+    median = statistics.median(times)
+    deciles = statistics.quantiles(times, n=10) if len(times) > 1 else [median] * 9
+    return Latency(seconds=median / batch_size, spread=(deciles[-1] - deciles[0]) / median)
 
 
 def get_latency(
@@ -197,20 +215,48 @@ def get_latency(
     device: str = "cpu",
     repeats: int = 10,
     refresh: bool = False,
-) -> float:
-    """Seconds per image from the cache, keyed by (tag, img_size, batch_size, device name); measured and stored if absent or ``refresh``."""
+) -> Latency:
+    """Seconds per image from the cache, keyed by (tag, input size, batch size, device name); measured and stored if
+    absent or ``refresh``. Without ``img_size`` the model's default input size is used, and keyed, so a latency
+    measured by ``costs --measure`` serves a search that names the size, and the other way round."""
     _check_img_size(img_size)
     tag = resolve_name(name)
+    img_size = img_size or get_cost(tag).img_size
     key = f"{_cost_key(tag, img_size)}|bs{batch_size}|{device_name(device)}"
     cached = None if refresh else _read_cache()["latency"].get(key)
     if cached is not None:
         try:
-            return float(cached)
+            return Latency(**cached) if isinstance(cached, dict) else Latency(float(cached), 0.0)
         except (TypeError, ValueError):
             _warn_malformed(key)
-    seconds = measure_latency(tag, img_size, batch_size, device, repeats=repeats)
-    _update_cache("latency", key, seconds)
-    return seconds
+    latency = measure_latency(tag, img_size, batch_size, device, repeats=repeats)
+    _update_cache("latency", key, asdict(latency))
+    return latency
+
+
+def source_latency(source: Any, batch_size: int = 1, device: str = "cpu",
+                   on_unsteady: Callable[[str, Latency], None] | None = None) -> Callable[[str], float]:
+    """Milliseconds per image of a prediction source's model at the input size the source records, measured once
+    per model (and cached on disk). ``on_unsteady(name, latency)`` hears of measurements taken on a busy machine."""
+    if batch_size < 1:
+        raise InvalidParameter("latency_batch_size", f"must be a positive integer, got {batch_size}")
+    measured: dict[str, float] = {}
+
+    def latency_ms(name: str) -> float:
+        if name not in measured:
+            latency = get_latency(name, source.model(name).meta.img_size, batch_size=batch_size, device=device)
+            if latency.unsteady and on_unsteady is not None:
+                on_unsteady(name, latency)
+            measured[name] = 1000.0 * latency.seconds
+        return measured[name]
+
+    return latency_ms
+
+
+def unsteady_warning(name: str, latency: Latency) -> str:
+    """One line on a latency measured under load."""
+    return (f"warning: the latency of {name} varied by {latency.spread:.0%} of its median across repeats (p10 to p90): "
+            "the machine looks busy, so latencies may be off; measure on an idle machine with more repeats")
 
 
 def device_name(device: str) -> str:

@@ -8,6 +8,7 @@ marked "in-sample (optimistic)".
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from saver_search.results import Figures, Outcome
 from saver_search.search import SearchResult
@@ -44,10 +45,33 @@ def guarantee_line(result: SearchResult) -> str:
             f"images ({guarantee.bound} bound, fixed-sequence testing, {guarantee.tests} candidates covered)")
 
 
+# Figures the tables give in percent (or points, for drops); JSON gives them as fractions of images.
+PERCENT_KEYS = frozenset({"accuracy", "test_accuracy", "drop", "reduction", "max_drop"})
+JSON_UNITS = ("accuracy, test_accuracy, drop, max_drop, reduction and exit_ratio are fractions of images in [0, 1] "
+              "(drop: target top-1 minus cascade top-1); gmacs per image; latency_ms per image")
+DIGITS = 6
+
+
+def _fractions(value: Any, key: str | None = None) -> Any:
+    """The result's dict with percent figures as fractions and every float rounded to DIGITS decimals, but
+    thresholds: they stay exact, as rounding one could move images across it."""
+    if key == "thresholds":
+        return value
+    if isinstance(value, dict):
+        return {k: _fractions(v, k) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_fractions(v, key) for v in value]
+    if isinstance(value, float):
+        return round(value / 100.0 if key in PERCENT_KEYS else value, DIGITS)
+    return value
+
+
 def to_json(result: SearchResult) -> str:
     """One JSON object: data, split, guarantee, target, best (with ``calibration``, ``test`` and ``interval``),
-    alternatives, pareto, progress and the study's details."""
-    payload = result.to_dict()
+    alternatives, pareto, progress, each model's own cost and the study's details. Shares of images are fractions
+    in [0, 1] (see ``units``); floats but thresholds are rounded to six decimals."""
+    payload = _fractions(result.to_dict())
+    payload["units"] = JSON_UNITS
     payload["figures"] = "calibration (in-sample, optimistic)" if result.split.in_sample else "test (held-out)"
     if result.simulated:
         payload["note_simulated"] = SIMULATED_NOTE
@@ -58,11 +82,14 @@ def _cost(figures: Figures) -> str:
     return f"{figures.gmacs:.3f}"
 
 
-def _row(outcome: Outcome, latency: bool) -> list[str]:
+def _row(result: SearchResult, outcome: Outcome, latency: bool) -> list[str]:
     shown = outcome.reported
     cal = outcome.calibration
+    own = result.models.get(outcome.first)
     row = [
         outcome.first,
+        "-" if own is None else f"{own.gmacs:.3g}",
+        "-" if own is None or not own.img_size else str(own.img_size),
         ", ".join(f"{t:.4f}" for t in outcome.thresholds) or "-",
         f"{100 * shown.exit_ratio:.1f}",
         f"{shown.accuracy:.2f}",
@@ -78,7 +105,7 @@ def _row(outcome: Outcome, latency: bool) -> list[str]:
 
 
 def _header(result: SearchResult) -> list[str]:
-    header = ["first stage", "threshold", "exit %", "top-1 %", "drop", "GMACs", "saved %"]
+    header = ["first stage", "own GMACs", "px", "threshold", "exit %", "top-1 %", "drop", "GMACs", "saved %"]
     if result.cost == "latency":
         header.append("ms/image")
     if not result.split.in_sample:
@@ -110,14 +137,31 @@ def _figures_rows(result: SearchResult, best: Outcome) -> list[str]:
     return lines
 
 
+def _model_size(result: SearchResult, name: str) -> str:
+    """A model's own cost and size: "25.6 GMACs/image at 384 px, 50.2 M params" (what the data records)."""
+    info = result.models.get(name)
+    if info is None:
+        return ""
+    text = f"{info.gmacs:.3g} GMACs/image"
+    if info.img_size:
+        text += f" at {info.img_size} px"
+    if info.params_m is not None:
+        text += f", {info.params_m:.3g} M params"
+    return text
+
+
 def _best_lines(result: SearchResult) -> list[str]:
     best, target = result.best, result.target
     if best.target_alone:
         return [f"best: serve the target alone ({result.note})" if result.note else "best: serve the target alone"]
     shown = best.reported
     where = "test images" if best.test is not None else "images (in-sample)"
+    stages = [["first stage", best.first, _model_size(result, best.first)],
+              ["target", best.stages[-1], _model_size(result, best.stages[-1])]]
     lines = [f"best cascade: {best.first} -> {best.stages[-1]}, threshold {best.thresholds[0]:.4f} "
-             "(chosen on the calibration images)", "", *_figures_rows(result, best), ""]
+             "(chosen on the calibration images)", *("  " + line for line in text_table(["", "model", "own cost"], stages,
+                                                                                      left=(0, 1), rule=False)[1:]),
+             "", *_figures_rows(result, best), ""]
     lines.append(
         f"  {100 * shown.exit_ratio:.1f} % of {where} answered by {best.first} (confidence > {best.thresholds[0]:.4f}); "
         f"{shown.gmacs:.3f} vs {target.gmacs:.3f} GMACs/image ({shown.reduction:.1f} % less compute), "
@@ -162,10 +206,10 @@ def to_text(result: SearchResult) -> str:
     what = f"figures on {figures_label(result)}"
     if result.alternatives:
         lines += ["", f"next best (best threshold per other candidate; {what}):",
-                  *text_table(header, [_row(o, latency) for o in result.alternatives])]
+                  *text_table(header, [_row(result, o, latency) for o in result.alternatives])]
     if result.pareto:
         lines += ["", f"Pareto front (GMACs vs top-1 on the calibration images; {what}):",
-                  *text_table(header, [_row(o, latency) for o in result.pareto])]
+                  *text_table(header, [_row(result, o, latency) for o in result.pareto])]
     lines += ["", _progress_line(result),
               f"study: {result.study_name}" + (f"  storage: {result.storage}" if result.storage else "")]
     if result.simulated:

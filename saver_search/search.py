@@ -34,7 +34,7 @@ from saver_search.sources import PredictionSource
 from saver_search.store import ModelPredictions
 from saver_search.study import (
     Progress, StudyInfo, StudySpec, StudyWorker, candidate_progress, create_or_load, data_fingerprint, open_storage,
-    read_info, read_spec, storage_exists,
+    ModelInfo, read_info, read_spec, storage_exists,
 )
 
 DEFAULT_SAMPLED_TRIALS = 300
@@ -98,6 +98,7 @@ class SearchResult:
     space: str
     cost: str = "gmacs"
     note: str | None = None
+    models: dict[str, ModelInfo] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -254,6 +255,16 @@ def target_alone_outcome(target: TargetInfo, calibration_images: int, test_image
     test = None if target.test_accuracy is None else figures(test_images, target.test_accuracy)
     return Outcome(stages=[target.name], thresholds=[], calibration=figures(calibration_images, target.accuracy),
                    test=test, interval=None, feasible=True)
+
+
+def model_info(model: ModelPredictions) -> ModelInfo:
+    """A model's own GMACs and input size (as the data records them) and its parameters (from the cost table,
+    for timm tags it has)."""
+    from saver_search.costs import table_cost
+
+    cost = table_cost(model.name, model.meta.img_size)
+    return ModelInfo(gmacs=model.gmacs, img_size=model.meta.img_size or (cost.img_size if cost else None),
+                     params_m=cost.params_m if cost else None)
 
 
 def check_max_drop(max_drop: Any) -> float:
@@ -415,6 +426,7 @@ def prepare_search(
     )
     target_info = objective.target_info
     info = StudyInfo(
+        models={name: model_info(source.model(name)) for name in [target, *names]},
         data=source.description, simulated=source.simulated, space=space.source, target_gmacs=target_info.gmacs,
         target_accuracy=target_info.accuracy, target_test_accuracy=target_info.test_accuracy,
         target_latency_ms=target_info.latency_ms, calibration_images=int(split.calibration.size),
@@ -577,6 +589,6 @@ def summarise(study: optuna.Study, *, seconds: float = 0.0, storage: str | None 
         best=best, alternatives=[o for o in ranked if o is not best][:N_ALTERNATIVES], pareto=front,
         n_trials=len(outcomes), n_candidates=len(spec.candidates), evaluated=state.evaluated, running=state.running,
         missing=state.missing, seconds=seconds, study_name=study.study_name, storage=storage, space=info.space,
-        cost=spec.cost, note=note,
+        cost=spec.cost, note=note, models=info.models,
     )
 

@@ -30,7 +30,7 @@ import random
 import socket
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from contextlib import contextmanager
@@ -106,15 +106,24 @@ class StudySpec:
 
     def check_resumes(self, stored: "StudySpec", study_name: str) -> None:
         """Raise :class:`StudyMismatch` naming the first key where ``stored`` differs from this spec."""
-        for field in fields(self):
-            mine, theirs = getattr(self, field.name), getattr(stored, field.name)
+        for key in (f.name for f in fields(self)):
+            mine, theirs = getattr(self, key), getattr(stored, key)
             if mine == theirs:
                 continue
-            if field.name == "candidates":
+            if key == "candidates":
                 missing = [c for c in theirs if c not in mine] or [c for c in mine if c not in theirs]
                 theirs = f"{len(theirs)} candidates"
                 mine = f"{len(mine)} candidates (differing: {', '.join(missing[:3]) or 'order'})"
-            raise StudyMismatch(study_name, field.name, theirs, mine)
+            raise StudyMismatch(study_name, key, theirs, mine)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model's own cost and size: GMACs per image, input side in pixels, parameters in millions (None: unknown)."""
+
+    gmacs: float
+    img_size: int | None
+    params_m: float | None
 
 
 @dataclass(frozen=True)
@@ -133,9 +142,16 @@ class StudyInfo:
     stratified: bool
     created: str
     version: str
+    models: dict[str, ModelInfo] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "StudyInfo":
+        data = json.loads(text)
+        data["models"] = {name: ModelInfo(**info) for name, info in data.get("models", {}).items()}
+        return cls(**data)
 
 
 def data_fingerprint(labels: np.ndarray, sample_ids: np.ndarray | None, models: Iterable[Any]) -> str:
@@ -272,7 +288,7 @@ def read_spec(study: optuna.Study) -> StudySpec | None:
 
 def read_info(study: optuna.Study) -> StudyInfo | None:
     text = study.user_attrs.get(INFO_ATTR)
-    return None if text is None else StudyInfo(**json.loads(text))
+    return None if text is None else StudyInfo.from_json(text)
 
 
 def create_or_load(storage: BaseStorage, study_name: str, spec: StudySpec, info: StudyInfo,
@@ -577,6 +593,9 @@ class StudyWorker:
         except optuna.TrialPruned:
             self.study.tell(trial, state=TrialState.PRUNED)
             return
+        constraints = trial.constraints
+        if constraints:  # optuna-dashboard reads the list form; Optuna's samplers read both
+            self.storage.set_trial_system_attr(trial_id, "constraints", list(constraints.values()))
         if self.study.tell(trial, values).state == TrialState.COMPLETE:
             self.completed += 1
         self.on_change()

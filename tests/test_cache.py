@@ -400,4 +400,4 @@ def test_real_weights_on_real_photos_then_search(photos: Path, tmp_path: Path, c
     assert search.returncode == 0, search.stderr
     result = json.loads(search.stdout)
     assert result["target"]["name"] == "efficientnet_lite0.ra_in1k"
-    assert result["target"]["accuracy"] == pytest.approx(accuracy)
+    assert result["target"]["accuracy"] == pytest.approx(accuracy / 100)  # JSON: fractions of images

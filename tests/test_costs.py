@@ -78,10 +78,12 @@ def test_non_default_resolution() -> None:
 
 
 def test_latency_measured_and_cached(monkeypatch: pytest.MonkeyPatch, isolated_cache: Path) -> None:
-    seconds = costs.get_latency("test_vit", batch_size=2, repeats=2)
-    assert 0 < seconds < 1
+    latency = costs.get_latency("test_vit", batch_size=2, repeats=3)
+    assert 0 < latency.seconds < 1 and latency.spread >= 0
     monkeypatch.setattr(costs, "measure_latency", _must_not_run)
-    assert costs.get_latency("test_vit.r160_in1k", batch_size=2, repeats=2) == seconds
+    assert costs.get_latency("test_vit.r160_in1k", batch_size=2, repeats=2) == latency
+    # the default input size is part of the key: naming it finds the same measurement
+    assert costs.get_latency("test_vit.r160_in1k", costs.get_cost("test_vit").img_size, batch_size=2) == latency
     assert len(json.loads(isolated_cache.read_text())["latency"]) == 1
 
 

@@ -73,15 +73,18 @@ def signal_inside_a_trial(process, storage, sig, timeout=120.0):
     return None
 
 
-def interrupted_once(store, storage, sig, *extra):
-    """Start a search and signal it inside a trial; retried until a signal lands inside one (trials are short)."""
-    for _ in range(5):
+def interrupted_once(store, storage, sig, *extra, chosen=False):
+    """Start a search and signal it inside a trial; retried until a signal lands inside one (trials are short)
+    and, with ``chosen``, after the trial chose its parameters."""
+    for _ in range(8):
         process = start_cli(*search_args(store, storage, *extra))
         number = signal_inside_a_trial(process, storage, sig)
         stdout, stderr = process.communicate()
-        if number is not None and trials_of(storage)[number].state != TrialState.COMPLETE:
-            return process, stderr, number
-    pytest.fail("no signal landed inside a trial in 5 tries")
+        if number is not None:
+            trial = trials_of(storage)[number]
+            if trial.state != TrialState.COMPLETE and (trial.params or not chosen):
+                return process, stderr, number
+    pytest.fail("no signal landed inside a trial in 8 tries")
 
 
 def test_sigkill_mid_study_then_rerun_evaluates_every_candidate_once(store, storage):
@@ -114,7 +117,8 @@ def test_ctrl_c_prints_one_line_and_queues_the_interrupted_trial(store, storage)
 
 def test_sampled_mode_trials_add_up_after_a_kill(store, tmp_path):
     storage = str(tmp_path / "sampled.log")
-    process, _, number = interrupted_once(store, storage, signal.SIGKILL, "--threshold", "sampled", "--trials", "12")
+    process, _, number = interrupted_once(store, storage, signal.SIGKILL, "--threshold", "sampled", "--trials", "12",
+                                          chosen=True)
     completed = sum(t.state == TrialState.COMPLETE for t in trials_of(storage))
     rerun = run_cli(*search_args(store, storage, "--threshold", "sampled", "--trials", "12"))
     assert rerun.returncode == 0, rerun.stderr
