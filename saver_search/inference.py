@@ -136,8 +136,9 @@ def load_model(name: str, weights: Weights) -> torch.nn.Module:
                 f"check the network or the Hugging Face cache, or pass a local <checkpoint> file for {name}"
             ) from err
         return model.eval()
-    torch.manual_seed(0)  # random init is the same in every run, so resumed and sharded runs agree
-    model = timm.create_model(name, pretrained=False)
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(0)  # random init is the same in every run, so resumed and sharded runs agree
+        model = timm.create_model(name, pretrained=False)
     if weights.checkpoint is not None:
         load_checkpoint(model, name, weights.checkpoint)
     return model.eval()
@@ -320,7 +321,8 @@ def _run(
     start = time.perf_counter()
     if todo.size:
         model = model.to(device, memory_format=torch.channels_last)
-        _predict(model, store, root, todo, config, device, amp, options, partial)
+        with _cudnn_autotune(device):
+            _predict(model, store, root, todo, config, device, amp, options, partial)
     seconds = time.perf_counter() - start
     arrays = partial.assemble(store.n_samples, options.logits)
     store.add_model(
@@ -331,6 +333,18 @@ def _run(
     shutil.rmtree(folder, ignore_errors=True)
     top1 = 100.0 * float(np.mean(arrays["classes"][0] == np.asarray(store.labels)))
     return CacheSummary(cost.name, "cached", store.n_samples, int(todo.size), seconds, top1)
+
+
+@contextlib.contextmanager
+def _cudnn_autotune(device: torch.device) -> Iterator[None]:
+    """On CUDA, let cuDNN pick the fastest kernels for the fixed batch shape, for this run only: the global flag is
+    restored afterwards."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = previous or device.type == "cuda"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def _predict(
@@ -346,8 +360,6 @@ def _predict(
 ) -> None:
     """Predict the samples ``todo`` in order, writing a chunk every ``options.chunk_size`` images."""
     timm = import_timm()
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     transform = timm.data.create_transform(**config, is_training=False, use_prefetcher=True)
     sample_ids = np.asarray(store.sample_ids)
     images = _Images(root, sample_ids, todo, transform, tuple(config["input_size"]))

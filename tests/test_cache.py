@@ -401,3 +401,17 @@ def test_real_weights_on_real_photos_then_search(photos: Path, tmp_path: Path, c
     result = json.loads(search.stdout)
     assert result["target"]["name"] == "efficientnet_lite0.ra_in1k"
     assert result["target"]["accuracy"] == pytest.approx(accuracy / 100)  # JSON: fractions of images
+
+
+def test_loading_a_random_model_leaves_the_global_random_state_alone() -> None:
+    import torch
+
+    from saver_search.inference import Weights, load_model
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first = load_model("test_vit.r160_in1k", Weights(checkpoint=None, pretrained=False))
+    assert torch.equal(torch.rand(3), expected)  # not reseeded to 0 by the load
+    second = load_model("test_vit.r160_in1k", Weights(checkpoint=None, pretrained=False))
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
