@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from saver_search import costs
+from saver_search import costs, flops
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_CSV = "timm-results/results-imagenet.csv"
@@ -96,7 +96,7 @@ def load_rows(data: Path, recount: bool) -> list[Row]:
         published = {(r["model"], int(r["infer_img_size"])): float(r["infer_gmacs"]) for r in csv.DictReader(handle)}
     with results.open(newline="") as handle:
         wanted = [(r["model"], int(r["img_size"])) for r in csv.DictReader(handle)]
-    count = costs.count_cost if recount else costs.get_cost
+    count = flops.count_cost if recount else costs.get_cost
     rows = []
     for i, (name, size) in enumerate(wanted, 1):
         key = (name.split(".")[0], size)
@@ -139,28 +139,28 @@ def explain(row: Row) -> str:
     """Name the layers whose treatment by the published count accounts for the gap, counted live."""
     import torch
 
-    _, model, (height, width) = costs.build_model(row.name, row.img_size)
-    counter = costs.flop_counter()
+    _, model, (height, width) = flops.build_model(row.name, row.img_size)
+    counter = flops.flop_counter()
     with counter:
         model(torch.empty(1, 3, height, width, device="meta"))
     per_module = counter.get_flop_counts()
     prefix = f"{type(model).__name__}."
     for cause, matches in MODULE_CAUSES:
-        flops = sum(
+        counted = sum(
             sum(per_module.get(prefix + fqn, {}).values()) for fqn, module in model.named_modules() if fqn and matches(module)
         )
-        if flops and abs(row.ours - flops / 2e9 - row.published) <= REL_TOLERANCE * row.published:
-            return f"{cause}: those layers hold {flops / 2e9:.2f} GMACs here"
+        if counted and abs(row.ours - counted / 2e9 - row.published) <= REL_TOLERANCE * row.published:
+            return f"{cause}: those layers hold {counted / 2e9:.2f} GMACs here"
     return "unexplained: no skipped layer type accounts for the gap"
 
 
 def report_speed() -> None:
     """Median wall time of a live count over models of many families and sizes (timm import excluded)."""
-    costs.count_cost("resnet18")  # imports torch and timm
+    flops.count_cost("resnet18")  # imports torch and timm
     seconds = {}
     for name in SPEED_SAMPLE:
         start = time.perf_counter()
-        costs.count_cost(name)
+        flops.count_cost(name)
         seconds[name] = time.perf_counter() - start
     slowest = max(seconds, key=seconds.get)
     print(

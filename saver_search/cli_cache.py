@@ -53,9 +53,10 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Cache this shard's models into the store, creating the store from the images on first use."""
     from saver_search import costs, images, inference
+    from saver_search.naming import resolve_timm_name
 
-    names = _model_names(args.models, costs.resolve_name)
-    checkpoints = _checkpoints(args.checkpoint, names, costs.resolve_name)
+    names = _model_names(args.models, resolve_timm_name)
+    checkpoints = _checkpoints(args.checkpoint, names, resolve_timm_name)
     index, count = args.shard
     mine = names[index - 1 :: count]
     dataset = images.list_images(args.images, args.labels)

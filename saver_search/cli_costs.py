@@ -35,9 +35,10 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the costs (or the ``--list`` matches) of the requested models."""
     from saver_search import costs
+    from saver_search.naming import list_pretrained
 
     if args.list is not None:
-        return _print_list(costs.list_pretrained(args.list), args.list)
+        return _print_list(list_pretrained(args.list), args.list)
     if not args.names:
         raise SaverSearchError("name at least one model, e.g. `costs resnet50`, or use --list PATTERN")
     records = [_record(costs, name, args) for name in args.names]
@@ -46,16 +47,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _record(costs: Any, name: str, args: argparse.Namespace) -> dict[str, Any]:
+    from saver_search import latency as latency_of
+
     record = asdict(costs.get_cost(name, args.img_size))
     if args.measure:
-        latency = costs.get_latency(
+        latency = latency_of.get_latency(
             record["name"], args.img_size, args.batch_size, args.device, repeats=args.repeats, refresh=True
         )
         if latency.unsteady:
-            print(costs.unsteady_warning(record["name"], latency), file=sys.stderr)
+            print(latency_of.unsteady_warning(record["name"], latency), file=sys.stderr)
         record.update(latency_ms=round(latency.seconds * 1e3, 3), images_per_s=round(1 / latency.seconds, 1),
                       spread=round(latency.spread, 3))
-        record.update(batch_size=args.batch_size, device=costs.device_name(args.device))
+        record.update(batch_size=args.batch_size, device=latency_of.device_name(args.device))
     return record
 
 

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int | None:
 
 
 def _latency(source: Any, args: argparse.Namespace) -> Callable[[str], float]:
-    from saver_search.costs import source_latency, unsteady_warning
+    from saver_search.latency import source_latency, unsteady_warning
 
     return source_latency(source, args.latency_batch_size, args.device,
                           on_unsteady=lambda name, latency: print(unsteady_warning(name, latency), file=sys.stderr))

@@ -31,4 +31,12 @@ def import_timm() -> ModuleType:
     return timm
 
 
+
+def import_torch() -> ModuleType:
+    """The torch module, imported on first use (so that modules which only sometimes need it stay light)."""
+    import torch
+
+    return torch
+
+
 _keep_alive: list = []

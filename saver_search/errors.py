@@ -63,6 +63,12 @@ class StudyMismatch(SaverSearchError):
         )
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, for one-line errors that wrap it."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

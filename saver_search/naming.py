@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import difflib
+from types import ModuleType
 from typing import Sequence
 
+from saver_search.compat import import_timm
 from saver_search.errors import UnknownModel
 
 N_SUGGESTIONS = 3
@@ -58,3 +60,48 @@ def resolve_model_name(name: str, available: Sequence[str], where: str) -> str:
     hint = f" did you mean {', '.join(close)}?" if close else ""
     raise UnknownModel(name, f"unknown model '{name}' in {where}.{hint} "
                              f"({len(available)} models there; import or cache it first to use it)")
+
+
+# ------------------------------------------------------------------ timm's registry (imports timm)
+
+
+LIST_HINT = "(list: python -m saver_search costs --list PATTERN)"
+
+
+def resolve_timm_name(name: str) -> str:
+    """Full pretrained tag for ``name``: a bare architecture maps to timm's default tag, a full tag to itself."""
+    timm = import_timm()
+    arch, tag = split_name(name)
+    if not timm.is_model(arch):
+        raise UnknownModel(name, _unknown_model_message(timm, name))
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # the architecture exists but has no such tag
+        cfg = None
+    if tag:
+        if cfg is None:
+            raise UnknownModel(name, _unknown_model_message(timm, name))
+        return name
+    return f"{arch}.{cfg.tag}" if cfg is not None and cfg.tag else arch
+
+
+def list_pretrained(pattern: str) -> list[str]:
+    """Pretrained tags matching the fnmatch ``pattern`` (a pattern without wildcards matches as a substring)."""
+    import fnmatch
+
+    if not any(ch in pattern for ch in "*?["):
+        pattern = f"*{pattern}*"
+    return fnmatch.filter(import_timm().list_models(pretrained=True), pattern)
+
+
+def _unknown_model_message(timm: ModuleType, name: str) -> str:
+    arch, tag = split_name(name)
+    if tag and timm.is_model(arch):
+        head = f"unknown pretrained tag '{name}' for {arch}"
+        candidates = timm.list_models(f"{arch}.*", pretrained=True)
+    else:
+        head = f"unknown model '{name}'"
+        candidates = timm.list_models() + timm.list_models(pretrained=True)
+    matches = close_names(name, candidates, n=5)
+    suggestion = f": did you mean {', '.join(matches)}?" if matches else ""
+    return f"{head}{suggestion} {LIST_HINT}"

@@ -21,7 +21,8 @@ import torch
 from tqdm import tqdm
 
 from saver_search.compat import import_timm
-from saver_search.costs import TABLE_COLUMNS, TABLE_PATH, ModelCost, count_cost
+from saver_search.costs import TABLE_COLUMNS, TABLE_PATH, ModelCost
+from saver_search.flops import count_cost
 from saver_search.files import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from saver_search import costs
+from saver_search import costs, flops, latency
+from saver_search.naming import resolve_timm_name
 from saver_search.cli import main
 from saver_search.compat import import_timm
 from saver_search.errors import SaverSearchError
@@ -36,7 +37,7 @@ def _python(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_cnn_matches_published() -> None:
-    cost = costs.count_cost("resnet50.a1_in1k")
+    cost = flops.count_cost("resnet50.a1_in1k")
     assert cost.img_size == 224 and cost.source == "counted"
     assert cost.gmacs == pytest.approx(4.11, rel=0.01)
     assert cost.gflops == pytest.approx(2 * cost.gmacs, abs=1e-3)
@@ -44,9 +45,9 @@ def test_cnn_matches_published() -> None:
 
 
 def test_vit_counts_attention() -> None:
-    cost = costs.count_cost("vit_base_patch16_224")
+    cost = flops.count_cost("vit_base_patch16_224")
     assert cost.gmacs == pytest.approx(17.58, rel=0.01)
-    by_op = costs.count_flops_by_op("vit_base_patch16_224")
+    by_op = flops.count_flops_by_op("vit_base_patch16_224")
     attention = sum(f for op, f in by_op.items() if "bmm" in op or "scaled_dot_product" in op)
     without_attention = sum(by_op.values()) - attention
     # q @ k^T and attn @ v: 2 matmuls x 12 blocks x 12 heads x 197 x 197 x 64 MACs, 2 FLOPs per MAC
@@ -57,33 +58,33 @@ def test_vit_counts_attention() -> None:
 
 def test_norms_counted_like_published() -> None:
     """timm's published figures include batch norm (2 per element); a tiny model shows it: 0.386 without."""
-    cost = costs.count_cost("efficientnet_b0.ra_in1k")
+    cost = flops.count_cost("efficientnet_b0.ra_in1k")
     assert cost.gmacs == pytest.approx(0.40, rel=0.01)
-    assert costs.count_flops_by_op("efficientnet_b0.ra_in1k")["aten.native_batch_norm"] > 0
+    assert flops.count_flops_by_op("efficientnet_b0.ra_in1k")["aten.native_batch_norm"] > 0
 
 
 def test_counts_the_reparameterized_model() -> None:
     """MobileOne's train-time branches are fused before counting, as deployed and as timm benchmarks it."""
-    cost = costs.count_cost("mobileone_s0.apple_in1k")
+    cost = flops.count_cost("mobileone_s0.apple_in1k")
     assert cost.params_m == pytest.approx(2.08, abs=0.01)  # 5.29 M with the branches
     assert cost.gmacs == pytest.approx(0.28, abs=0.01)  # 1.05 with the branches
 
 
 def test_non_default_resolution() -> None:
-    assert costs.count_cost("resnet50.a1_in1k", 288).gmacs == pytest.approx(6.8, rel=0.01)
-    vit = costs.count_cost("vit_base_patch16_224", 384)  # fixed pos-embed: needs img_size at build time
+    assert flops.count_cost("resnet50.a1_in1k", 288).gmacs == pytest.approx(6.8, rel=0.01)
+    vit = flops.count_cost("vit_base_patch16_224", 384)  # fixed pos-embed: needs img_size at build time
     assert vit.img_size == 384
     assert vit.gmacs == pytest.approx(55.54, rel=0.01)
-    assert vit.gmacs == pytest.approx(costs.count_cost("vit_base_patch16_384").gmacs, rel=1e-4)
+    assert vit.gmacs == pytest.approx(flops.count_cost("vit_base_patch16_384").gmacs, rel=1e-4)
 
 
 def test_latency_measured_and_cached(monkeypatch: pytest.MonkeyPatch, isolated_cache: Path) -> None:
-    latency = costs.get_latency("test_vit", batch_size=2, repeats=3)
-    assert 0 < latency.seconds < 1 and latency.spread >= 0
-    monkeypatch.setattr(costs, "measure_latency", _must_not_run)
-    assert costs.get_latency("test_vit.r160_in1k", batch_size=2, repeats=2) == latency
+    measured = latency.get_latency("test_vit", batch_size=2, repeats=3)
+    assert 0 < measured.seconds < 1 and measured.spread >= 0
+    monkeypatch.setattr(latency, "measure_latency", _must_not_run)
+    assert latency.get_latency("test_vit.r160_in1k", batch_size=2, repeats=2) == measured
     # the default input size is part of the key: naming it finds the same measurement
-    assert costs.get_latency("test_vit.r160_in1k", costs.get_cost("test_vit").img_size, batch_size=2) == latency
+    assert latency.get_latency("test_vit.r160_in1k", costs.get_cost("test_vit").img_size, batch_size=2) == measured
     assert len(json.loads(isolated_cache.read_text())["latency"]) == 1
 
 
@@ -116,7 +117,7 @@ def test_table_matches_live_count() -> None:
     for name, size in [("resnet50.a1_in1k", 224), ("resnet50.a1_in1k", 288), ("vit_base_patch16_224.augreg2_in21k_ft_in1k", 224)]:
         table = costs.get_cost(name, size)
         assert table.source == "table"
-        live = costs.count_cost(name, size)
+        live = flops.count_cost(name, size)
         assert (live.gmacs, live.params_m) == (table.gmacs, table.params_m)
 
 
@@ -133,7 +134,7 @@ def test_cache_written_atomically_and_reused(monkeypatch: pytest.MonkeyPatch, is
     assert Path(replaced[0][0]).parent == isolated_cache.parent
     assert list(isolated_cache.parent.iterdir()) == [isolated_cache]  # no temp file left behind
 
-    monkeypatch.setattr(costs, "count_cost", _must_not_run)
+    monkeypatch.setattr(flops, "count_cost", _must_not_run)
     second = costs.get_cost(*SMALL_UNTABLED)
     assert second.source == "cache"
     assert (second.name, second.img_size, second.gmacs) == (first.name, first.img_size, first.gmacs)
@@ -166,8 +167,8 @@ def test_corrupt_cache_warns_and_recounts(isolated_cache: Path, content: str) ->
 
 
 def test_bare_name_resolves_to_default_tag() -> None:
-    assert costs.resolve_name("convnextv2_huge") == "convnextv2_huge.fcmae_ft_in22k_in1k_384"
-    assert costs.resolve_name("resnet50.a1h_in1k") == "resnet50.a1h_in1k"
+    assert resolve_timm_name("convnextv2_huge") == "convnextv2_huge.fcmae_ft_in22k_in1k_384"
+    assert resolve_timm_name("resnet50.a1h_in1k") == "resnet50.a1h_in1k"
     cost = costs.get_cost("convnextv2_huge")
     assert (cost.name, cost.img_size) == ("convnextv2_huge.fcmae_ft_in22k_in1k_384", 384)
 
@@ -178,7 +179,7 @@ def test_bare_name_resolves_to_default_tag() -> None:
 )
 def test_unknown_name_suggests(name: str, expected: str) -> None:
     with pytest.raises(SaverSearchError, match=expected) as info:
-        costs.resolve_name(name)
+        resolve_timm_name(name)
     assert "\n" not in str(info.value) and "--list" in str(info.value)
 
 
