@@ -4,7 +4,7 @@ Makes a folder of JPEGs from scikit-image photos (random crops, flips and sizes,
 validation images), then for one model compares
 
 * bare forward: the same images decoded and transformed beforehand, normalised and run in batches;
-* the full pipeline: ``inference.cache_model`` into a fresh store, for each ``--workers`` value.
+* the full pipeline: ``caching.cache_model`` into a fresh store, for each ``--workers`` value.
 
 Each measurement is the best of ``--repeats`` runs (the machine may be shared). Example::
 
@@ -27,7 +27,8 @@ from PIL import Image
 from saver_search.compat import import_timm
 from saver_search.costs import get_cost
 from saver_search.images import list_images, load_rgb, open_or_create_store
-from saver_search.inference import RunOptions, Weights, cache_model, load_model
+from saver_search.caching import RunOptions, cache_model
+from saver_search.models import Weights, load_model
 
 PHOTOS = {"chelsea": "n02123045", "coffee": "n07920052", "camera": "n04485082", "rocket": "n03773504", "astronaut": "n03595614"}
 

@@ -52,7 +52,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Cache this shard's models into the store, creating the store from the images on first use."""
-    from saver_search import costs, images, inference
+    from saver_search import caching, costs, images, models
     from saver_search.naming import resolve_timm_name
 
     names = _model_names(args.models, resolve_timm_name)
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     index, count = args.shard
     mine = names[index - 1 :: count]
     dataset = images.list_images(args.images, args.labels)
-    device = inference.resolve_device(args.device)
+    device = models.resolve_device(args.device)
     scan_workers = min(8, os.cpu_count() or 1) if args.workers is None else args.workers
     setup = images.open_or_create_store(
         args.data, dataset, limit=args.limit, skip_unreadable=args.on_corrupt == "skip", workers=scan_workers,
@@ -76,13 +76,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"shard {index}/{count} has no models ({len(names)} models in all)", file=sys.stderr)
         return 0
     model_costs = [costs.get_cost(name) for name in mine]
-    options = inference.RunOptions(
-        batch_size=args.batch_size, workers=inference.default_workers(device) if args.workers is None else args.workers,
+    options = caching.RunOptions(
+        batch_size=args.batch_size, workers=caching.default_workers(device) if args.workers is None else args.workers,
         device=str(device), amp=args.amp, logits=args.logits, chunk_size=args.chunk_size, force=args.force,
     )
     for cost in model_costs:
-        weights = inference.Weights(checkpoint=checkpoints.get(cost.name), pretrained=not args.no_pretrained)
-        print(inference.cache_model(store, dataset.root, cost, weights, options).line(), flush=True)
+        weights = models.Weights(checkpoint=checkpoints.get(cost.name), pretrained=not args.no_pretrained)
+        print(caching.cache_model(store, dataset.root, cost, weights, options).line(), flush=True)
     return 0
 
 

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from conftest import run_cli
-from saver_search import inference
+from saver_search import caching
 from saver_search.cli import main
 from saver_search.compat import import_timm
 from saver_search.images import load_rgb
@@ -160,7 +160,7 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(photos: Path, tmp_p
     store_path = tmp_path / "store"
     assert cache(capsys, "--data", store_path, "--models", "test_vit", *common)[0] == 0
 
-    write = inference._Partial.write
+    write = caching._Partial.write
     calls = []
 
     def interrupted_after_two_chunks(self, arrays):
@@ -169,14 +169,14 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(photos: Path, tmp_p
         calls.append(1)
         write(self, arrays)
 
-    monkeypatch.setattr(inference._Partial, "write", interrupted_after_two_chunks)
+    monkeypatch.setattr(caching._Partial, "write", interrupted_after_two_chunks)
     code, _, err = cache(capsys, "--data", store_path, "--models", f"test_vit,{name}", *common)
     assert code == 130 and "rerun the same command to resume" in err
     store = PredictionStore(store_path)
     assert store.model_names() == ["test_vit.r160_in1k"]  # nothing cached is lost, nothing half-done appears
     assert len(list((store_path / ".partial" / name).glob("chunk-*.npz"))) == 2
 
-    monkeypatch.setattr(inference._Partial, "write", write)
+    monkeypatch.setattr(caching._Partial, "write", write)
     code, out, err = cache(capsys, "--data", store_path, "--models", f"test_vit,{name}", *common)
     assert code == 0, err
     assert f"{name}: 8 images (4 now, 4 resumed from an earlier run)" in out
@@ -196,9 +196,9 @@ def test_ctrl_c_keeps_the_batches_done_since_the_last_chunk(photos: Path, tmp_pa
         decoded.append(path)
         return load_rgb(path)
 
-    monkeypatch.setattr(inference, "load_rgb", ctrl_c_at_the_sixth_image)
+    monkeypatch.setattr(caching, "load_rgb", ctrl_c_at_the_sixth_image)
     assert cache(capsys, "--data", tmp_path / "store", *common)[0] == 130
-    monkeypatch.setattr(inference, "load_rgb", load_rgb)
+    monkeypatch.setattr(caching, "load_rgb", load_rgb)
     code, out, _ = cache(capsys, "--data", tmp_path / "store", *common)
     assert code == 0 and f"{name}: 8 images (4 now, 4 resumed from an earlier run)" in out
     assert_same_predictions(PredictionStore(tmp_path / "store"), PredictionStore(tmp_path / "reference"), name)
@@ -208,15 +208,15 @@ def test_changed_settings_restart_partial_work(photos: Path, tmp_path: Path, cap
     name = "test_vit.r160_in1k"
     common = ["--data", tmp_path / "store", "--images", photos, "--models", name, "--no-pretrained",
               "--batch-size", 2, "--chunk-size", 2, "--workers", 0]
-    write = inference._Partial.write
+    write = caching._Partial.write
 
     def interrupted_after_one_chunk(self, arrays):
         write(self, arrays)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(inference._Partial, "write", interrupted_after_one_chunk)
+    monkeypatch.setattr(caching._Partial, "write", interrupted_after_one_chunk)
     assert cache(capsys, *common)[0] == 130
-    monkeypatch.setattr(inference._Partial, "write", write)
+    monkeypatch.setattr(caching._Partial, "write", write)
     code, out, _ = cache(capsys, *common, "--logits")  # other settings: the earlier chunk is not reused
     assert code == 0 and f"{name}: 8 images in" in out
     assert PredictionStore(tmp_path / "store").model(name).meta.has_logits
@@ -282,7 +282,7 @@ def test_two_shards_share_one_new_store(photos: Path, tmp_path: Path) -> None:
 def test_model_being_cached_elsewhere_is_skipped(photos: Path, tmp_path: Path, capsys) -> None:
     common = ["--data", tmp_path / "store", "--images", photos, "--no-pretrained", "--workers", 0]
     assert cache(capsys, *common, "--models", "resnet10t", "--limit", 2)[0] == 0
-    with inference._exclusive(tmp_path / "store" / ".partial" / "test_vit.r160_in1k.lock") as held:
+    with caching._exclusive(tmp_path / "store" / ".partial" / "test_vit.r160_in1k.lock") as held:
         assert held
         code, out, _ = cache(capsys, *common, "--models", "test_vit")
     assert code == 0 and "test_vit.r160_in1k: another process is caching it, skipped" in out
@@ -406,7 +406,7 @@ def test_real_weights_on_real_photos_then_search(photos: Path, tmp_path: Path, c
 def test_loading_a_random_model_leaves_the_global_random_state_alone() -> None:
     import torch
 
-    from saver_search.inference import Weights, load_model
+    from saver_search.models import Weights, load_model
 
     torch.manual_seed(123)
     expected = torch.rand(3)

@@ -1,6 +1,6 @@
-"""Run timm classifiers over a store's images and add their top-k predictions to the store.
+"""Run timm classifiers over a store's images and add their top-k predictions to the store (``cache``).
 
-The only module that runs models. Each model gets its own timm data config (resolution, crop,
+Models are loaded by :mod:`saver_search.models`. Each model gets its own timm data config (resolution, crop,
 interpolation, mean/std of its pretrained cfg). Images are decoded and resized to uint8 tensors in
 DataLoader workers; normalisation happens on the device, the model runs channels-last under
 ``torch.inference_mode`` (and autocast on CUDA).
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -35,10 +34,10 @@ from saver_search.costs import ModelCost
 from saver_search.errors import SaverSearchError
 from saver_search.files import atomic_write
 from saver_search.images import load_rgb
+from saver_search.models import Weights, file_sha256, load_model, resolve_amp, resolve_device
 from saver_search.store import PredictionStore, write_json_atomic
 
 TOP_K = 5
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 
 
 def default_workers(device: torch.device) -> int:
@@ -47,20 +46,6 @@ def default_workers(device: torch.device) -> int:
     if device.type == "cuda":
         return min(8, cores)
     return 0 if cores <= 4 else min(8, cores // 4)
-
-
-@dataclass(frozen=True)
-class Weights:
-    """Where a model's weights come from: timm's pretrained hub weights, a local checkpoint, or random init."""
-
-    checkpoint: Path | None = None
-    pretrained: bool = True
-
-    @property
-    def source(self) -> str:
-        if self.checkpoint is not None:
-            return f"cached: checkpoint {self.checkpoint}"
-        return "cached: pretrained hub weights" if self.pretrained else "cached: random init"
 
 
 @dataclass(frozen=True)
@@ -104,73 +89,6 @@ class CacheSummary:
             f"{self.name}: {count} in {self.seconds:.1f} s, "
             f"{self.images_per_s:.1f} images/s, top-1 {self.top1:.2f}%"
         )
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """The torch device for ``device`` ("cpu", "cuda", "cuda:1"); None means CUDA when available."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    target = torch.device(device)
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise SaverSearchError("<device=cuda> was asked for but CUDA is not available here (torch "
-                               f"{torch.__version__}); use <device=cpu> or a CUDA build of torch")
-    return target
-
-
-def resolve_amp(amp: str | None, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``amp`` ("bf16", "fp16", "none"); None means bf16 on CUDA and full precision on CPU."""
-    if amp is None:
-        return torch.bfloat16 if device.type == "cuda" else None
-    return AMP_DTYPES[amp]
-
-
-def load_model(name: str, weights: Weights) -> torch.nn.Module:
-    """Build timm model ``name`` (a full pretrained tag, whose pretrained cfg sets the data config) in eval mode."""
-    timm = import_timm()
-    if weights.checkpoint is None and weights.pretrained:
-        try:
-            model = timm.create_model(name, pretrained=True)
-        except Exception as err:  # hub/network/cache failures come in many types
-            raise SaverSearchError(
-                f"cannot load the pretrained weights of {name} ({type(err).__name__}: {_first_line(err)}); "
-                f"check the network or the Hugging Face cache, or pass a local <checkpoint> file for {name}"
-            ) from err
-        return model.eval()
-    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
-        torch.manual_seed(0)  # random init is the same in every run, so resumed and sharded runs agree
-        model = timm.create_model(name, pretrained=False)
-    if weights.checkpoint is not None:
-        load_checkpoint(model, name, weights.checkpoint)
-    return model.eval()
-
-
-def load_checkpoint(model: torch.nn.Module, name: str, path: Path) -> None:
-    """Load a state dict (plain, or under state_dict/model/EMA keys) into ``model``; every tensor must fit."""
-    timm = import_timm()
-    try:
-        state = timm.models.load_state_dict(str(path), use_ema=True, weights_only=True)
-    except Exception as err:  # torch.load / safetensors raise many types for unreadable files
-        raise SaverSearchError(
-            f"cannot read checkpoint {path} ({type(err).__name__}: {_first_line(err)}); it must be a PyTorch "
-            "state dict (.pth/.pt/.bin, tensors only) or a .safetensors file"
-        ) from err
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    shape = {key: tuple(getattr(value, "shape", ())) for key, value in state.items()}
-    wrong = [key for key in expected if key in state and shape[key] != expected[key].shape]
-    if missing or unexpected or wrong:
-        named = (("missing", missing), ("unexpected", unexpected))
-        problems = [f"{len(keys)} {what} (first: {keys[0]})" for what, keys in named if keys]
-        if wrong:
-            key = wrong[0]
-            shapes = f"{shape[key]} vs {tuple(expected[key].shape)}"
-            problems.append(f"{len(wrong)} of the wrong shape (first: {key} {shapes})")
-        raise SaverSearchError(
-            f"checkpoint {path} does not fit timm's {name}: of its {len(state)} tensors, {'; '.join(problems)}; "
-            f"it must be a state dict of timm.create_model('{name}') with the same keys and shapes"
-        )
-    model.load_state_dict(state, strict=True)
 
 
 class _Images(Dataset):
@@ -311,7 +229,7 @@ def _run(
         )
     config = timm.data.resolve_model_data_config(model)
     settings = {
-        "name": cost.name, "weights": weights.source, "checkpoint_sha256": _sha256(weights.checkpoint),
+        "name": cost.name, "weights": weights.source, "checkpoint_sha256": file_sha256(weights.checkpoint),
         "data_config": {key: list(v) if isinstance(v, tuple) else v for key, v in config.items()},
         "n_samples": store.n_samples, "k": TOP_K, "logits": options.logits,
         "device": device.type, "amp": str(amp),
@@ -408,16 +326,3 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {key: np.concatenate([part[key] for part in parts], axis=axes[key]) for key in parts[0]}
 
 
-def _sha256(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else "no message"

@@ -1,0 +1,110 @@
+"""Loading a timm classifier to run: its weights (hub, local checkpoint, or seeded random init), device and
+precision. One module loads models, for the cache loop (:mod:`saver_search.caching`) and anything else that runs
+them; it leaves global state alone (the random init runs under a forked RNG).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from saver_search.compat import import_timm
+from saver_search.errors import SaverSearchError, first_line
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where a model's weights come from: timm's pretrained hub weights, a local checkpoint, or random init."""
+
+    checkpoint: Path | None = None
+    pretrained: bool = True
+
+    @property
+    def source(self) -> str:
+        if self.checkpoint is not None:
+            return f"cached: checkpoint {self.checkpoint}"
+        return "cached: pretrained hub weights" if self.pretrained else "cached: random init"
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """The torch device for ``device`` ("cpu", "cuda", "cuda:1"); None means CUDA when available."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    target = torch.device(device)
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise SaverSearchError("<device=cuda> was asked for but CUDA is not available here (torch "
+                               f"{torch.__version__}); use <device=cpu> or a CUDA build of torch")
+    return target
+
+
+def resolve_amp(amp: str | None, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``amp`` ("bf16", "fp16", "none"); None means bf16 on CUDA and full precision on CPU."""
+    if amp is None:
+        return torch.bfloat16 if device.type == "cuda" else None
+    return AMP_DTYPES[amp]
+
+
+def load_model(name: str, weights: Weights) -> torch.nn.Module:
+    """Build timm model ``name`` (a full pretrained tag, whose pretrained cfg sets the data config) in eval mode."""
+    timm = import_timm()
+    if weights.checkpoint is None and weights.pretrained:
+        try:
+            model = timm.create_model(name, pretrained=True)
+        except Exception as err:  # hub/network/cache failures come in many types
+            raise SaverSearchError(
+                f"cannot load the pretrained weights of {name} ({type(err).__name__}: {first_line(err)}); "
+                f"check the network or the Hugging Face cache, or pass a local <checkpoint> file for {name}"
+            ) from err
+        return model.eval()
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(0)  # random init is the same in every run, so resumed and sharded runs agree
+        model = timm.create_model(name, pretrained=False)
+    if weights.checkpoint is not None:
+        load_checkpoint(model, name, weights.checkpoint)
+    return model.eval()
+
+
+def load_checkpoint(model: torch.nn.Module, name: str, path: Path) -> None:
+    """Load a state dict (plain, or under state_dict/model/EMA keys) into ``model``; every tensor must fit."""
+    timm = import_timm()
+    try:
+        state = timm.models.load_state_dict(str(path), use_ema=True, weights_only=True)
+    except Exception as err:  # torch.load / safetensors raise many types for unreadable files
+        raise SaverSearchError(
+            f"cannot read checkpoint {path} ({type(err).__name__}: {first_line(err)}); it must be a PyTorch "
+            "state dict (.pth/.pt/.bin, tensors only) or a .safetensors file"
+        ) from err
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    shape = {key: tuple(getattr(value, "shape", ())) for key, value in state.items()}
+    wrong = [key for key in expected if key in state and shape[key] != expected[key].shape]
+    if missing or unexpected or wrong:
+        named = (("missing", missing), ("unexpected", unexpected))
+        problems = [f"{len(keys)} {what} (first: {keys[0]})" for what, keys in named if keys]
+        if wrong:
+            key = wrong[0]
+            shapes = f"{shape[key]} vs {tuple(expected[key].shape)}"
+            problems.append(f"{len(wrong)} of the wrong shape (first: {key} {shapes})")
+        raise SaverSearchError(
+            f"checkpoint {path} does not fit timm's {name}: of its {len(state)} tensors, {'; '.join(problems)}; "
+            f"it must be a state dict of timm.create_model('{name}') with the same keys and shapes"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def file_sha256(path: Path | None) -> str | None:
+    """The sha256 of a file (e.g. a checkpoint, to record which weights made predictions); None for None."""
+    if path is None:
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
