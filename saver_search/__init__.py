@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     # search
     "run_search": "search", "prepare_search": "search", "SearchResult": "search", "SearchInterrupted": "search",
-    "TargetInfo": "search", "GuaranteeInfo": "search",
+    "TargetInfo": "results", "GuaranteeInfo": "results",
     "SearchSpace": "space", "CandidateFilter": "space", "load_space": "space",
     # data
     "PredictionSource": "sources", "ArraySource": "sources", "open_source": "sources",
@@ -65,9 +65,9 @@ if TYPE_CHECKING:  # noqa: F401 (for type checkers and IDEs; at run time names l
     from saver_search.cascade import CascadeResult, ThresholdCurve, evaluate_cascade, threshold_curve
     from saver_search.costs import ModelCost, get_cost
     from saver_search.errors import CorruptStore, InvalidParameter, SaverSearchError, StudyMismatch, UnknownModel
-    from saver_search.results import Figures, Outcome
+    from saver_search.results import Figures, GuaranteeInfo, Outcome, TargetInfo
     from saver_search.search import (
-        GuaranteeInfo, SearchInterrupted, SearchResult, TargetInfo, load_study, prepare_search, run_search, summarise,
+        SearchInterrupted, SearchResult, load_study, prepare_search, run_search, summarise,
     )
     from saver_search.simulate import SimulatedZoo
     from saver_search.sources import ArraySource, PredictionSource, open_source

@@ -101,3 +101,27 @@ def rank_outcomes(outcomes: Iterable[Outcome], by_latency: bool = False) -> list
     for outcome in sorted((o for o in outcomes if o.feasible), key=lambda o: (cost(o), -o.calibration.accuracy)):
         best.setdefault(outcome.first, outcome)
     return list(best.values())
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """The target served alone: top-1 (%) on the calibration and test images, GMACs, optional ms/image."""
+
+    name: str
+    gmacs: float
+    accuracy: float
+    test_accuracy: float | None
+    latency_ms: float | None = None
+
+    @property
+    def reported_accuracy(self) -> float:
+        return self.accuracy if self.test_accuracy is None else self.test_accuracy
+
+
+@dataclass(frozen=True)
+class GuaranteeInfo:
+    """The promise: true drop within the budget with probability >= ``level``; ``tests``: candidates it covers."""
+
+    level: float
+    bound: str
+    tests: int
