@@ -37,7 +37,7 @@ _EXPORTS = {
     "Interval": "calibration", "SplitInfo": "calibration", "BOUNDS": "calibration",
     # studies and traces
     "load_study": "search", "summarise": "search", "open_storage": "study", "StudySpec": "study",
-    "load_trace": "trace", "SearchTrace": "trace", "trials_frame": "trace",
+    "load_trace": "trace", "SearchTrace": "trace", "trials_frame": "trace", "write_report": "report_files",
     # costs
     "get_cost": "costs", "ModelCost": "costs",
     # errors
@@ -74,4 +74,5 @@ if TYPE_CHECKING:  # noqa: F401 (for type checkers and IDEs; at run time names l
     from saver_search.space import CandidateFilter, SearchSpace, load_space
     from saver_search.store import ModelMeta, ModelPredictions, PredictionStore
     from saver_search.study import StudySpec, open_storage
+    from saver_search.report_files import write_report
     from saver_search.trace import SearchTrace, load_trace, trials_frame

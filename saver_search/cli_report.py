@@ -1,19 +1,10 @@
-"""``python -m saver_search report --storage URL --out DIR``: plots and a Markdown summary of a stored search.
-
-Only the stored study is read (no prediction data): every trial keeps its outcome, and the first
-trial of each candidate its threshold curve.
-"""
+"""``python -m saver_search report --storage URL --out DIR``: plots and a Markdown summary of a stored search
+(written by :mod:`saver_search.report_files`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-from saver_search.errors import SaverSearchError
-from saver_search.results import Outcome
-from saver_search.trace import SearchTrace, best_per_candidate
-
-MAX_LISTED = 10  # candidates without a trial within budget are named up to this many
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,129 +13,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="plots and a Markdown summary of a stored search",
         description="Reload a search stored with --storage and write PNG plots and summary.md to --out.",
     )
-    parser.add_argument("--storage", required=True, help="the search's storage: sqlite:///PATH or a journal file path")
+    parser.add_argument("--storage", required=True, help="the search's storage: sqlite:///PATH, postgresql+psycopg://... or a journal file path")
     parser.add_argument("--study-name", help="study to report (default: the only study in the storage)")
     parser.add_argument("--out", required=True, type=Path, help="folder for summary.md and the PNG plots")
     parser.set_defaults(func=run)
 
 
-def write_report(storage: str, study_name: str | None, out: Path) -> list[Path]:
-    """Reload the study, write its figures and summary.md to ``out``; returns the files written."""
-    from saver_search.plots import save_report_figures
-    from saver_search.search import load_study
-    from saver_search.trace import load_trace
-
-    trace = load_trace(load_study(storage, study_name))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        figures = save_report_figures(trace, out)
-        summary = out / "summary.md"
-        summary.write_text(summary_markdown(trace, storage, figures))
-    except OSError as err:
-        raise SaverSearchError(f"cannot write the report to {out}: {err}") from err
-    return [summary, *figures.values()]
-
-
-FIGURE_CAPTIONS = {
-    "trials": "Every trial on the calibration images: GMACs vs top-1, the Pareto front, the target and the budget line",
-    "candidates": "Best cascade per first-stage candidate (calibration GMACs rank them; dots: held-out test GMACs)",
-    "curves": "Threshold curves of the best candidates on the calibration images, chosen thresholds marked",
-    "history": "Optimisation history: best GMACs within budget so far",
-}
-
-
-def _table(trace: SearchTrace, outcomes: list[Outcome]) -> list[str]:
-    """Per candidate: the threshold and the reported (test, or in-sample) figures, calibration beside them."""
-    where = "in-sample" if trace.in_sample else "test"
-    header = ["first stage", "threshold", f"exit % ({where})", f"top-1 % ({where})", f"drop ({where})",
-              f"GMACs ({where})", f"saved % ({where})", "drop (cal.)", "GMACs (cal.)", "trial"]
-    rows = []
-    for outcome in outcomes:
-        shown, cal = outcome.reported, outcome.calibration
-        rows.append([f"`{outcome.first}`", f"{outcome.thresholds[0]:.4f}", f"{100 * shown.exit_ratio:.1f}",
-                     f"{shown.accuracy:.2f}", f"{shown.drop:+.2f}", f"{shown.gmacs:.3f}", f"{shown.reduction:.1f}",
-                     f"{cal.drop:+.2f}", f"{cal.gmacs:.3f}", str(outcome.trial)])
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
-
-
-def _best_lines(trace: SearchTrace, best: list[Outcome]) -> list[str]:
-    if not best:
-        return ["No trial found a cascade within the budget; raise --max-drop or --trials."]
-    top = best[0]
-    shown = top.reported
-    where = "held-out test images" if top.test is not None else "images (in-sample, optimistic)"
-    lines = [
-        f"**{top.first} -> {trace.spec.target}**, threshold {top.thresholds[0]:.4f} (chosen on the calibration "
-        f"images): on the {shown.images:,} {where}, {100 * shown.exit_ratio:.1f} % answered by {top.first}; "
-        f"**{shown.gmacs:.3f} GMACs / image** vs {trace.info.target_gmacs:.3f} (**{shown.reduction:.1f} % less "
-        f"compute**), top-1 {shown.accuracy:.2f} % ({shown.drop:+.2f} points drop).",
-    ]
-    if top.interval is not None:
-        lines.append(f"{top.interval.level:.0%} bootstrap interval over the test images: drop "
-                     f"[{top.interval.drop[0]:+.2f}, {top.interval.drop[1]:+.2f}] points, GMACs "
-                     f"[{top.interval.gmacs[0]:.3f}, {top.interval.gmacs[1]:.3f}].")
-    if top.test is not None:
-        lines.append(f"On the calibration images: {top.calibration.gmacs:.3f} GMACs, drop {top.calibration.drop:+.2f} points.")
-    if shown.reduction <= 0:
-        lines.append("\nNo candidate saves compute within this budget: serve the target alone.")
-    return lines
-
-
-def _setting_lines(trace: SearchTrace) -> list[str]:
-    spec, info = trace.spec, trace.info
-    if trace.in_sample:
-        split = "in-sample (optimistic): every image chooses the thresholds and gives the figures"
-    else:
-        split = (f"{info.calibration_images:,} calibration images choose the thresholds; {info.test_images:,} "
-                 f"held-out test images give the figures (split seed {spec.split_seed}"
-                 f"{', stratified by class' if info.stratified else ', not stratified'})")
-    guarantee = "none (plug-in choice on the calibration images)" if spec.guarantee is None else (
-        f"true drop <= {spec.max_drop:g} points with probability >= {spec.guarantee:.0%} ({spec.bound} bound, "
-        f"{len(spec.candidates)} candidates covered)")
-    return [f"- **split:** {split}", f"- **guarantee:** {guarantee}"]
-
-
-def summary_markdown(trace: SearchTrace, storage: str, figures: dict[str, Path]) -> str:
-    """The report: data, target, budget, split, guarantee, best cascade, a table per candidate and the plots."""
-    from saver_search.report import SIMULATED_NOTE
-
-    spec, info = trace.spec, trace.info
-    best = best_per_candidate(trace)
-    n_feasible = sum(o.feasible for o in trace.outcomes)
-    target_test = "" if info.target_test_accuracy is None else f" ({info.target_test_accuracy:.2f} % on the test images)"
-    lines = [f"# Cascade search for {spec.target}{trace.tag}", ""]
-    if info.simulated:
-        lines += [f"> **{SIMULATED_NOTE}**", ""]
-    lines += [
-        f"- **data:** {info.data}",
-        f"- **target:** `{spec.target}`, top-1 {info.target_accuracy:.2f} % on the calibration images{target_test}, "
-        f"{info.target_gmacs:.3f} GMACs / image",
-        f"- **budget:** at most {spec.max_drop:g} top-1 points below the target (calibration top-1 >= "
-        f"{trace.min_accuracy:.2f} %)",
-        *_setting_lines(trace),
-        f"- **search:** {len(trace.outcomes)} trials ({n_feasible} within budget) over {len(spec.candidates)} "
-        f"candidates; threshold {'pareto (sampled)' if spec.pareto else spec.threshold_mode}, "
-        f"sampler {spec.sampler}, space {info.space}",
-        f"- **study:** `{trace.study_name}` in `{storage}`",
-        "", "## Best cascade", "", *_best_lines(trace, best), "",
-        "## Best cascade per candidate", "",
-    ]
-    if best:
-        lines += _table(trace, best)
-    evaluated = {o.first for o in trace.outcomes}
-    infeasible = sorted(evaluated - {o.first for o in best})
-    not_tried = sorted(set(spec.candidates) - evaluated)
-    if infeasible:
-        listed = f": {', '.join(f'`{m}`' for m in infeasible)}" if len(infeasible) <= MAX_LISTED else ""
-        lines += ["", f"{len(infeasible)} of the {len(evaluated)} candidates tried have no trial within budget{listed}."]
-    if not_tried:
-        lines += ["", f"{len(not_tried)} of {len(spec.candidates)} candidates were not tried."]
-    lines += ["", "## Plots", ""]
-    for name, path in figures.items():
-        lines += [f"### {FIGURE_CAPTIONS[name]}", "", f"![{FIGURE_CAPTIONS[name]}]({path.name})", ""]
-    return "\n".join(lines)
-
-
 def run(args: argparse.Namespace) -> None:
+    from saver_search.report_files import write_report
+
     files = write_report(args.storage, args.study_name, args.out)
     print(f"report written to {args.out}/: " + ", ".join(path.name for path in files))
