@@ -169,3 +169,19 @@ def test_unusable_studies_are_user_errors(store, tmp_path):
     assert_one_line_error(run_cli("report", "--storage", storage, "--study-name", "foreign", "--out", out),
                           "not written by saver_search")
     assert_one_line_error(run_cli("report", "--storage", storage, "--out", out), "holds 3 studies")
+
+
+def test_report_tells_untried_candidates_from_infeasible_ones(tmp_path):
+    zoo = SimulatedZoo(n_samples=2000)
+    storage = str(tmp_path / "few.log")
+    candidates = ["resnet50", "efficientnet_b0", "mobilenetv3_small_100", "resnet18", "convnext_tiny", "deit3_small_patch16_224"]
+    run_search(zoo, "convnextv2_huge", 0.5, SearchSpace(threshold_mode="sampled", trials=3), candidates=candidates,
+               storage=storage)
+    trace = load_trace(load_study(storage))
+    tried = {o.first for o in trace.outcomes}
+    proc = run_cli("report", "--storage", storage, "--out", str(tmp_path / "report"))
+    assert proc.returncode == 0, proc.stderr
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert f"{len(candidates) - len(tried)} of {len(candidates)} candidates were not tried." in summary
+    assert f"of the {len(tried)} candidates tried have no trial within budget" in summary or all(
+        o.feasible for o in trace.outcomes)
