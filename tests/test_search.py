@@ -133,6 +133,7 @@ def test_sampled_search_marks_uncertified_trials_and_never_beats_exact(store, tm
     trials = load_study(journal).trials
     infeasible = [t for t in trials if not t.user_attrs["outcome"]["feasible"]]
     assert infeasible and all(t.constraints["over_budget"] > 0 for t in infeasible)
+    assert all(t.system_attrs["constraints"] == [t.constraints["over_budget"]] for t in trials)  # optuna-dashboard's form
     assert all(t.constraints["over_budget"] <= 0 for t in trials if t.user_attrs["outcome"]["feasible"])
 
 
@@ -206,6 +207,10 @@ def test_cli_json_has_the_documented_fields(store):
     assert {"level", "drop", "gmacs"} <= set(payload["best"]["interval"])
     assert payload["figures"] == "test (held-out)" and payload["simulated"] is False
     assert payload["guarantee"] == {"level": 0.95, "bound": "betting", "tests": 3}
+    figures = [payload["best"]["test"], payload["best"]["calibration"]]
+    assert all(0 <= f[key] <= 1 for f in figures for key in ("accuracy", "exit_ratio", "reduction"))  # fractions
+    assert 0 <= payload["target"]["accuracy"] <= 1 and payload["max_drop"] == 0.02 and "fractions" in payload["units"]
+    assert all(len(repr(f["gmacs"]).split(".")[-1]) <= 6 for f in figures)  # rounded
 
 
 def test_cli_table_says_which_figures_are_which(store):
