@@ -92,7 +92,7 @@ def measure(labels: np.ndarray, first: ModelPredictions, target: ModelPrediction
                 if curve.gmacs[index] >= target.gmacs:  # saves nothing: the search returns the target alone
                     figures = (0.0, target.gmacs)
                 else:
-                    figures = on_test(take(first, test), take(target, test), labels[test], float(curve.thresholds[index]))
+                    figures = on_test(take(first, test), take(target, test), labels[test], curve.boundary(index))
                 results.setdefault((budget, method), []).append(figures)
     return {key: np.array(values) for key, values in results.items()}
 
@@ -112,7 +112,7 @@ def check_search_path(labels: np.ndarray, first: ModelPredictions, target: Model
     split = make_split(labels, 0.5, 0)
     curve = threshold_curve(take(first, split.calibration), take(target, split.calibration), labels[split.calibration],
                             split.blocks)
-    expected = float(curve.thresholds[choose(curve, DEFAULT_BOUND, 0.5, split.block_sizes)])
+    expected = curve.boundary(choose(curve, DEFAULT_BOUND, 0.5, split.block_sizes))
     assert result.best.thresholds == [expected], (result.best.thresholds, expected)
     print(f"check: run_search (split seed 0, budget 0.5) chose threshold {expected:.6f}, as computed here\n")
 

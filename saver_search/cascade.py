@@ -130,6 +130,15 @@ class ThresholdCurve:
         passed = certify(self.plus[:, order], self.minus[:, order], block_sizes, max_drop, level, n_tests, bound)
         return int(len(self.thresholds) - 1 - leading_passes(passed))
 
+    def boundary(self, index: int) -> float:
+        """The decision threshold for curve point ``index``: halfway (in float64) between its threshold, the highest
+        confidence that stays, and the next distinct one, the lowest that exits. Every threshold in between exits
+        the same samples; the middle one keeps that so when confidences are recomputed and move in their last
+        bits (another batch size, another machine), and splits the gap evenly for new samples."""
+        if index + 1 >= len(self.thresholds):
+            return float(self.thresholds[index])  # nothing exits
+        return (float(self.thresholds[index]) + float(self.thresholds[index + 1])) / 2.0
+
     def at_threshold(self, threshold: float) -> int:
         """Index of the curve point that behaves like ``threshold`` (the largest curve threshold <= it)."""
         return max(int(np.searchsorted(self.thresholds, threshold, side="right")) - 1, 0)

@@ -93,7 +93,7 @@ class CascadeObjective:
             prepared.curve_stored = True
         if self.exact:
             index = prepared.chosen
-            threshold = float(prepared.curve.thresholds[index])
+            threshold = prepared.curve.boundary(index)
         else:
             threshold = trial.suggest_float("threshold", self.space.threshold_low, self.space.threshold_high)
             index = prepared.curve.at_threshold(threshold)
