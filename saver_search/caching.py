@@ -35,6 +35,7 @@ from saver_search.errors import SaverSearchError
 from saver_search.files import atomic_write
 from saver_search.images import load_rgb
 from saver_search.models import Weights, file_sha256, load_model, resolve_amp, resolve_device
+from saver_search.preprocess import DataConfig, normalize, resize_crop, to_tensor
 from saver_search.store import PredictionStore, write_json_atomic
 
 TOP_K = 5
@@ -92,11 +93,12 @@ class CacheSummary:
 
 
 class _Images(Dataset):
-    """The store's images ``indices`` as uint8 tensors; an unreadable one yields zeros and the reason."""
+    """The store's images ``indices`` resized and cropped for a model, as uint8 tensors; an unreadable one yields
+    zeros and the reason."""
 
-    def __init__(self, root: Path, sample_ids: np.ndarray, indices: np.ndarray, transform, shape: tuple[int, ...]) -> None:
+    def __init__(self, root: Path, sample_ids: np.ndarray, indices: np.ndarray, config: DataConfig) -> None:
         self.root, self.sample_ids, self.indices = root, sample_ids, indices
-        self.transform, self.shape = transform, shape
+        self.config, self.shape = config, config.input_size
 
     def __len__(self) -> int:
         return int(self.indices.size)
@@ -104,7 +106,7 @@ class _Images(Dataset):
     def __getitem__(self, position: int) -> tuple[torch.Tensor, int, str]:
         index = int(self.indices[position])
         try:
-            return self.transform(load_rgb(self.root / str(self.sample_ids[index]))), index, ""
+            return resize_crop(to_tensor(load_rgb(self.root / str(self.sample_ids[index]))), self.config), index, ""
         except Exception as err:  # reported in the main process, naming the file
             return torch.zeros(self.shape, dtype=torch.uint8), index, f"{type(err).__name__}: {err}"
 
@@ -227,10 +229,10 @@ def _run(
             f"{cost.name} predicts {model.num_classes} classes but store {store.path} has {store.n_classes}; "
             "use a model with the store's classes (or a store made with <n_classes> to match)"
         )
-    config = timm.data.resolve_model_data_config(model)
+    config = DataConfig.from_dict(timm.data.resolve_model_data_config(model))
     settings = {
         "name": cost.name, "weights": weights.source, "checkpoint_sha256": file_sha256(weights.checkpoint),
-        "data_config": {key: list(v) if isinstance(v, tuple) else v for key, v in config.items()},
+        "data_config": config.to_dict(),
         "n_samples": store.n_samples, "k": TOP_K, "logits": options.logits,
         "device": device.type, "amp": str(amp),
     }
@@ -245,8 +247,11 @@ def _run(
     arrays = partial.assemble(store.n_samples, options.logits)
     store.add_model(
         cost.name, arrays["classes"], arrays["probs"], gmacs=cost.gmacs, source=weights.source,
-        arch=model.pretrained_cfg.get("architecture"), img_size=int(config["input_size"][1]),
+        arch=model.pretrained_cfg.get("architecture"), img_size=config.input_size[1],
         logits=arrays.get("logits"), overwrite=options.force,
+        provenance={"weights": weights.kind, "checkpoint": None if weights.checkpoint is None else str(weights.checkpoint),
+                    "checkpoint_sha256": settings["checkpoint_sha256"], "data_config": config.to_dict(),
+                    "amp": {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp], "device": device.type},
     )
     shutil.rmtree(folder, ignore_errors=True)
     top1 = 100.0 * float(np.mean(arrays["classes"][0] == np.asarray(store.labels)))
@@ -270,24 +275,20 @@ def _predict(
     store: PredictionStore,
     root: Path,
     todo: np.ndarray,
-    config: dict,
+    config: DataConfig,
     device: torch.device,
     amp: torch.dtype | None,
     options: RunOptions,
     partial: _Partial,
 ) -> None:
     """Predict the samples ``todo`` in order, writing a chunk every ``options.chunk_size`` images."""
-    timm = import_timm()
-    transform = timm.data.create_transform(**config, is_training=False, use_prefetcher=True)
     sample_ids = np.asarray(store.sample_ids)
-    images = _Images(root, sample_ids, todo, transform, tuple(config["input_size"]))
+    images = _Images(root, sample_ids, todo, config)
     workers = min(options.workers, -(-todo.size // options.batch_size))
     loader = DataLoader(
         images, batch_size=options.batch_size, shuffle=False, num_workers=workers,
         pin_memory=device.type == "cuda",
     )
-    mean = torch.tensor(config["mean"], device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(config["std"], device=device).view(1, 3, 1, 1) * 255
     autocast = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
     k = min(TOP_K, store.n_classes)
     buffer: list[dict[str, np.ndarray]] = []
@@ -303,7 +304,7 @@ def _predict(
                         f"cannot read {root / str(sample_ids[int(indices[bad])])} ({errors[bad]}); it was readable "
                         "when the store was created: restore the file, or make a new store (<path>) with <skip_unreadable=True>"
                     )
-                x = batch.to(device, non_blocking=True).float().sub_(mean).div_(std)
+                x = normalize(batch.to(device, non_blocking=True), config)
                 with autocast:
                     logits = model(x.contiguous(memory_format=torch.channels_last)).float()
                 probs, classes = logits.softmax(dim=1).topk(k, dim=1)

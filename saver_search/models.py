@@ -26,6 +26,11 @@ class Weights:
     pretrained: bool = True
 
     @property
+    def kind(self) -> str:
+        """"checkpoint", "hub" or "random"."""
+        return "checkpoint" if self.checkpoint is not None else "hub" if self.pretrained else "random"
+
+    @property
     def source(self) -> str:
         if self.checkpoint is not None:
             return f"cached: checkpoint {self.checkpoint}"

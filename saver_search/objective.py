@@ -176,5 +176,7 @@ def model_info(model: ModelPredictions) -> ModelInfo:
     from saver_search.costs import table_cost
 
     cost = table_cost(model.name, model.meta.img_size)
-    return ModelInfo(gmacs=model.gmacs, img_size=model.meta.img_size or (cost.img_size if cost else None),
-                     params_m=cost.params_m if cost else None)
+    meta = model.meta
+    return ModelInfo(gmacs=model.gmacs, img_size=meta.img_size or (cost.img_size if cost else None),
+                     params_m=cost.params_m if cost else None, weights=meta.weights, checkpoint=meta.checkpoint,
+                     checkpoint_sha256=meta.checkpoint_sha256, data_config=meta.data_config)

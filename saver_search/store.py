@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -38,7 +38,14 @@ PROBABILITY_TOLERANCE = 1e-3
 
 @dataclass(frozen=True)
 class ModelMeta:
-    """What a store knows about one model besides its predictions."""
+    """What a store knows about one model besides its predictions: cost, size, and (for models the store ran
+    itself, with ``cache``) their provenance, enough to run them again the same way.
+
+    ``k``: top-k kept per image (``has_logits``: full logits too). Provenance: ``weights`` is "hub" (timm's
+    pretrained weights of the tag), "checkpoint" (``checkpoint``, whose ``checkpoint_sha256`` is recorded) or
+    "random" (seeded init); ``data_config`` the timm data config used (``preprocess.DataConfig`` fields);
+    ``amp`` the autocast precision ("bf16", "fp16" or "none"); ``device`` the device kind ("cpu", "cuda").
+    """
 
     name: str
     gmacs: float
@@ -48,6 +55,12 @@ class ModelMeta:
     arch: str | None = None
     img_size: int | None = None
     has_logits: bool = False
+    weights: str | None = None
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    data_config: dict | None = None
+    amp: str | None = None
+    device: str | None = None
 
 
 @dataclass(frozen=True)
@@ -319,8 +332,10 @@ class PredictionStore:
         img_size: int | None = None,
         logits: np.ndarray | None = None,
         overwrite: bool = False,
+        provenance: dict[str, Any] | None = None,
     ) -> ModelMeta:
-        """Validate and store one model's top-k predictions (rank-major ``(k, n)``), atomically."""
+        """Validate and store one model's top-k predictions (rank-major ``(k, n)``), atomically; ``provenance``
+        fills the provenance fields of :class:`ModelMeta`."""
         if not name or "/" in name or name.startswith(".") or name != name.strip():
             raise SaverSearchError(f"invalid model name {name!r}: use a timm-style name such as resnet50.a1_in1k")
         if self.has_model(name) and not overwrite:
@@ -330,7 +345,7 @@ class PredictionStore:
         classes, probs = validate_topk(classes, probs, self.n_samples, self.n_classes, name)
         meta = ModelMeta(
             name=name, gmacs=float(gmacs), k=int(classes.shape[0]), source=source, created=_now(),
-            arch=arch, img_size=img_size, has_logits=logits is not None,
+            arch=arch, img_size=img_size, has_logits=logits is not None, **(provenance or {}),
         )
         models = self.path / "models"
         with _writing(self.path):

@@ -119,11 +119,16 @@ class StudySpec:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A model's own cost and size: GMACs per image, input side in pixels, parameters in millions (None: unknown)."""
+    """A model's own cost and size (GMACs per image, input side in pixels, parameters in millions; None: unknown)
+    and, for models a store ran itself, how to run it again (see ``store.ModelMeta``)."""
 
     gmacs: float
     img_size: int | None
     params_m: float | None
+    weights: str | None = None
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    data_config: dict | None = None
 
 
 @dataclass(frozen=True)
