@@ -16,6 +16,8 @@ SUBCOMMANDS: dict[str, str] = {
     "costs": "saver_search.cli_costs",
     "cache": "saver_search.cli_cache",
     "report": "saver_search.cli_report",
+    "export": "saver_search.cli_export",
+    "predict": "saver_search.cli_predict",
 }
 
 
@@ -89,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 # Python parameters (and study keys) that are not named like the flag that sets them.
 FLAGS = {"overwrite": "--force", "force": "--force", "labels_path": "--labels", "labels_csv": "--labels",
          "root": "--images", "path": "--data", "store_path": "--data", "skip_unreadable": "--on-corrupt skip",
-         "n_classes": "--num-classes", "exit_index": "--exit", "threshold_mode": "--threshold", "objectives": "--pareto", "directions": "--pareto"}
+         "n_classes": "--num-classes", "exit_index": "--exit", "checkpoints": "--checkpoint NAME=FILE", "threshold_mode": "--threshold", "objectives": "--pareto", "directions": "--pareto"}
 NOT_FLAGS = {"threshold_range": "the space's threshold.low/high", "stages": "the space's stages",
              "format": "the saver_search version"}
 
@@ -132,6 +134,8 @@ def _overview() -> str:
         "  import           add a model's predictions to a store from CSV / .npz / .npy\n"
         "  costs            GMACs, GFLOPs and parameters of timm models at their real resolution\n"
         "  cache            run timm models over an image folder and store their predictions\n"
-        "  report           plots and a Markdown summary of a stored search\n\n"
+        "  report           plots and a Markdown summary of a stored search\n"
+        "  export           the best cascade of a stored search as cascade.json\n"
+        "  predict          run a cascade.json over a folder of images, with measured speed-up\n\n"
         "Run `python -m saver_search SUBCOMMAND --help` for a subcommand's options."
     )

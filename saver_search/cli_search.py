@@ -6,6 +6,7 @@ import argparse
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from saver_search.calibration import BOUNDS, DEFAULT_BOUND, DEFAULT_FRACTION, DEFAULT_LEVEL
@@ -55,6 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--study-name", help="study name in the storage (default: from the settings and data)")
     parser.add_argument("--workers", type=positive_int, default=1,
                         help="run N worker processes on this machine against --storage (default 1)")
+    parser.add_argument("--save-cascade", type=Path, metavar="FILE",
+                        help="also write the best cascade as a cascade file (cascade.json) for `predict` and the runtime")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
@@ -99,6 +102,12 @@ def run(args: argparse.Namespace) -> int | None:
         if args.as_worker:
             return None
     print(to_json(result) if args.json else to_text(result))
+    if args.save_cascade is not None:
+        from saver_search.cascade_file import cascade_from_result
+        from saver_search.cli_export import describe
+
+        cascade = cascade_from_result(result)
+        print(describe(cascade, cascade.save(args.save_cascade)), file=sys.stderr if args.json else sys.stdout)
     return None
 
 

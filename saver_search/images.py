@@ -92,6 +92,24 @@ def list_images(root: str | os.PathLike[str], labels_csv: str | os.PathLike[str]
     return ImageDataset(root, ids[order], labels[order].astype(np.int64), layout)
 
 
+UNLABELLED = -1
+
+
+def list_any_images(root: str | os.PathLike[str], labels_csv: str | os.PathLike[str] | None = None) -> ImageDataset:
+    """Images to predict: labelled by a CSV or by class subfolders when there are any, else every image file
+    below ``root``, unlabelled (label :data:`UNLABELLED`)."""
+    root = Path(root)
+    if labels_csv is not None or (root.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir())):
+        return list_images(root, labels_csv)
+    if not root.is_dir():
+        raise SaverSearchError(f"image folder {root} does not exist or is not a folder")
+    ids = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                 if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    if not ids:
+        raise SaverSearchError(f"no images in {root} ({', '.join(sorted(IMAGE_EXTENSIONS))} files)")
+    return ImageDataset(root, np.array(ids, dtype=str), np.full(len(ids), UNLABELLED, dtype=np.int64), f"{root} (unlabelled)")
+
+
 def find_unreadable(root: Path, sample_ids: np.ndarray, workers: int) -> list[tuple[str, str]]:
     """``(sample id, reason)`` for every image under ``root`` that cannot be decoded, checked by ``workers`` processes."""
     paths = [str(root / sample_id) for sample_id in sample_ids]

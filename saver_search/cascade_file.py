@@ -1,0 +1,150 @@
+"""``cascade.json``: what a search found, in the form a runtime loads (:mod:`saver_search.runtime`).
+
+A versioned JSON file: the stages in order (each a timm model with its weights, data config and own GMACs, and,
+but for the last, the confidence above which it answers), the score, and the figures the search expects. Written
+atomically by every search that asks (``--save-cascade``) and by ``export`` from a stored study; validated on load,
+every problem one line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from saver_search.errors import SaverSearchError
+from saver_search.files import atomic_write_text
+
+FORMAT = "saver_search.cascade/1"
+SCORES = ("maxprob",)
+WEIGHTS = ("hub", "checkpoint", "random")
+
+
+@dataclass(frozen=True)
+class StageFile:
+    """One stage: a timm model (``model``, a full tag), where its weights come from, how to prepare its input, its
+    cost, and the top-1 probability above which it answers (None for the last stage, which answers the rest).
+
+    ``weights``: "hub" (timm's pretrained weights of the tag), "checkpoint" (the file ``checkpoint``, checked
+    against ``checkpoint_sha256`` when recorded), "random" (seeded init, for tests), or None (not recorded: the
+    runtime needs a checkpoint for it). ``data_config`` None: the tag's pretrained config.
+    """
+
+    model: str
+    gmacs: float
+    threshold: float | None
+    weights: str | None = None
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    data_config: dict | None = None
+
+
+@dataclass(frozen=True)
+class CascadeFile:
+    """A cascade to deploy: stages first to last (the target last), the score they exit on, what the search expects
+    of it (``expected``: the figures and which images gave them) and the study it came from."""
+
+    stages: list[StageFile]
+    score: str = "maxprob"
+    expected: dict[str, Any] = field(default_factory=dict)
+    study: str | None = None
+    format: str = FORMAT
+
+    @property
+    def thresholds(self) -> list[float]:
+        return [stage.threshold for stage in self.stages[:-1]]  # type: ignore[misc]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the file atomically (readers see the old file or the new one)."""
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, self.to_json() + "\n")
+        except OSError as err:
+            raise SaverSearchError(f"cannot write cascade file {path}: {err.strerror or err}") from err
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CascadeFile":
+        """Read and validate a cascade file; every problem is one line naming the file and the field."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise SaverSearchError(f"no cascade file at {path}: write one with `search --save-cascade` or `export`") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise SaverSearchError(f"{path} is not a readable cascade file ({err})") from err
+        return cls.from_dict(data, str(path))
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> "CascadeFile":
+        if not isinstance(data, dict):
+            raise SaverSearchError(f"{where}: a cascade file is a JSON object with format, stages, score")
+        if data.get("format") != FORMAT:
+            raise SaverSearchError(f"{where} has format {data.get('format')!r}; this saver_search reads {FORMAT!r}: "
+                                   "export the cascade again with this version (`python -m saver_search export`)")
+        stages = data.get("stages")
+        if not isinstance(stages, list) or not stages:
+            raise SaverSearchError(f"{where}: 'stages' must be a non-empty list of stages, target last")
+        parsed = [_stage(stage, i, len(stages), where) for i, stage in enumerate(stages)]
+        if data.get("score", "maxprob") not in SCORES:
+            raise SaverSearchError(f"{where}: score {data.get('score')!r} is not one of {', '.join(SCORES)}")
+        return cls(stages=parsed, score=data.get("score", "maxprob"), expected=dict(data.get("expected") or {}),
+                   study=data.get("study"))
+
+
+def _stage(data: Any, index: int, count: int, where: str) -> StageFile:
+    at = f"{where}: stage {index + 1} of {count}"
+    if not isinstance(data, dict):
+        raise SaverSearchError(f"{at} must be an object with model, gmacs and threshold")
+    for key in ("model", "gmacs"):
+        if key not in data:
+            raise SaverSearchError(f"{at} lacks '{key}'")
+    last = index == count - 1
+    threshold = data.get("threshold")
+    if last and threshold is not None:
+        raise SaverSearchError(f"{at} is the last stage: it answers every image that reaches it, so its threshold is null")
+    if not last and not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
+        raise SaverSearchError(f"{at} needs a threshold in [0, 1] (the top-1 probability above which it answers), "
+                               f"got {threshold!r}")
+    if data.get("weights") not in (*WEIGHTS, None):
+        raise SaverSearchError(f"{at}: weights must be one of {', '.join(WEIGHTS)} or null, got {data.get('weights')!r}")
+    if data.get("weights") == "checkpoint" and not data.get("checkpoint"):
+        raise SaverSearchError(f"{at}: weights 'checkpoint' but no 'checkpoint' file is named")
+    known = {f for f in StageFile.__dataclass_fields__}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SaverSearchError(f"{at} has unknown field '{unknown[0]}' (known: {', '.join(sorted(known))})")
+    return StageFile(**data)
+
+
+def cascade_from_result(result: Any) -> CascadeFile:
+    """The cascade file of a search's best cascade (a ``SearchResult``), with the figures it reported."""
+    best = result.best
+    stages = []
+    for i, name in enumerate(best.stages):
+        info = result.models.get(name)
+        weights = info.weights if info is not None else None
+        if weights is None and result.simulated:
+            weights = "hub"  # the simulated zoo names timm's pretrained tags
+        stages.append(StageFile(
+            model=name, gmacs=info.gmacs if info is not None else result.target.gmacs,
+            threshold=best.thresholds[i] if i < len(best.thresholds) else None, weights=weights,
+            checkpoint=info.checkpoint if info is not None else None,
+            checkpoint_sha256=info.checkpoint_sha256 if info is not None else None,
+            data_config=info.data_config if info is not None else None,
+        ))
+    shown = best.reported
+    expected = {  # shares of images as fractions, as in every JSON output
+        "images": "test (held-out)" if best.test is not None else "calibration (in-sample, optimistic)",
+        "n_images": shown.images, "top1": shown.accuracy / 100, "drop": shown.drop / 100, "gmacs": shown.gmacs,
+        "reduction": shown.reduction / 100, "exit_share": shown.exit_ratio,
+        "target_top1": result.target.reported_accuracy / 100, "target_gmacs": result.target.gmacs,
+        "max_drop": result.max_drop / 100, "simulated": result.simulated,
+        "guarantee": None if result.guarantee is None else result.guarantee.level, "data": result.data,
+    }
+    return CascadeFile(stages=stages, expected=expected, study=result.study_name)

