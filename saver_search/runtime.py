@@ -92,11 +92,11 @@ class CascadeClassifier(torch.nn.Module):
     def stage_probabilities(self, index: int, images: Sequence[torch.Tensor]) -> torch.Tensor:
         """Stage ``index``'s softmax probabilities ``(B, classes)`` on raw uint8 images, prepared as its config says."""
         device, config = self.device, self.configs[index]
-        batch = torch.stack([resize_crop(image.to(device), config) for image in images])
         autocast = torch.autocast(device.type, dtype=self.amp) if self.amp is not None else contextlib.nullcontext()
-        with autocast:
+        with torch.inference_mode(), autocast:
+            batch = torch.stack([resize_crop(image.to(device), config) for image in images])
             logits = self.stages[index](normalize(batch, config).contiguous(memory_format=torch.channels_last))
-        return logits.float().softmax(dim=1)
+            return logits.float().softmax(dim=1)
 
     def forward(self, images: Sequence[torch.Tensor] | torch.Tensor) -> CascadeOutput:
         images = list(images)
