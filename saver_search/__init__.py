@@ -38,6 +38,8 @@ _EXPORTS = {
     # studies and traces
     "load_study": "search", "summarise": "search", "open_storage": "study", "StudySpec": "study",
     "load_trace": "trace", "SearchTrace": "trace", "trials_frame": "trace", "write_report": "report_files",
+    # deploying
+    "CascadeFile": "cascade_file", "CascadeClassifier": "runtime",
     # costs
     "get_cost": "costs", "ModelCost": "costs",
     # errors
@@ -62,6 +64,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # noqa: F401 (for type checkers and IDEs; at run time names load lazily through __getattr__)
     from saver_search.calibration import BOUNDS, Interval, SplitInfo
+    from saver_search.cascade_file import CascadeFile
+    from saver_search.runtime import CascadeClassifier
     from saver_search.cascade import CascadeResult, ThresholdCurve, evaluate_cascade, threshold_curve
     from saver_search.costs import ModelCost, get_cost
     from saver_search.errors import CorruptStore, InvalidParameter, SaverSearchError, StudyMismatch, UnknownModel

@@ -9,12 +9,12 @@ the device (:mod:`saver_search.preprocess`: resize, crop, normalise, the same co
 ``torch.inference_mode``, channels-last, with autocast on CUDA. Thresholds are compared in float64, like the
 search did.
 
-    import torch
+    from PIL import Image
+    from saver_search.preprocess import to_tensor
     from saver_search.runtime import CascadeClassifier
-    from torchvision.io import read_image
 
     cascade = CascadeClassifier.from_file("cascade.json")
-    out = cascade([read_image("cat.jpg"), read_image("dog.jpg")])
+    out = cascade([to_tensor(Image.open("cat.jpg")), to_tensor(Image.open("dog.jpg"))])
     out.predicted, out.confidence, out.exit_stage   # per image; out.probs: the answering stage's probabilities
 """
 

@@ -224,3 +224,25 @@ def test_unreadable_image_fails_or_is_skipped(tmp_path: Path, photos: Path) -> N
                       "--on-corrupt", "skip")
     assert skipped.returncode == 0, skipped.stderr
     assert "skipped unreadable image" in skipped.stderr and len(read_predictions(tmp_path / "p.csv")) == 64
+
+
+def test_readme_runtime_example_runs(tmp_path: Path, photos: Path) -> None:
+    import re
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Deploying a cascade", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+    CascadeFile(stages=[
+        StageFile(model="test_efficientnet.r160_in1k", gmacs=0.06, threshold=0.5, weights="random"),
+        StageFile(model="resnet10t.c3_in1k", gmacs=0.7, threshold=None, weights="random")]).save(tmp_path / "cascade.json")
+    for name, source in (("cat.jpg", "n02123045/cat_full.jpg"), ("dog.png", "n04485082/camera_mirror.png")):
+        Image.open(photos / source).save(tmp_path / name)
+    (tmp_path / "example.py").write_text(code)
+    proc = subprocess.run([sys.executable, "example.py"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("cat.jpg ") and "answered by" in lines[1]
