@@ -36,7 +36,7 @@ from saver_search.files import atomic_write
 from saver_search.images import load_rgb
 from saver_search.models import Weights, file_sha256, load_model, resolve_amp, resolve_device
 from saver_search.preprocess import DataConfig, normalize, resize_crop, to_tensor
-from saver_search.store import PredictionStore, write_json_atomic
+from saver_search.store import PredictionStore, Provenance, write_json_atomic
 
 TOP_K = 5
 
@@ -249,9 +249,10 @@ def _run(
         cost.name, arrays["classes"], arrays["probs"], gmacs=cost.gmacs, source=weights.source,
         arch=model.pretrained_cfg.get("architecture"), img_size=config.input_size[1],
         logits=arrays.get("logits"), overwrite=options.force,
-        provenance={"weights": weights.kind, "checkpoint": None if weights.checkpoint is None else str(weights.checkpoint),
-                    "checkpoint_sha256": settings["checkpoint_sha256"], "data_config": config.to_dict(),
-                    "amp": {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp], "device": device.type},
+        provenance=Provenance(
+            weights=weights.kind, checkpoint=None if weights.checkpoint is None else str(weights.checkpoint),
+            checkpoint_sha256=settings["checkpoint_sha256"], data_config=config.to_dict(),
+            amp={None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp], device=device.type),
     )
     shutil.rmtree(folder, ignore_errors=True)
     top1 = 100.0 * float(np.mean(arrays["classes"][0] == np.asarray(store.labels)))

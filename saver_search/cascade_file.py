@@ -1,6 +1,6 @@
 """``cascade.json``: what a search found, in the form a runtime loads (:mod:`saver_search.runtime`).
 
-A versioned JSON file: the stages in order (each a timm model with its weights, data config and own GMACs, and,
+A versioned JSON file: the stages in order (each a timm model with its provenance and own GMACs, and,
 but for the last, the confidence above which it answers), the score, and the figures the search expects. Written
 atomically by every search that asks (``--save-cascade``) and by ``export`` from a stored study; validated on load,
 every problem one line.
@@ -9,12 +9,13 @@ every problem one line.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from saver_search.errors import SaverSearchError
 from saver_search.files import atomic_write_text
+from saver_search.store import Provenance
 
 FORMAT = "saver_search.cascade/1"
 SCORES = ("maxprob",)
@@ -23,21 +24,15 @@ WEIGHTS = ("hub", "checkpoint", "random")
 
 @dataclass(frozen=True)
 class StageFile:
-    """One stage: a timm model (``model``, a full tag), where its weights come from, how to prepare its input, its
-    cost, and the top-1 probability above which it answers (None for the last stage, which answers the rest).
-
-    ``weights``: "hub" (timm's pretrained weights of the tag), "checkpoint" (the file ``checkpoint``, checked
-    against ``checkpoint_sha256`` when recorded), "random" (seeded init, for tests), or None (not recorded: the
-    runtime needs a checkpoint for it). ``data_config`` None: the tag's pretrained config.
-    """
+    """One stage: a timm model (``model``, a full tag), its cost, the top-1 probability above which it answers (None
+    for the last stage, which answers the rest), and how to run it (``store.Provenance``: weights "hub", "checkpoint"
+    (checked against its sha256 when recorded) or "random"; weights None: not recorded, the runtime then needs a
+    checkpoint for it; data config None: the tag's pretrained config)."""
 
     model: str
     gmacs: float
     threshold: float | None
-    weights: str | None = None
-    checkpoint: str | None = None
-    checkpoint_sha256: str | None = None
-    data_config: dict | None = None
+    provenance: Provenance = field(default_factory=Provenance)
 
 
 @dataclass(frozen=True)
@@ -111,15 +106,18 @@ def _stage(data: Any, index: int, count: int, where: str) -> StageFile:
     if not last and not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
         raise SaverSearchError(f"{at} needs a threshold in [0, 1] (the top-1 probability above which it answers), "
                                f"got {threshold!r}")
-    if data.get("weights") not in (*WEIGHTS, None):
-        raise SaverSearchError(f"{at}: weights must be one of {', '.join(WEIGHTS)} or null, got {data.get('weights')!r}")
-    if data.get("weights") == "checkpoint" and not data.get("checkpoint"):
-        raise SaverSearchError(f"{at}: weights 'checkpoint' but no 'checkpoint' file is named")
     known = {f for f in StageFile.__dataclass_fields__}
     unknown = sorted(set(data) - known)
     if unknown:
         raise SaverSearchError(f"{at} has unknown field '{unknown[0]}' (known: {', '.join(sorted(known))})")
-    return StageFile(**data)
+    provenance = data.get("provenance") or {}
+    if not isinstance(provenance, dict) or set(provenance) - set(Provenance.__dataclass_fields__):
+        raise SaverSearchError(f"{at}: provenance must be an object with {', '.join(Provenance.__dataclass_fields__)}")
+    if provenance.get("weights") not in (*WEIGHTS, None):
+        raise SaverSearchError(f"{at}: weights must be one of {', '.join(WEIGHTS)} or null, got {provenance.get('weights')!r}")
+    if provenance.get("weights") == "checkpoint" and not provenance.get("checkpoint"):
+        raise SaverSearchError(f"{at}: weights 'checkpoint' but no 'checkpoint' file is named")
+    return StageFile(**{**data, "provenance": Provenance(**provenance)})
 
 
 def cascade_from_result(result: Any) -> CascadeFile:
@@ -128,15 +126,12 @@ def cascade_from_result(result: Any) -> CascadeFile:
     stages = []
     for i, name in enumerate(best.stages):
         info = result.models.get(name)
-        weights = info.weights if info is not None else None
-        if weights is None and result.simulated:
-            weights = "hub"  # the simulated zoo names timm's pretrained tags
+        provenance = (info.provenance if info is not None else None) or Provenance()
+        if provenance.weights is None and result.simulated:
+            provenance = replace(provenance, weights="hub")  # the simulated zoo names timm's pretrained tags
         stages.append(StageFile(
             model=name, gmacs=info.gmacs if info is not None else result.target.gmacs,
-            threshold=best.thresholds[i] if i < len(best.thresholds) else None, weights=weights,
-            checkpoint=info.checkpoint if info is not None else None,
-            checkpoint_sha256=info.checkpoint_sha256 if info is not None else None,
-            data_config=info.data_config if info is not None else None,
+            threshold=best.thresholds[i] if i < len(best.thresholds) else None, provenance=provenance,
         ))
     shown = best.reported
     expected = {  # shares of images as fractions, as in every JSON output

@@ -178,5 +178,4 @@ def model_info(model: ModelPredictions) -> ModelInfo:
     cost = table_cost(model.name, model.meta.img_size)
     meta = model.meta
     return ModelInfo(gmacs=model.gmacs, img_size=meta.img_size or (cost.img_size if cost else None),
-                     params_m=cost.params_m if cost else None, weights=meta.weights, checkpoint=meta.checkpoint,
-                     checkpoint_sha256=meta.checkpoint_sha256, data_config=meta.data_config)
+                     params_m=cost.params_m if cost else None, provenance=meta.provenance)

@@ -82,7 +82,7 @@ class CascadeClassifier(torch.nn.Module):
         for stage in spec.stages:
             model = load_model(stage.model, _weights(stage, (checkpoints or {}).get(stage.model)))
             models.append(model.to(target, memory_format=torch.channels_last))
-            configs.append(DataConfig.from_dict(stage.data_config or _timm_config(model)))
+            configs.append(DataConfig.from_dict(stage.provenance.data_config or _timm_config(model)))
         return cls(models, configs, spec.thresholds, [s.model for s in spec.stages], resolve_amp(amp, target))
 
     @property
@@ -126,18 +126,19 @@ class CascadeClassifier(torch.nn.Module):
 
 def _weights(stage: StageFile, override: str | Path | None) -> Weights:
     """Where a stage's weights come from; a checkpoint's content must match the sha256 the cascade recorded."""
-    if override is not None or stage.weights == "checkpoint":
-        path = Path(override if override is not None else stage.checkpoint)  # type: ignore[arg-type]
+    recorded = stage.provenance
+    if override is not None or recorded.weights == "checkpoint":
+        path = Path(override if override is not None else recorded.checkpoint)  # type: ignore[arg-type]
         if not path.is_file():
             raise SaverSearchError(f"checkpoint {path} of {stage.model} does not exist: pass its file (<checkpoints>)")
-        if override is None and stage.checkpoint_sha256 and file_sha256(path) != stage.checkpoint_sha256:
+        if override is None and recorded.checkpoint_sha256 and file_sha256(path) != recorded.checkpoint_sha256:
             raise SaverSearchError(f"checkpoint {path} of {stage.model} is not the file the cascade was searched with "
                                    "(sha256 differs): pass the original, or search again with this one")
         return Weights(checkpoint=path, pretrained=False)
-    if stage.weights is None:
+    if recorded.weights is None:
         raise SaverSearchError(f"the cascade does not record where the weights of {stage.model} come from: pass its "
                                "checkpoint (<checkpoints>)")
-    return Weights(checkpoint=None, pretrained=stage.weights == "hub")
+    return Weights(checkpoint=None, pretrained=recorded.weights == "hub")
 
 
 def _timm_config(model: torch.nn.Module) -> dict:

@@ -37,15 +37,31 @@ PROBABILITY_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
-class ModelMeta:
-    """What a store knows about one model besides its predictions: cost, size, and (for models the store ran
-    itself, with ``cache``) their provenance, enough to run them again the same way.
+class Provenance:
+    """How a model was run, enough to run it again the same way (the store, the study and cascade.json carry it).
 
-    ``k``: top-k kept per image (``has_logits``: full logits too). Provenance: ``weights`` is "hub" (timm's
-    pretrained weights of the tag), "checkpoint" (``checkpoint``, whose ``checkpoint_sha256`` is recorded) or
-    "random" (seeded init); ``data_config`` the timm data config used (``preprocess.DataConfig`` fields);
-    ``amp`` the autocast precision ("bf16", "fp16" or "none"); ``device`` the device kind ("cpu", "cuda").
+    ``weights``: "hub" (timm's pretrained weights of the tag), "checkpoint" (the file ``checkpoint``, whose
+    ``checkpoint_sha256`` is recorded) or "random" (seeded init); None: not recorded. ``data_config``: the timm data
+    config used (``preprocess.DataConfig`` fields); ``amp``: autocast precision ("bf16", "fp16", "none");
+    ``device``: the device kind ("cpu", "cuda").
     """
+
+    weights: str | None = None
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    data_config: dict | None = None
+    amp: str | None = None
+    device: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Provenance | None":
+        return None if data is None else cls(**data)
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What a store knows about one model besides its predictions: cost, size, top-k kept per image
+    (``has_logits``: full logits too) and, for models the store ran itself with ``cache``, their provenance."""
 
     name: str
     gmacs: float
@@ -55,12 +71,7 @@ class ModelMeta:
     arch: str | None = None
     img_size: int | None = None
     has_logits: bool = False
-    weights: str | None = None
-    checkpoint: str | None = None
-    checkpoint_sha256: str | None = None
-    data_config: dict | None = None
-    amp: str | None = None
-    device: str | None = None
+    provenance: Provenance | None = None
 
 
 @dataclass(frozen=True)
@@ -291,7 +302,8 @@ class PredictionStore:
         if not path.exists():
             self.resolve(name)  # raises with suggestions
         try:
-            return ModelMeta(**_read_json(path))
+            data = _read_json(path)
+            return ModelMeta(**{**data, "provenance": Provenance.from_dict(data.get("provenance"))})
         except TypeError as err:
             raise _damaged(path, f"fields do not match: {err}") from err
 
@@ -332,10 +344,10 @@ class PredictionStore:
         img_size: int | None = None,
         logits: np.ndarray | None = None,
         overwrite: bool = False,
-        provenance: dict[str, Any] | None = None,
+        provenance: Provenance | None = None,
     ) -> ModelMeta:
-        """Validate and store one model's top-k predictions (rank-major ``(k, n)``), atomically; ``provenance``
-        fills the provenance fields of :class:`ModelMeta`."""
+        """Validate and store one model's top-k predictions (rank-major ``(k, n)``), atomically, with how they
+        were made (``provenance``) when known."""
         if not name or "/" in name or name.startswith(".") or name != name.strip():
             raise SaverSearchError(f"invalid model name {name!r}: use a timm-style name such as resnet50.a1_in1k")
         if self.has_model(name) and not overwrite:
@@ -345,7 +357,7 @@ class PredictionStore:
         classes, probs = validate_topk(classes, probs, self.n_samples, self.n_classes, name)
         meta = ModelMeta(
             name=name, gmacs=float(gmacs), k=int(classes.shape[0]), source=source, created=_now(),
-            arch=arch, img_size=img_size, has_logits=logits is not None, **(provenance or {}),
+            arch=arch, img_size=img_size, has_logits=logits is not None, provenance=provenance,
         )
         models = self.path / "models"
         with _writing(self.path):

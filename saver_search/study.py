@@ -43,6 +43,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from saver_search.errors import InvalidParameter, SaverSearchError, StudyMismatch
+from saver_search.store import Provenance
 
 SPEC_FORMAT = 2  # 1: the flat attributes written before there was a spec (read, never resumed)
 SPEC_ATTR = "saver_search:spec"
@@ -120,15 +121,12 @@ class StudySpec:
 @dataclass(frozen=True)
 class ModelInfo:
     """A model's own cost and size (GMACs per image, input side in pixels, parameters in millions; None: unknown)
-    and, for models a store ran itself, how to run it again (see ``store.ModelMeta``)."""
+    and, for models a store ran itself, how to run it again."""
 
     gmacs: float
     img_size: int | None
     params_m: float | None
-    weights: str | None = None
-    checkpoint: str | None = None
-    checkpoint_sha256: str | None = None
-    data_config: dict | None = None
+    provenance: Provenance | None = None
 
 
 @dataclass(frozen=True)
@@ -155,7 +153,8 @@ class StudyInfo:
     @classmethod
     def from_json(cls, text: str) -> "StudyInfo":
         data = json.loads(text)
-        data["models"] = {name: ModelInfo(**info) for name, info in data.get("models", {}).items()}
+        data["models"] = {name: ModelInfo(**{**info, "provenance": Provenance.from_dict(info.get("provenance"))})
+                          for name, info in data.get("models", {}).items()}
         return cls(**data)
 
 

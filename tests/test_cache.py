@@ -388,10 +388,11 @@ def test_real_weights_on_real_photos_then_search(photos: Path, tmp_path: Path, c
     lite = store.model("efficientnet_lite0.ra_in1k")
     assert lite.meta.source == f"cached: checkpoint {checkpoint}" and lite.meta.img_size == 224
     # provenance, enough to run it again the same way
-    assert (lite.meta.weights, lite.meta.checkpoint, lite.meta.amp, lite.meta.device) == ("checkpoint", str(checkpoint), "none", "cpu")
-    assert lite.meta.checkpoint_sha256 == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
-    assert lite.meta.data_config["input_size"] == [3, 224, 224] and lite.meta.data_config["interpolation"] == "bicubic"
-    assert store.model("mobilenetv3_small_050.lamb_in1k").meta.weights == "random"
+    made = lite.meta.provenance
+    assert (made.weights, made.checkpoint, made.amp, made.device) == ("checkpoint", str(checkpoint), "none", "cpu")
+    assert made.checkpoint_sha256 == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert made.data_config["input_size"] == [3, 224, 224] and made.data_config["interpolation"] == "bicubic"
+    assert store.model("mobilenetv3_small_050.lamb_in1k").meta.provenance.weights == "random"
     for sample_id, top1 in zip(store.sample_ids, lite.predicted):
         photo = Path(str(sample_id)).stem.removesuffix("_mirror")
         assert int(top1) in PHOTOS[photo][1], (sample_id, int(top1))

@@ -15,9 +15,10 @@ from conftest import run_cli
 from saver_search.cascade import cascade_answers
 from saver_search.cascade_file import CascadeFile, StageFile
 from saver_search.compat import import_timm
-from saver_search.store import PredictionStore
+from saver_search.store import PredictionStore, Provenance
 
 timm = import_timm()
+RANDOM = Provenance(weights="random")
 # skimage photos and an ImageNet-1k synset for each (their folder)
 PHOTOS = {"chelsea": "n02123045", "coffee": "n07920052", "camera": "n04485082", "rocket": "n03773504",
           "astronaut": "n04266014", "cat": "n02123045", "clock": "n04548280", "coins": "n03388043"}
@@ -103,8 +104,9 @@ def test_real_weights_same_answer_offline_and_online(photos: Path, tmp_path: Pat
     result = json.loads(searched.stdout)
     cascade = CascadeFile.load(tmp_path / "cascade.json")
     assert [s.model for s in cascade.stages] == result["best"]["stages"] and len(cascade.stages) == 2
-    assert cascade.stages[0].weights == "checkpoint" and cascade.stages[0].data_config["input_size"] == [3, 224, 224]
-    assert cascade.stages[1].data_config["input_size"] == [3, 260, 260]
+    assert cascade.stages[0].provenance.weights == "checkpoint"
+    assert cascade.stages[0].provenance.data_config["input_size"] == [3, 224, 224]
+    assert cascade.stages[1].provenance.data_config["input_size"] == [3, 260, 260]
     exported = run_cli("export", "--storage", "unused", "--out", tmp_path / "x.json")  # no storage: one-line error
     assert exported.returncode == 2
 
@@ -140,8 +142,7 @@ def test_random_weights_three_stages_same_answer_offline_and_online(photos: Path
         meta = store.model(name).meta
         confidence = np.asarray(store.model(name).confidence, dtype=np.float64)
         threshold = None if i == len(models) - 1 else float(np.median(confidence)) + 1e-9
-        stages.append(StageFile(model=name, gmacs=meta.gmacs, threshold=threshold, weights=meta.weights,
-                                data_config=meta.data_config))
+        stages.append(StageFile(model=name, gmacs=meta.gmacs, threshold=threshold, provenance=meta.provenance))
     cascade = CascadeFile(stages=stages)
     cascade.save(tmp_path / "cascade.json")
     predicted = run_cli("predict", "--cascade", tmp_path / "cascade.json", "--images", photos,
@@ -159,8 +160,8 @@ def test_runtime_module_directly(photos: Path) -> None:
     from saver_search.images import load_rgb
 
     cascade = CascadeClassifier.from_file(CascadeFile(stages=[
-        StageFile(model="test_efficientnet.r160_in1k", gmacs=0.06, threshold=0.0, weights="random"),
-        StageFile(model="resnet10t.c3_in1k", gmacs=0.7, threshold=None, weights="random")]), device="cpu")
+        StageFile(model="test_efficientnet.r160_in1k", gmacs=0.06, threshold=0.0, provenance=RANDOM),
+        StageFile(model="resnet10t.c3_in1k", gmacs=0.7, threshold=None, provenance=RANDOM)]), device="cpu")
     images = [to_tensor(load_rgb(p)) for p in sorted(photos.rglob("*.jpg"))[:5]]
     out = cascade(images)
     assert out.exit_stage.tolist() == [0] * 5  # threshold 0: the first stage answers every image
@@ -173,13 +174,15 @@ def test_runtime_module_directly(photos: Path) -> None:
     (lambda d: d["stages"][0].pop("model"), "stage 1 of 2 lacks 'model'"),
     (lambda d: d["stages"][0].update(threshold=None), "needs a threshold in [0, 1]"),
     (lambda d: d["stages"][1].update(threshold=0.5), "is the last stage"),
-    (lambda d: d["stages"][0].update(weights="checkpoint", checkpoint="/nowhere/x.pth"), "checkpoint /nowhere/x.pth"),
+    (lambda d: d["stages"][0].update(provenance={"weights": "checkpoint", "checkpoint": "/nowhere/x.pth"}),
+     "checkpoint /nowhere/x.pth"),
+    (lambda d: d["stages"][0].update(provenance={"weights": "magic"}), "weights must be one of hub, checkpoint, random"),
     (lambda d: d["stages"][0].update(colour="red"), "unknown field 'colour'"),
 ])
 def test_bad_cascade_files_are_one_line_errors(tmp_path: Path, photos: Path, edit, fragment) -> None:
     data = {"format": "saver_search.cascade/1", "score": "maxprob", "stages": [
-        {"model": "test_efficientnet.r160_in1k", "gmacs": 0.06, "threshold": 0.5, "weights": "random"},
-        {"model": "resnet10t.c3_in1k", "gmacs": 0.7, "threshold": None, "weights": "random"}]}
+        {"model": "test_efficientnet.r160_in1k", "gmacs": 0.06, "threshold": 0.5, "provenance": {"weights": "random"}},
+        {"model": "resnet10t.c3_in1k", "gmacs": 0.7, "threshold": None, "provenance": {"weights": "random"}}]}
     edit(data)
     (tmp_path / "c.json").write_text(json.dumps(data))
     proc = run_cli("predict", "--cascade", tmp_path / "c.json", "--images", photos, "--out", tmp_path / "p.csv")
@@ -192,8 +195,9 @@ def test_mismatched_checkpoint_names_the_tensor_and_class_sets_must_agree(tmp_pa
     wrong = tmp_path / "wrong.pth"
     torch.save(timm.create_model("resnet10t").state_dict(), wrong)
     cascade = CascadeFile(stages=[
-        StageFile(model="test_efficientnet.r160_in1k", gmacs=0.06, threshold=0.5, weights="checkpoint", checkpoint=str(wrong)),
-        StageFile(model="resnet10t.c3_in1k", gmacs=0.7, threshold=None, weights="random")])
+        StageFile(model="test_efficientnet.r160_in1k", gmacs=0.06, threshold=0.5,
+                  provenance=Provenance(weights="checkpoint", checkpoint=str(wrong))),
+        StageFile(model="resnet10t.c3_in1k", gmacs=0.7, threshold=None, provenance=RANDOM)])
     cascade.save(tmp_path / "c.json")
     proc = run_cli("predict", "--cascade", tmp_path / "c.json", "--images", photos, "--out", tmp_path / "p.csv")
     assert proc.returncode == 2 and "does not fit timm's test_efficientnet.r160_in1k" in proc.stderr and "first:" in proc.stderr
@@ -216,7 +220,7 @@ def test_unreadable_image_fails_or_is_skipped(tmp_path: Path, photos: Path) -> N
     folder = tmp_path / "images"
     shutil.copytree(photos, folder)
     (folder / "n02123045" / "broken.jpg").write_bytes(b"not a jpeg")
-    CascadeFile(stages=[StageFile(model="resnet10t.c3_in1k", gmacs=0.7, threshold=None, weights="random")]).save(tmp_path / "c.json")
+    CascadeFile(stages=[StageFile(model="resnet10t.c3_in1k", gmacs=0.7, threshold=None, provenance=RANDOM)]).save(tmp_path / "c.json")
     failed = run_cli("predict", "--cascade", tmp_path / "c.json", "--images", folder, "--out", tmp_path / "p.csv")
     assert failed.returncode == 2 and "cannot read" in failed.stderr and "broken.jpg" in failed.stderr
     assert "--on-corrupt skip" in failed.stderr and not (tmp_path / "p.csv").exists()
@@ -237,8 +241,8 @@ def test_readme_runtime_example_runs(tmp_path: Path, photos: Path) -> None:
     section = text.split("## Deploying a cascade", 1)[1].split("\n## ", 1)[0]
     code = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
     CascadeFile(stages=[
-        StageFile(model="test_efficientnet.r160_in1k", gmacs=0.06, threshold=0.5, weights="random"),
-        StageFile(model="resnet10t.c3_in1k", gmacs=0.7, threshold=None, weights="random")]).save(tmp_path / "cascade.json")
+        StageFile(model="test_efficientnet.r160_in1k", gmacs=0.06, threshold=0.5, provenance=RANDOM),
+        StageFile(model="resnet10t.c3_in1k", gmacs=0.7, threshold=None, provenance=RANDOM)]).save(tmp_path / "cascade.json")
     for name, source in (("cat.jpg", "n02123045/cat_full.jpg"), ("dog.png", "n04485082/camera_mirror.png")):
         Image.open(photos / source).save(tmp_path / name)
     (tmp_path / "example.py").write_text(code)
