@@ -15,10 +15,10 @@ from typing import Any
 
 from saver_search.errors import SaverSearchError
 from saver_search.files import atomic_write_text
+from saver_search.scores import SCORES, get_score
 from saver_search.store import Provenance
 
 FORMAT = "saver_search.cascade/1"
-SCORES = ("maxprob",)
 WEIGHTS = ("hub", "checkpoint", "random")
 
 
@@ -33,6 +33,7 @@ class StageFile:
     gmacs: float
     threshold: float | None
     provenance: Provenance = field(default_factory=Provenance)
+    temperature: float | None = None
 
 
 @dataclass(frozen=True)
@@ -85,14 +86,14 @@ class CascadeFile:
         stages = data.get("stages")
         if not isinstance(stages, list) or not stages:
             raise SaverSearchError(f"{where}: 'stages' must be a non-empty list of stages, target last")
-        parsed = [_stage(stage, i, len(stages), where) for i, stage in enumerate(stages)]
         if data.get("score", "maxprob") not in SCORES:
             raise SaverSearchError(f"{where}: score {data.get('score')!r} is not one of {', '.join(SCORES)}")
+        parsed = [_stage(stage, i, len(stages), where, data.get("score", "maxprob")) for i, stage in enumerate(stages)]
         return cls(stages=parsed, score=data.get("score", "maxprob"), expected=dict(data.get("expected") or {}),
                    study=data.get("study"))
 
 
-def _stage(data: Any, index: int, count: int, where: str) -> StageFile:
+def _stage(data: Any, index: int, count: int, where: str, score_name: str) -> StageFile:
     at = f"{where}: stage {index + 1} of {count}"
     if not isinstance(data, dict):
         raise SaverSearchError(f"{at} must be an object with model, gmacs and threshold")
@@ -103,9 +104,14 @@ def _stage(data: Any, index: int, count: int, where: str) -> StageFile:
     threshold = data.get("threshold")
     if last and threshold is not None:
         raise SaverSearchError(f"{at} is the last stage: it answers every image that reaches it, so its threshold is null")
-    if not last and not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
-        raise SaverSearchError(f"{at} needs a threshold in [0, 1] (the top-1 probability above which it answers), "
-                               f"got {threshold!r}")
+    score = get_score(score_name)
+    low, high = (0.0, 1.0) if score.higher_is_surer else (0.0, float("inf"))
+    if not last and not (isinstance(threshold, (int, float)) and low <= threshold <= high):
+        raise SaverSearchError(f"{at} needs a threshold in [{low:g}, {high:g}] (the {score.describe} beyond which it "
+                               f"answers), got {threshold!r}")
+    temperature = data.get("temperature")
+    if temperature is not None and not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise SaverSearchError(f"{at}: temperature must be a positive number or null, got {temperature!r}")
     known = {f for f in StageFile.__dataclass_fields__}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -123,8 +129,11 @@ def _stage(data: Any, index: int, count: int, where: str) -> StageFile:
 def cascade_from_result(result: Any) -> CascadeFile:
     """The cascade file of a search's best cascade (a ``SearchResult``), with the figures it reported."""
     best = result.best
+    if best.cascade.has_committee:
+        raise SaverSearchError("the best cascade has a committee stage, which the runtime cannot run yet (one model per "
+                               "stage): search without committees to deploy it")
     stages = []
-    for i, name in enumerate(best.stages):
+    for i, (name,) in enumerate(best.cascade.stages):
         info = result.models.get(name)
         provenance = (info.provenance if info is not None else None) or Provenance()
         if provenance.weights is None and result.simulated:
@@ -132,14 +141,16 @@ def cascade_from_result(result: Any) -> CascadeFile:
         stages.append(StageFile(
             model=name, gmacs=info.gmacs if info is not None else result.target.gmacs,
             threshold=best.thresholds[i] if i < len(best.thresholds) else None, provenance=provenance,
+            temperature=best.cascade.temperatures.get(name),
         ))
     shown = best.reported
     expected = {  # shares of images as fractions, as in every JSON output
         "images": "test (held-out)" if best.test is not None else "calibration (in-sample, optimistic)",
         "n_images": shown.images, "top1": shown.accuracy / 100, "drop": shown.drop / 100, "gmacs": shown.gmacs,
         "reduction": shown.reduction / 100, "exit_share": shown.exit_ratio,
+        "stage_shares": shown.shares(len(best.stages)),
         "target_top1": result.target.reported_accuracy / 100, "target_gmacs": result.target.gmacs,
         "max_drop": result.max_drop / 100, "simulated": result.simulated,
         "guarantee": None if result.guarantee is None else result.guarantee.level, "data": result.data,
     }
-    return CascadeFile(stages=stages, expected=expected, study=result.study_name)
+    return CascadeFile(stages=stages, score=best.cascade.score, expected=expected, study=result.study_name)

@@ -4,29 +4,34 @@ test images (pure NumPy under Optuna's trial API; no storage, no study).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
 import optuna
 
-from saver_search.calibration import BoundName, Interval, Split, bootstrap_interval
-from saver_search.cascade import ThresholdCurve, allowed_errors, threshold_curve
+from saver_search.calibration import BoundName, Split, bootstrap_interval
+from saver_search.cascade import (
+    CascadeSpec, ThresholdCurve, allowed_errors, cascade_answers, path_curve, threshold_curve,
+)
+from saver_search.committees import StageOutputs, stage_outputs
 from saver_search.results import Figures, Outcome, TargetInfo
+from saver_search.scores import fit_temperature, get_score
 from saver_search.sources import PredictionSource
-from saver_search.space import SearchSpace
+from saver_search.space import SearchSpace, cascade_count
 from saver_search.store import ModelPredictions
 from saver_search.study import ModelInfo
 
 
 @dataclass
 class _Candidate:
-    """One candidate's data on the calibration part (its curve and chosen point) and on the test part."""
+    """One pair candidate's threshold curve on the calibration part and its chosen point (None: no point keeps the
+    budget)."""
 
     curve: ThresholdCurve
-    chosen: int
+    chosen: int | None
     certified: int | None
-    test: ModelPredictions | None
     curve_stored: bool = field(default=False)
 
 
@@ -38,9 +43,15 @@ def take_samples(model: ModelPredictions, indices: np.ndarray) -> ModelPredictio
 class CascadeObjective:
     """Scores a trial's cascade from cached predictions: thresholds from calibration images, figures on test ones.
 
+    Pairs (see :mod:`saver_search.space`): the trial's ``candidate`` first, its threshold solved exactly from the
+    candidate's curve (or sampled). Cascades: the trial chooses the number of stages, each stage's model(s), the
+    score and the grid thresholds of all stages but the last before the target; the last is solved exactly
+    (:func:`~saver_search.cascade.path_curve`, O(n log n) per trial) and, with a guarantee, certified by the same
+    fixed-sequence test, Bonferroni over every cascade the space holds (:func:`~saver_search.space.cascade_count`).
+
     The objective is expected GMACs per image on the calibration images, or with ``latency_ms`` (a model's
     measured milliseconds per image) expected latency. Both grow linearly with the share of images reaching
-    the target, so the chosen threshold is the same; only the ranking of candidates differs.
+    each stage, so the chosen threshold is the same; only the ranking of cascades differs.
     """
 
     def __init__(self, source: PredictionSource, target: str, candidates: Sequence[str], max_drop: float,
@@ -48,125 +59,221 @@ class CascadeObjective:
                  latency_ms: Callable[[str], float] | None = None) -> None:
         self.source = source
         labels = np.asarray(source.labels)
+        self.n_classes = int(getattr(source, "n_classes", None) or int(labels.max()) + 1)
         self.split = split
-        self.labels_cal = labels[split.calibration]
-        self.labels_test = labels[split.test]
-        target_model = source.model(target)
-        self.target_cal = take_samples(target_model, split.calibration)
-        self.target_test = None if split.in_sample else take_samples(target_model, split.test)
+        self.labels = {"cal": labels[split.calibration], "test": labels[split.test]}
+        self.target = target
         self.candidates = list(candidates)
         self.max_drop = max_drop
         self.space = space
         self.pareto = pareto
-        self.exact = space.threshold_mode == "exact" and not pareto
+        self.cascades = space.cascades
+        self.exact = space.threshold_mode == "exact" and not pareto and not self.cascades
         self.guarantee = guarantee
         self.bound = bound
         self.latency_ms = latency_ms
+        self.n_tests = cascade_count(len(self.candidates), space.min_stages, space.max_stages, space.committee_members,
+                                     space.threshold_grid, len(space.scores)) if self.cascades else len(self.candidates)
+        self._parts: dict[tuple[str, str], ModelPredictions] = {}
+        self._views: dict[tuple[tuple[str, ...], str, str], StageOutputs] = {}
+        self._temperatures: dict[str, float] = {}
         self._prepared: dict[str, _Candidate] = {}
+        target_gmacs = source.model(target).gmacs
+        self.gmacs = {name: source.gmacs(name) for name in [target, *self.candidates]}
         self.target_info = TargetInfo(
-            name=target, gmacs=target_model.gmacs, accuracy=self._accuracy(self.target_cal, self.labels_cal),
-            test_accuracy=None if self.target_test is None else self._accuracy(self.target_test, self.labels_test),
+            name=target, gmacs=target_gmacs, accuracy=self._accuracy(target, "cal"),
+            test_accuracy=None if split.in_sample else self._accuracy(target, "test"),
             latency_ms=None if latency_ms is None else latency_ms(target),
         )
 
-    @staticmethod
-    def _accuracy(model: ModelPredictions, labels: np.ndarray) -> float:
-        return 100.0 * float(np.mean(np.asarray(model.predicted) == labels))
+    # ------------------------------------------------------------------ data
+    def _part(self, name: str, part: str) -> ModelPredictions:
+        """A model's predictions on the calibration (``cal``) or test part."""
+        if (name, part) not in self._parts:
+            indices = self.split.calibration if part == "cal" else self.split.test
+            self._parts[name, part] = take_samples(self.source.model(name), indices)
+        return self._parts[name, part]
 
-    def _prepare(self, candidate: str) -> _Candidate:
-        if candidate not in self._prepared:
-            model = self.source.model(candidate)
-            first = take_samples(model, self.split.calibration)
-            curve = threshold_curve(first, self.target_cal, self.labels_cal, self.split.blocks)
-            certified = None if self.guarantee is None else curve.certified_index(
-                self.max_drop, self.guarantee, self.split.block_sizes, len(self.candidates), self.bound)
-            chosen = curve.cheapest_within(self.max_drop) if certified is None else certified
-            test = None if self.split.in_sample else take_samples(model, self.split.test)
-            self._prepared[candidate] = _Candidate(curve, chosen, certified, test)
-        return self._prepared[candidate]
+    def _accuracy(self, name: str, part: str) -> float:
+        return 100.0 * float(np.mean(np.asarray(self._part(name, part).predicted) == self.labels[part]))
 
+    def _logits(self, name: str, part: str) -> np.ndarray:
+        indices = self.split.calibration if part == "cal" else self.split.test
+        return np.asarray(self.source.logits(name))[indices]  # type: ignore[attr-defined]
+
+    def temperature(self, name: str) -> float:
+        """A model's temperature, fitted by NLL on the calibration images (score ``maxprob_t``)."""
+        if name not in self._temperatures:
+            self._temperatures[name] = fit_temperature(self._logits(name, "cal"), self.labels["cal"])
+        return self._temperatures[name]
+
+    def view(self, members: tuple[str, ...], score_name: str, part: str) -> StageOutputs:
+        """A stage's answers and oriented scores on a part (its cost is set per cascade: see :meth:`stage_views`)."""
+        key = (members, score_name, part)
+        if key not in self._views:
+            score = get_score(score_name)
+            models = [self._part(m, part) for m in members]
+            exact = all(model.meta.has_logits for model in models) and (len(members) > 1 or score.name != "maxprob")
+            logits = [self._logits(m, part) for m in members] if exact else None
+            temperatures = [self.temperature(m) for m in members] if score.fits_temperature else None
+            self._views[key] = stage_outputs(models, score, self.n_classes, 0.0, logits, temperatures)
+        return self._views[key]
+
+    def stage_views(self, cascade: CascadeSpec, part: str) -> list[StageOutputs]:
+        """Every stage of ``cascade`` on a part, each costing its own GMACs (members not run before)."""
+        costs = cascade.stage_gmacs(self.gmacs)
+        return [replace(self.view(members, cascade.score, part), gmacs=cost)
+                for members, cost in zip(cascade.stages, costs)]
+
+    # ------------------------------------------------------------------ trials
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
-        candidate = trial.suggest_categorical("candidate", self.candidates)
-        prepared = self._prepare(candidate)
-        if not prepared.curve_stored:  # a candidate's first trial here keeps its curve, so reports can redraw it
-            trial.set_user_attr("curve", prepared.curve.sampled())
-            prepared.curve_stored = True
-        if self.exact:
-            index = prepared.chosen
-            threshold = prepared.curve.boundary(index)
-        else:
-            threshold = trial.suggest_float("threshold", self.space.threshold_low, self.space.threshold_high)
-            index = prepared.curve.at_threshold(threshold)
-        outcome = self.outcome(candidate, prepared, index, threshold)
+        outcome, over_budget = self._cascade_trial(trial) if self.cascades else self._pair_trial(trial)
         trial.set_user_attr("outcome", outcome.to_attrs())
-        trial.set_constraint("over_budget", self._over_budget(prepared, index))
+        trial.set_constraint("over_budget", over_budget)
         cost = outcome.calibration.gmacs if outcome.calibration.latency_ms is None else outcome.calibration.latency_ms
         return (cost, outcome.calibration.accuracy) if self.pareto else cost
 
-    def _over_budget(self, prepared: _Candidate, index: int) -> float:
-        """Optuna's constraint (<= 0: feasible): without a guarantee, the calibration drop minus the budget (points);
-        with one, how much larger the exit share is than at the lowest certified threshold."""
-        curve = prepared.curve
-        if prepared.certified is None:
-            return float(self.target_info.accuracy - curve.accuracy[index] - self.max_drop)
-        return float(curve.exit_ratio[index] - curve.exit_ratio[prepared.certified])
+    def _choose(self, curve: ThresholdCurve) -> tuple[int | None, int | None]:
+        """The chosen curve point and the certified one (None without a guarantee, or when none is)."""
+        if self.guarantee is None:
+            return curve.cheapest_within(self.max_drop), None
+        certified = curve.certified_index(self.max_drop, self.guarantee, self.split.block_sizes, self.n_tests,
+                                          self.bound)
+        return certified, certified
 
-    def _latency(self, stages: Sequence[str], exit_ratio: float) -> float | None:
+    def _prepare(self, candidate: str) -> _Candidate:
+        if candidate not in self._prepared:
+            pair = CascadeSpec.pair(candidate, self.target, 0.0)
+            curve = threshold_curve(*self.stage_views(pair, "cal"), self.labels["cal"], self.split.blocks)
+            chosen, certified = self._choose(curve)
+            self._prepared[candidate] = _Candidate(curve, chosen, certified)
+        return self._prepared[candidate]
+
+    def _pair_trial(self, trial: optuna.Trial) -> tuple[Outcome, float]:
+        candidate = trial.suggest_categorical("candidate", self.candidates)
+        prepared = self._prepare(candidate)
+        curve = prepared.curve
+        if not prepared.curve_stored:  # a candidate's first trial here keeps its curve, so reports can redraw it
+            trial.set_user_attr("curve", curve.sampled())
+            prepared.curve_stored = True
+        if self.exact:
+            index = len(curve.thresholds) - 1 if prepared.chosen is None else prepared.chosen
+            threshold = curve.boundary(index)
+        else:
+            threshold = trial.suggest_float("threshold", self.space.threshold_low, self.space.threshold_high)
+            index = curve.at_threshold(threshold)
+        if self.guarantee is None:
+            feasible = bool(curve.target_correct - curve.n_correct[index] <= allowed_errors(self.max_drop, curve.n_samples))
+            over = float(self.target_info.accuracy - curve.accuracy[index] - self.max_drop)
+        else:  # how much larger the exit share is than at the lowest certified threshold
+            certified = len(curve.thresholds) - 1 if prepared.certified is None else prepared.certified
+            feasible = index >= certified
+            over = float(curve.exit_ratio[index] - curve.exit_ratio[certified])
+        cascade = CascadeSpec.pair(candidate, self.target, threshold)
+        return self.outcome(cascade, feasible), over
+
+    def _cascade_trial(self, trial: optuna.Trial) -> tuple[Outcome, float]:
+        space = self.space
+        n_stages = trial.suggest_int("stages", space.min_stages, space.max_stages) \
+            if space.min_stages < space.max_stages else space.min_stages
+        score_name = trial.suggest_categorical("score", list(space.scores)) if len(space.scores) > 1 else space.scores[0]
+        stages = []
+        for i in range(n_stages - 1):
+            size = trial.suggest_int(f"stage{i}_size", 1, space.committee_members) if space.committee_members > 1 else 1
+            stages.append(tuple(sorted({trial.suggest_categorical(f"stage{i}_m{j}", self.candidates)
+                                        for j in range(size)})))
+        steps = [trial.suggest_int(f"t{i}", 1, space.threshold_grid) for i in range(n_stages - 2)]
+        cascade, curve, index, feasible = self.solve(stages, steps, score_name)
+        if feasible:
+            over = 0.0
+        elif self.guarantee is None:
+            over = float(self.target_info.accuracy - curve.accuracy[index] - self.max_drop)
+        else:
+            over = 1.0
+        return self.outcome(cascade, feasible), over
+
+    def grid_threshold(self, score_name: str, step: int) -> float:
+        """Grid value ``step`` (1..grid) of an earlier stage's threshold, in the score's units: a share ``u`` of
+        (low, high] for scores in [0, 1]; for entropy, ``(1 - u) log(classes)`` nats."""
+        space = self.space
+        u = space.threshold_low + (space.threshold_high - space.threshold_low) * step / space.threshold_grid
+        score = get_score(score_name)
+        return float(u) if score.higher_is_surer else float((1.0 - u) * np.log(self.n_classes))
+
+    def solve(self, stages: Sequence[tuple[str, ...]], steps: Sequence[int], score_name: str
+              ) -> tuple[CascadeSpec, ThresholdCurve, int, bool]:
+        """The cascade of ``stages`` (then the target) in increasing cost, repeated stages dropped, the ``steps``
+        grid thresholds on its earlier stages and its last threshold solved on the calibration images: the cascade,
+        the last threshold's curve, the chosen point and whether it keeps the budget."""
+        unique = sorted(dict.fromkeys(stages), key=lambda members: (sum(self.gmacs[m] for m in members), members))
+        earlier = tuple(self.grid_threshold(score_name, step) for step in steps[:len(unique) - 1])
+        score = get_score(score_name)
+        shape = CascadeSpec((*unique, (self.target,)), (*earlier, 0.0), score_name, self._fitted(unique, score_name))
+        views = self.stage_views(shape, "cal")
+        curve = path_curve(views, [score.oriented(t) for t in earlier], self.labels["cal"], self.split.blocks)
+        chosen, _ = self._choose(curve)
+        index = len(curve.thresholds) - 1 if chosen is None else chosen
+        last = float(score.oriented(curve.boundary(index)))
+        return replace(shape, thresholds=(*earlier, last)), curve, index, chosen is not None
+
+    def _fitted(self, stages: Sequence[tuple[str, ...]], score_name: str) -> dict[str, float]:
+        if not get_score(score_name).fits_temperature:
+            return {}
+        return {m: self.temperature(m) for members in stages for m in members}
+
+    # ------------------------------------------------------------------ figures
+    def figures(self, cascade: CascadeSpec, part: str) -> tuple[Figures, np.ndarray, np.ndarray]:
+        """A cascade's figures on a part, and per image its discordance with the target (+1: only the target is
+        right) and its GMACs."""
+        score = get_score(cascade.score)
+        views = self.stage_views(cascade, part)
+        labels = self.labels[part]
+        exit_at, predicted, cost = cascade_answers(views, [score.oriented(t) for t in cascade.thresholds])
+        right = predicted == labels
+        target_right = np.asarray(views[-1].predicted) == labels
+        shares = np.bincount(exit_at, minlength=len(views)) / labels.size
+        accuracy = 100.0 * float(right.mean())
+        target_accuracy = self.target_info.accuracy if part == "cal" else float(self.target_info.test_accuracy or 0.0)
+        gmacs = float(cost.mean())
+        figures = Figures(
+            images=int(labels.size), accuracy=accuracy, drop=target_accuracy - accuracy, gmacs=gmacs,
+            reduction=100.0 * (1.0 - gmacs / self.target_info.gmacs), exit_ratio=float(1.0 - shares[-1]),
+            latency_ms=self._latency(cascade, shares), stage_shares=[float(x) for x in shares],
+        )
+        return figures, target_right.astype(np.int8) - right.astype(np.int8), cost
+
+    def _latency(self, cascade: CascadeSpec, shares: np.ndarray) -> float | None:
+        """Expected ms/image: each stage's own latency times the share of images that reach it."""
         if self.latency_ms is None:
             return None
-        own = self.latency_ms(stages[0])
-        return own if len(stages) == 1 else own + self.latency_ms(stages[-1]) * (1.0 - exit_ratio)
+        reach = 1.0 - np.concatenate(([0.0], np.cumsum(shares)[:-1]))
+        return float(sum(r * own for r, own in zip(reach, cascade.stage_gmacs(self.latency_ms))))
 
-    def outcome(self, candidate: str, prepared: _Candidate, index: int, threshold: float) -> Outcome:
-        """The cascade ``candidate -> target`` at ``threshold`` (curve point ``index`` on the calibration images)."""
-        curve = prepared.curve
-        stages = [candidate, self.target_info.name]
-        target_gmacs = self.target_info.gmacs
-        exit_cal = float(curve.exit_ratio[index])
-        accuracy = float(curve.accuracy[index])
-        calibration = Figures(
-            images=curve.n_samples, accuracy=accuracy, drop=self.target_info.accuracy - accuracy,
-            gmacs=float(curve.gmacs[index]), reduction=100.0 * (1.0 - float(curve.gmacs[index]) / target_gmacs),
-            exit_ratio=exit_cal, latency_ms=self._latency(stages, exit_cal),
-        )
-        if prepared.certified is None:
-            feasible = bool(curve.target_correct - curve.n_correct[index] <= allowed_errors(self.max_drop, curve.n_samples))
-        else:
-            feasible = index >= prepared.certified
+    def _interval_key(self, cascade: CascadeSpec) -> int:
+        """The bootstrap's seed per cascade: a pair's candidate index, else a hash of its stages."""
+        if len(cascade.stages) == 2 and cascade.stages[0][0] in self.candidates and not cascade.has_committee:
+            return self.candidates.index(cascade.stages[0][0])
+        return int.from_bytes(hashlib.sha256(" -> ".join(cascade.labels).encode()).digest()[:4], "little")
+
+    def outcome(self, cascade: CascadeSpec, feasible: bool) -> Outcome:
+        """``cascade``'s figures on the calibration images and, with a test part, on the test images with a
+        bootstrap interval."""
+        calibration, _, _ = self.figures(cascade, "cal")
         test, interval = None, None
-        if prepared.test is not None and self.target_test is not None:
-            test, interval = self._on_test(prepared.test, threshold, stages, self.candidates.index(candidate))
-        return Outcome(stages=stages, thresholds=[threshold], calibration=calibration, test=test, interval=interval,
-                       feasible=feasible)
-
-    def _on_test(self, first: ModelPredictions, threshold: float, stages: list[str], key: int) -> tuple[Figures, Interval]:
-        assert self.target_test is not None
-        exits = np.asarray(first.confidence) > threshold
-        first_right = np.asarray(first.predicted) == self.labels_test
-        target_right = np.asarray(self.target_test.predicted) == self.labels_test
-        cascade_right = np.where(exits, first_right, target_right)
-        cost = first.gmacs + np.where(exits, 0.0, self.target_test.gmacs)
-        n = exits.size
-        accuracy = 100.0 * float(cascade_right.mean())
-        gmacs = float(cost.mean())
-        exit_ratio = float(exits.mean())
-        figures = Figures(
-            images=n, accuracy=accuracy, drop=float(self.target_info.test_accuracy or 0.0) - accuracy, gmacs=gmacs,
-            reduction=100.0 * (1.0 - gmacs / self.target_info.gmacs), exit_ratio=exit_ratio,
-            latency_ms=self._latency(stages, exit_ratio),
-        )
-        d = target_right.astype(np.int8) - cascade_right.astype(np.int8)
-        return figures, bootstrap_interval(d, cost, seed=[self.split.info.seed, key])
+        if not self.split.in_sample:
+            test, d, cost = self.figures(cascade, "test")
+            interval = bootstrap_interval(d, cost, seed=[self.split.info.seed, self._interval_key(cascade)])
+        return Outcome(cascade=cascade, calibration=calibration, test=test, interval=interval, feasible=feasible)
 
 
 def target_alone_outcome(target: TargetInfo, calibration_images: int, test_images: int) -> Outcome:
     """The target served alone, in the same terms as any cascade."""
     def figures(images: int, accuracy: float) -> Figures:
         return Figures(images=images, accuracy=accuracy, drop=0.0, gmacs=target.gmacs, reduction=0.0, exit_ratio=0.0,
-                       latency_ms=target.latency_ms)
+                       latency_ms=target.latency_ms, stage_shares=[1.0])
 
     test = None if target.test_accuracy is None else figures(test_images, target.test_accuracy)
-    return Outcome(stages=[target.name], thresholds=[], calibration=figures(calibration_images, target.accuracy),
+    return Outcome(cascade=CascadeSpec(((target.name,),), ()), calibration=figures(calibration_images, target.accuracy),
                    test=test, interval=None, feasible=True)
 
 

@@ -130,7 +130,7 @@ def plot_candidates(trace: SearchTrace, top: int = TOP_BARS) -> Figure:
     held-out test GMACs as dots, compute saved on the test images as text."""
     best = best_per_candidate(trace)[:top]
     fig, (ax,) = _figure(height=1.6 + 0.35 * max(len(best), 2))
-    names = [o.first for o in best][::-1]
+    names = [" -> ".join(o.stages[:-1]) for o in best][::-1]
     ax.barh(names, [o.calibration.gmacs for o in best][::-1], height=0.6, color="tab:blue", alpha=0.8,
             label=f"GMACs on {trace.images_label} (ranks the candidates)")
     tested = [(name, o) for name, o in zip(names, best[::-1]) if o.test is not None]
@@ -140,11 +140,11 @@ def plot_candidates(trace: SearchTrace, top: int = TOP_BARS) -> Figure:
     for name, outcome in zip(names, best[::-1]):
         shown = outcome.reported
         where = "test" if outcome.test is not None else "in-sample"
-        ax.annotate(f" {shown.reduction:.1f} % saved ({where}; threshold {outcome.thresholds[0]:.3f})",
+        ax.annotate(f" {shown.reduction:.1f} % saved ({where}; threshold {', '.join(f'{t:.3f}' for t in outcome.thresholds)})",
                     (max(shown.gmacs, outcome.calibration.gmacs), name), va="center", fontsize="small")
     _target_gmacs_line(ax, trace, vertical=True)
     ax.set_xlim(0, 1.1 * max([trace.info.target_gmacs, *(1.6 * o.calibration.gmacs for o in best)]))
-    n_feasible = len({o.first for o in trace.outcomes if o.feasible})
+    n_feasible = len({tuple(o.stages) for o in trace.outcomes if o.feasible})
     fig.suptitle(f"Best cascade per first-stage candidate, max drop {trace.spec.max_drop:g} pts{trace.tag}")
     shown_count = "all" if len(best) == n_feasible else f"cheapest {len(best)} of the"
     ax.set_title(f"{shown_count} {n_feasible} candidates with a trial within budget "
@@ -157,7 +157,7 @@ def plot_candidates(trace: SearchTrace, top: int = TOP_BARS) -> Figure:
 def plot_curves(trace: SearchTrace, top: int = TOP_CURVES) -> Figure:
     """Accuracy and GMACs vs threshold on the calibration images for the best candidates, their chosen
     thresholds marked."""
-    chosen = {o.first: o for o in best_per_candidate(trace) if o.first in trace.curves}
+    chosen = {o.first: o for o in best_per_candidate(trace) if o.first in trace.curves and len(o.stages) == 2}
     names = (list(chosen) or list(trace.curves))[:min(top, len(CANDIDATE_COLORS))]
     fig, (acc_ax, cost_ax) = _figure(rows=2, height=7.5)
     for name, color in zip(names, CANDIDATE_COLORS):

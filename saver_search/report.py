@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from saver_search.results import Figures, Outcome
+from saver_search.scores import get_score
 from saver_search.search import SearchResult
 from saver_search.tables import text_table
 
@@ -42,20 +43,23 @@ def guarantee_line(result: SearchResult) -> str:
     if guarantee is None:
         return "none: the plug-in choice on the calibration images (its drop on new images may exceed the budget)"
     return (f"true drop <= {result.max_drop:g} points with probability >= {guarantee.level:.0%} over the calibration "
-            f"images ({guarantee.bound} bound, fixed-sequence testing, {guarantee.tests} candidates covered)")
+            f"images ({guarantee.bound} bound, fixed-sequence testing, {guarantee.tests:,} "
+            f"{guarantee.covers} covered)")
 
 
 # Figures the tables give in percent (or points, for drops); JSON gives them as fractions of images.
 PERCENT_KEYS = frozenset({"accuracy", "test_accuracy", "drop", "reduction", "max_drop"})
-JSON_UNITS = ("accuracy, test_accuracy, drop, max_drop, reduction and exit_ratio are fractions of images in [0, 1] "
-              "(drop: target top-1 minus cascade top-1); gmacs per image; latency_ms per image")
+JSON_UNITS = ("accuracy, test_accuracy, drop, max_drop, reduction, exit_ratio (answered before the target), "
+              "stage_shares and exit_share (answered by each stage) are fractions of images in [0, 1] (drop: target "
+              "top-1 minus cascade top-1); gmacs and own_gmacs per image; latency_ms per image; thresholds in the "
+              "units of the score")
 DIGITS = 6
 
 
 def _fractions(value: Any, key: str | None = None) -> Any:
     """The result's dict with percent figures as fractions and every float rounded to DIGITS decimals, but
     thresholds: they stay exact, as rounding one could move images across it."""
-    if key == "thresholds":
+    if key in ("thresholds", "threshold"):
         return value
     if isinstance(value, dict):
         return {k: _fractions(v, k) for k, v in value.items()}
@@ -66,11 +70,40 @@ def _fractions(value: Any, key: str | None = None) -> Any:
     return value
 
 
+def stage_rows(result: SearchResult, outcome: Outcome) -> list[dict[str, Any]]:
+    """Each stage of a cascade as an object: its model(s), own GMACs (members no earlier stage ran), input size (one
+    model), threshold (None for the target) and the share of images it answers (test, or in-sample)."""
+    cascade = outcome.cascade
+    own = cascade.stage_gmacs(lambda name: result.models[name].gmacs if name in result.models else float("nan"))
+    shares = outcome.reported.shares(len(cascade.stages))
+    rows = []
+    for i, members in enumerate(cascade.stages):
+        info = result.models.get(members[0]) if len(members) == 1 else None
+        rows.append({
+            "models": list(members), "own_gmacs": own[i], "img_size": info.img_size if info else None,
+            "threshold": cascade.thresholds[i] if i < len(cascade.thresholds) else None,
+            "exit_share": shares[i] if i < len(shares) else None,
+        })
+    return rows
+
+
+def _outcome_dict(result: SearchResult, outcome: Outcome) -> dict[str, Any]:
+    data = outcome.to_attrs()
+    cascade = data.pop("cascade")
+    return {"stages": stage_rows(result, outcome), "score": cascade["score"], "thresholds": cascade["thresholds"],
+            "temperatures": cascade["temperatures"], **data, "trial": outcome.trial,
+            "reaches_target": outcome.reported.shares(len(outcome.cascade.stages))[-1] > 0}
+
+
 def to_json(result: SearchResult) -> str:
-    """One JSON object: data, split, guarantee, target, best (with ``calibration``, ``test`` and ``interval``),
-    alternatives, pareto, progress, each model's own cost and the study's details. Shares of images are fractions
-    in [0, 1] (see ``units``); floats but thresholds are rounded to six decimals."""
-    payload = _fractions(result.to_dict())
+    """One JSON object: data, split, guarantee, target, best (``stages`` as a list of objects, ``calibration``,
+    ``test`` and ``interval``), alternatives, pareto, progress, each model's own cost and the study's details.
+    Shares of images are fractions in [0, 1] (see ``units``); floats but thresholds are rounded to six decimals."""
+    data = result.to_dict()
+    data["best"] = _outcome_dict(result, result.best)
+    data["alternatives"] = [_outcome_dict(result, o) for o in result.alternatives]
+    data["pareto"] = [_outcome_dict(result, o) for o in result.pareto]
+    payload = _fractions(data)
     payload["units"] = JSON_UNITS
     payload["figures"] = "calibration (in-sample, optimistic)" if result.split.in_sample else "test (held-out)"
     if result.simulated:
@@ -82,14 +115,20 @@ def _cost(figures: Figures) -> str:
     return f"{figures.gmacs:.3f}"
 
 
+def _pairs_only(outcomes: list[Outcome]) -> bool:
+    return all(len(o.cascade.stages) <= 2 and not o.cascade.has_committee for o in outcomes)
+
+
 def _row(result: SearchResult, outcome: Outcome, latency: bool) -> list[str]:
     shown = outcome.reported
     cal = outcome.calibration
-    own = result.models.get(outcome.first)
+    rows = stage_rows(result, outcome)[:-1]
+    own = sum(row["own_gmacs"] for row in rows)
+    sizes = {row["img_size"] for row in rows}
     row = [
-        outcome.first,
-        "-" if own is None else f"{own.gmacs:.3g}",
-        "-" if own is None or not own.img_size else str(own.img_size),
+        " -> ".join(outcome.stages[:-1]) or outcome.first,
+        f"{own:.3g}" if rows and own == own else "-",
+        str(sizes.pop()) if len(sizes) == 1 and None not in sizes else "-",
         ", ".join(f"{t:.4f}" for t in outcome.thresholds) or "-",
         f"{100 * shown.exit_ratio:.1f}",
         f"{shown.accuracy:.2f}",
@@ -104,8 +143,9 @@ def _row(result: SearchResult, outcome: Outcome, latency: bool) -> list[str]:
     return row
 
 
-def _header(result: SearchResult) -> list[str]:
-    header = ["first stage", "own GMACs", "px", "threshold", "exit %", "top-1 %", "drop", "GMACs", "saved %"]
+def _header(result: SearchResult, outcomes: list[Outcome]) -> list[str]:
+    stages = "first stage" if _pairs_only(outcomes) else "stages before the target"
+    header = [stages, "own GMACs", "px", "threshold", "exit %", "top-1 %", "drop", "GMACs", "saved %"]
     if result.cost == "latency":
         header.append("ms/image")
     if not result.split.in_sample:
@@ -156,14 +196,28 @@ def _best_lines(result: SearchResult) -> list[str]:
         return [f"best: serve the target alone ({result.note})" if result.note else "best: serve the target alone"]
     shown = best.reported
     where = "test images" if best.test is not None else "images (in-sample)"
-    stages = [["first stage", best.first, _model_size(result, best.first)],
-              ["target", best.stages[-1], _model_size(result, best.stages[-1])]]
-    lines = [f"best cascade: {best.first} -> {best.stages[-1]}, threshold {best.thresholds[0]:.4f} "
-             "(chosen on the calibration images)", *("  " + line for line in text_table(["", "model", "own cost"], stages,
-                                                                                      left=(0, 1), rule=False)[1:]),
+    score = get_score(best.cascade.score)
+    rows = []
+    for i, stage in enumerate(stage_rows(result, best)):
+        last = i == len(best.stages) - 1
+        members = stage["models"]
+        size = _model_size(result, members[0]) if len(members) == 1 else \
+            f"committee: mean of {len(members)} models' probabilities; {stage['own_gmacs']:.3g} GMACs/image not run before"
+        rule = "the rest" if last else score.rule(stage["threshold"])
+        rows.append(["target" if last else f"stage {i + 1}", " + ".join(members), size, rule,
+                     f"{100 * (stage['exit_share'] or 0.0):.1f}"])
+    thresholds = ", ".join(f"{t:.4f}" for t in best.thresholds)
+    temperatures = "".join(f", T({m}) = {t:.3f}" for m, t in best.cascade.temperatures.items())
+    lines = [f"best cascade: {' -> '.join(best.stages)}, score {score.name}, threshold{'s' * (len(best.thresholds) > 1)} "
+             f"{thresholds}{temperatures} (chosen on the calibration images)",
+             *("  " + line for line in text_table(["", "model", "own cost", "answers when", f"exit % ({where})"],
+                                                   rows, left=(0, 1, 2, 3))),
              "", *_figures_rows(result, best), ""]
+    shares = shown.shares(len(best.stages))
+    if shares[-1] == 0:
+        lines.append(f"  the target is not needed at this budget: every one of the {where} left before it")
     lines.append(
-        f"  {100 * shown.exit_ratio:.1f} % of {where} answered by {best.first} (confidence > {best.thresholds[0]:.4f}); "
+        f"  {100 * shown.exit_ratio:.1f} % of {where} answered before the target; "
         f"{shown.gmacs:.3f} vs {target.gmacs:.3f} GMACs/image ({shown.reduction:.1f} % less compute), "
         f"top-1 {shown.accuracy:.2f} % ({shown.drop:+.2f} points)"
     )
@@ -201,15 +255,16 @@ def to_text(result: SearchResult) -> str:
         "",
         *_best_lines(result),
     ]
-    header = _header(result)
     latency = result.cost == "latency"
     what = f"figures on {figures_label(result)}"
     if result.alternatives:
-        lines += ["", f"next best (best threshold per other candidate; {what}):",
-                  *text_table(header, [_row(result, o, latency) for o in result.alternatives])]
+        per = "other candidate" if _pairs_only(result.alternatives) else "other set of stages"
+        lines += ["", f"next best (best thresholds per {per}; {what}):",
+                  *text_table(_header(result, result.alternatives),
+                              [_row(result, o, latency) for o in result.alternatives])]
     if result.pareto:
         lines += ["", f"Pareto front (GMACs vs top-1 on the calibration images; {what}):",
-                  *text_table(header, [_row(result, o, latency) for o in result.pareto])]
+                  *text_table(_header(result, result.pareto), [_row(result, o, latency) for o in result.pareto])]
     lines += ["", _progress_line(result),
               f"study: {result.study_name}" + (f"  storage: {result.storage}" if result.storage else "")]
     if result.simulated:

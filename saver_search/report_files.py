@@ -10,6 +10,7 @@ from pathlib import Path
 
 from saver_search.errors import SaverSearchError
 from saver_search.results import Outcome
+from saver_search.search import guarantee_tests
 from saver_search.trace import SearchTrace, best_per_candidate
 
 
@@ -44,12 +45,13 @@ FIGURE_CAPTIONS = {
 def _table(trace: SearchTrace, outcomes: list[Outcome]) -> list[str]:
     """Per candidate: the threshold and the reported (test, or in-sample) figures, calibration beside them."""
     where = "in-sample" if trace.in_sample else "test"
-    header = ["first stage", "threshold", f"exit % ({where})", f"top-1 % ({where})", f"drop ({where})",
+    header = ["stages before the target", "thresholds", f"exit % ({where})", f"top-1 % ({where})", f"drop ({where})",
               f"GMACs ({where})", f"saved % ({where})", "drop (cal.)", "GMACs (cal.)", "trial"]
     rows = []
     for outcome in outcomes:
         shown, cal = outcome.reported, outcome.calibration
-        rows.append([f"`{outcome.first}`", f"{outcome.thresholds[0]:.4f}", f"{100 * shown.exit_ratio:.1f}",
+        rows.append([" -> ".join(f"`{stage}`" for stage in outcome.stages[:-1]),
+                     ", ".join(f"{t:.4f}" for t in outcome.thresholds), f"{100 * shown.exit_ratio:.1f}",
                      f"{shown.accuracy:.2f}", f"{shown.drop:+.2f}", f"{shown.gmacs:.3f}", f"{shown.reduction:.1f}",
                      f"{cal.drop:+.2f}", f"{cal.gmacs:.3f}", str(outcome.trial)])
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
@@ -62,8 +64,9 @@ def _best_lines(trace: SearchTrace, best: list[Outcome]) -> list[str]:
     shown = top.reported
     where = "held-out test images" if top.test is not None else "images (in-sample, optimistic)"
     lines = [
-        f"**{top.first} -> {trace.spec.target}**, threshold {top.thresholds[0]:.4f} (chosen on the calibration "
-        f"images): on the {shown.images:,} {where}, {100 * shown.exit_ratio:.1f} % answered by {top.first}; "
+        f"**{' -> '.join(top.stages)}**, score {top.cascade.score}, threshold{'s' * (len(top.thresholds) > 1)} "
+        f"{', '.join(f'{t:.4f}' for t in top.thresholds)} (chosen on the calibration images): on the {shown.images:,} "
+        f"{where}, {100 * shown.exit_ratio:.1f} % answered before the target; "
         f"**{shown.gmacs:.3f} GMACs / image** vs {trace.info.target_gmacs:.3f} (**{shown.reduction:.1f} % less "
         f"compute**), top-1 {shown.accuracy:.2f} % ({shown.drop:+.2f} points drop).",
     ]
@@ -73,6 +76,8 @@ def _best_lines(trace: SearchTrace, best: list[Outcome]) -> list[str]:
                      f"[{top.interval.gmacs[0]:.3f}, {top.interval.gmacs[1]:.3f}].")
     if top.test is not None:
         lines.append(f"On the calibration images: {top.calibration.gmacs:.3f} GMACs, drop {top.calibration.drop:+.2f} points.")
+    if shown.shares(len(top.stages))[-1] == 0:
+        lines.append("\nThe target is not needed at this budget: the stages before it answer every image.")
     if shown.reduction <= 0:
         lines.append("\nNo candidate saves compute within this budget: serve the target alone.")
     return lines
@@ -88,7 +93,7 @@ def _setting_lines(trace: SearchTrace) -> list[str]:
                  f"{', stratified by class' if info.stratified else ', not stratified'})")
     guarantee = "none (plug-in choice on the calibration images)" if spec.guarantee is None else (
         f"true drop <= {spec.max_drop:g} points with probability >= {spec.guarantee:.0%} ({spec.bound} bound, "
-        f"{len(spec.candidates)} candidates covered)")
+        f"{guarantee_tests(spec):,} {'cascades' if spec.cascades else 'candidates'} covered)")
     return [f"- **split:** {split}", f"- **guarantee:** {guarantee}"]
 
 

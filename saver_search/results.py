@@ -11,11 +11,13 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
 from saver_search.calibration import Interval
+from saver_search.cascade import CascadeSpec
 
 @dataclass(frozen=True)
 class Figures:
     """A cascade on one set of images: top-1 (%), drop below the target on the same images (points),
-    GMACs per image, compute saved (%), share of images answered before the target, optional ms/image."""
+    GMACs per image, compute saved (%), share of images answered before the target, optional ms/image, and
+    the share answered by each stage (None in studies written before k-stage cascades)."""
 
     images: int
     accuracy: float
@@ -24,23 +26,39 @@ class Figures:
     reduction: float
     exit_ratio: float
     latency_ms: float | None = None
+    stage_shares: list[float] | None = None
+
+    def shares(self, n_stages: int) -> list[float]:
+        """The share of images each of ``n_stages`` stages answers (a pair's from ``exit_ratio`` in old studies)."""
+        if self.stage_shares is not None:
+            return list(self.stage_shares)
+        return [self.exit_ratio, 1.0 - self.exit_ratio] if n_stages == 2 else [1.0] * (n_stages == 1)
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """One cascade and how it did. ``stages`` run first .. target; a single stage is the target alone.
+    """One cascade and how it did. Its stages run first .. target; a single stage is the target alone.
 
     ``feasible``: the thresholds keep the budget, certified at the study's guarantee level on the
     calibration images (or, without a guarantee, the calibration drop is within the budget).
     """
 
-    stages: list[str]
-    thresholds: list[float]
+    cascade: CascadeSpec
     calibration: Figures
     test: Figures | None
     interval: Interval | None
     feasible: bool
     trial: int | None = None
+
+    @property
+    def stages(self) -> list[str]:
+        """The stages as people read them, first .. target ("a + b" for a committee)."""
+        return self.cascade.labels
+
+    @property
+    def thresholds(self) -> list[float]:
+        """The threshold of every stage but the last, in the units of the cascade's score."""
+        return list(self.cascade.thresholds)
 
     @property
     def first(self) -> str:
@@ -60,16 +78,18 @@ class Outcome:
         """A JSON-ready dict, stored with the trial (``trial`` is not stored: it is the trial's number)."""
         data = asdict(self)
         del data["trial"]
+        data["cascade"] = self.cascade.to_dict()
         return data
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any], trial: int | None = None) -> "Outcome":
-        """Inverse of :meth:`to_attrs`; also reads trials of studies written before the calibration split."""
+        """Inverse of :meth:`to_attrs`; also reads trials of two-stage studies and of studies written before the
+        calibration split."""
         if "outcome" in attrs:
             data = attrs["outcome"]
             interval = data.get("interval")
             return cls(
-                stages=list(data["stages"]), thresholds=list(data["thresholds"]),
+                cascade=CascadeSpec.from_dict(data.get("cascade") or data),
                 calibration=Figures(**data["calibration"]),
                 test=None if data.get("test") is None else Figures(**data["test"]),
                 interval=None if interval is None else Interval(
@@ -78,8 +98,8 @@ class Outcome:
             )
         legacy = Figures(images=0, accuracy=attrs["accuracy"], drop=attrs["drop"], gmacs=attrs["gmacs"],
                          reduction=attrs["reduction"], exit_ratio=attrs["exit_ratio"], latency_ms=attrs.get("latency_ms"))
-        return cls(stages=list(attrs["stages"]), thresholds=list(attrs["thresholds"]), calibration=legacy, test=None,
-                   interval=None, feasible=bool(attrs["feasible"]), trial=trial)
+        return cls(cascade=CascadeSpec.from_dict(attrs), calibration=legacy, test=None, interval=None,
+                   feasible=bool(attrs["feasible"]), trial=trial)
 
 
 def is_outcome(attrs: dict[str, Any]) -> bool:
@@ -88,7 +108,8 @@ def is_outcome(attrs: dict[str, Any]) -> bool:
 
 
 def rank_outcomes(outcomes: Iterable[Outcome], by_latency: bool = False) -> list[Outcome]:
-    """The cheapest feasible outcome of each first stage, cheapest first (ties: more accurate first).
+    """The cheapest feasible outcome of each set of stages (each first stage, for pairs), cheapest first (ties: more
+    accurate first).
 
     Ranks by calibration figures only (GMACs, or expected latency with ``by_latency``), so the choice never
     sees test images; serves the search summary and the reports, so both name the same best cascade.
@@ -99,7 +120,7 @@ def rank_outcomes(outcomes: Iterable[Outcome], by_latency: bool = False) -> list
 
     best: dict[str, Outcome] = {}
     for outcome in sorted((o for o in outcomes if o.feasible), key=lambda o: (cost(o), -o.calibration.accuracy)):
-        best.setdefault(outcome.first, outcome)
+        best.setdefault(" -> ".join(outcome.stages), outcome)
     return list(best.values())
 
 
@@ -120,8 +141,10 @@ class TargetInfo:
 
 @dataclass(frozen=True)
 class GuaranteeInfo:
-    """The promise: true drop within the budget with probability >= ``level``; ``tests``: candidates it covers."""
+    """The promise: true drop within the budget with probability >= ``level``; ``tests``: how many candidates (pairs)
+    or cascades (a cascade search) it covers."""
 
     level: float
     bound: str
     tests: int
+    covers: str = "candidates"

@@ -25,12 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 
 from saver_search.cascade_file import CascadeFile, StageFile
 from saver_search.errors import InvalidParameter, SaverSearchError
 from saver_search.models import Weights, file_sha256, load_model, resolve_amp, resolve_device
 from saver_search.preprocess import DataConfig, normalize, resize_crop
+from saver_search.scores import get_score
 
 
 @dataclass(frozen=True)
@@ -45,11 +47,12 @@ class CascadeOutput:
 
 
 class CascadeClassifier(torch.nn.Module):
-    """Stages run in order; a stage answers the images whose top-1 probability exceeds its threshold, the last
-    stage answers the rest. Build one with :meth:`from_file`, or from models, configs and thresholds."""
+    """Stages run in order; a stage answers the images whose score (``maxprob`` by default: the top-1 probability)
+    is beyond its threshold, the last stage answers the rest. Build one with :meth:`from_file`, or from models, configs and thresholds."""
 
     def __init__(self, models: Sequence[torch.nn.Module], configs: Sequence[DataConfig], thresholds: Sequence[float],
-                 names: Sequence[str] | None = None, amp: torch.dtype | None = None) -> None:
+                 names: Sequence[str] | None = None, amp: torch.dtype | None = None, score: str = "maxprob",
+                 temperatures: Sequence[float | None] | None = None) -> None:
         super().__init__()
         if not models or len(configs) != len(models) or len(thresholds) != len(models) - 1:
             raise InvalidParameter("thresholds", f"a cascade of {len(models)} stages needs {len(models)} data configs "
@@ -64,6 +67,8 @@ class CascadeClassifier(torch.nn.Module):
         self.thresholds = [float(t) for t in thresholds]
         self.names = list(names or [f"stage {i}" for i in range(len(models))])
         self.amp = amp
+        self.score = get_score(score)
+        self.temperatures = [float(t or 1.0) for t in (temperatures or [None] * len(models))]
 
     @classmethod
     def from_file(cls, cascade: str | Path | CascadeFile, *, checkpoints: Mapping[str, str | Path] | None = None,
@@ -83,7 +88,8 @@ class CascadeClassifier(torch.nn.Module):
             model = load_model(stage.model, _weights(stage, (checkpoints or {}).get(stage.model)))
             models.append(model.to(target, memory_format=torch.channels_last))
             configs.append(DataConfig.from_dict(stage.provenance.data_config or _timm_config(model)))
-        return cls(models, configs, spec.thresholds, [s.model for s in spec.stages], resolve_amp(amp, target))
+        return cls(models, configs, spec.thresholds, [s.model for s in spec.stages], resolve_amp(amp, target),
+                   spec.score, [s.temperature for s in spec.stages])
 
     @property
     def device(self) -> torch.device:
@@ -96,7 +102,7 @@ class CascadeClassifier(torch.nn.Module):
         with torch.inference_mode(), autocast:
             batch = torch.stack([resize_crop(image.to(device), config) for image in images])
             logits = self.stages[index](normalize(batch, config).contiguous(memory_format=torch.channels_last))
-            return logits.float().softmax(dim=1)
+            return (logits.float() / self.temperatures[index]).softmax(dim=1)
 
     def forward(self, images: Sequence[torch.Tensor] | torch.Tensor) -> CascadeOutput:
         images = list(images)
@@ -111,7 +117,7 @@ class CascadeClassifier(torch.nn.Module):
                 if probs is None:
                     probs = torch.zeros(len(images), stage_probs.shape[1])
                 if index < len(self.thresholds):
-                    exits = stage_probs.max(dim=1).values.double() > self.thresholds[index]
+                    exits = self._exits(stage_probs, self.thresholds[index])
                 else:
                     exits = torch.ones(len(remaining), dtype=torch.bool)
                 probs[remaining[exits]] = stage_probs[exits]
@@ -122,6 +128,16 @@ class CascadeClassifier(torch.nn.Module):
         assert probs is not None
         confidence, predicted = probs.max(dim=1)
         return CascadeOutput(probs=probs, predicted=predicted, confidence=confidence, exit_stage=exit_stage)
+
+
+    def _exits(self, probs: torch.Tensor, threshold: float) -> torch.Tensor:
+        """Which images a stage answers: its score (from the full distribution, so exact) beyond ``threshold``."""
+        if self.score.name in ("maxprob", "maxprob_t"):
+            return probs.max(dim=1).values.double() > threshold
+        ordered = probs.double().sort(dim=1, descending=True).values.T.numpy()
+        zeros = np.zeros(ordered.shape[1])
+        values = self.score.oriented(self.score.compute(ordered, zeros, zeros.astype(np.int64)))
+        return torch.from_numpy(values > self.score.oriented(threshold))
 
 
 def _weights(stage: StageFile, override: str | Path | None) -> Weights:

@@ -29,7 +29,8 @@ from saver_search.calibration import (
 from saver_search.errors import InvalidParameter, SaverSearchError
 from saver_search.objective import CascadeObjective, model_info, target_alone_outcome
 from saver_search.results import GuaranteeInfo, Outcome, TargetInfo, is_outcome, rank_outcomes
-from saver_search.space import SearchSpace
+from saver_search.scores import get_score
+from saver_search.space import SearchSpace, cascade_count
 from saver_search.sources import PredictionSource
 from saver_search.study import (
     Progress, StudyInfo, StudySpec, StudyWorker, candidate_progress, create_or_load, data_fingerprint, open_storage,
@@ -115,8 +116,12 @@ def select_candidates(source: PredictionSource, target: str, space: SearchSpace,
 
 
 def make_sampler(space: SearchSpace, pareto: bool) -> tuple[optuna.samplers.BaseSampler, str]:
-    """The sampler of a sampled search (``auto``: TPE); exact mode queues every candidate once instead."""
-    if space.threshold_mode == "exact" and not pareto:
+    """The sampler of a sampled or cascade search (``auto``: TPE); exact pair mode queues every candidate once
+    instead."""
+    if space.cascades and pareto:
+        raise InvalidParameter("pareto", "applies to pairs only: cascade searches (more stages, committees, other "
+                               "scores) minimise cost within the budget")
+    if space.threshold_mode == "exact" and not pareto and not space.cascades:
         if space.sampler != "auto":
             raise InvalidParameter(
                 "sampler", f"'{space.sampler}' only applies to sampled thresholds: exact mode evaluates every "
@@ -129,6 +134,46 @@ def make_sampler(space: SearchSpace, pareto: bool) -> tuple[optuna.samplers.Base
         "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=space.seed),
     }
     return samplers[name](), name
+
+
+def pair_queue(spec: StudySpec) -> list[dict[str, Any]]:
+    """The trial parameters of every pair (each candidate, then the target) for each score: queued first in a
+    cascade search whose stages start at 2, so it never does worse than the pair search."""
+    if spec.stages[0] != 2:
+        return []
+    queue = []
+    for score in spec.scores:
+        for candidate in spec.candidates:
+            params: dict[str, Any] = {"stage0_m0": candidate}
+            if spec.stages[1] > 2:
+                params["stages"] = 2
+            if len(spec.scores) > 1:
+                params["score"] = score
+            if spec.committee_members > 1:
+                params["stage0_size"] = 1
+            queue.append(params)
+    return queue
+
+
+def guarantee_tests(spec: StudySpec) -> int:
+    """How many cascades the guarantee covers (Bonferroni): the candidates, or every cascade of the space."""
+    if not spec.cascades:
+        return len(spec.candidates)
+    return cascade_count(len(spec.candidates), spec.stages[0], spec.stages[1], spec.committee_members,
+                         spec.threshold_grid, len(spec.scores))
+
+
+def check_score_inputs(source: PredictionSource, names: Sequence[str], scores: Sequence[str]) -> None:
+    """Refuse, before any trial, a score that a candidate's stored predictions cannot give."""
+    for score_name in scores:
+        score = get_score(score_name)
+        for name in names:
+            meta = source.model(name).meta
+            missing = score.missing_input(meta.k, meta.has_logits)
+            if missing is not None:
+                raise InvalidParameter(
+                    "score", f"'{score.name}' needs {missing} but model '{name}' has none ({meta.source}); import "
+                    "it as probabilities or logits (.npy), cache it with --logits, or choose another score")
 
 
 def default_study_name(spec: StudySpec) -> str:
@@ -153,7 +198,8 @@ class PreparedSearch:
 
     def open(self) -> optuna.Study:
         """Create the study (queueing the work) or join it, checking that its spec matches."""
-        study, _ = create_or_load(self.storage, self.study_name, self.spec, self.info, self.sampler)
+        study, _ = create_or_load(self.storage, self.study_name, self.spec, self.info, self.sampler,
+                                  pair_queue(self.spec) if self.spec.cascades else ())
         return study
 
     def run(self, progress: bool = False) -> SearchResult:
@@ -227,18 +273,21 @@ def prepare_search(
     target = source.resolve(target)
     names = select_candidates(source, target, space, candidates)
     sampler, sampler_name = make_sampler(space, pareto)
+    if space.cascades:
+        check_score_inputs(source, names, space.scores)
     split = make_split(np.asarray(source.labels), fraction, split_seed)
     objective = CascadeObjective(source, target, names, max_drop, space, pareto, split, level, bound, latency_ms)
     cost = "gmacs" if latency_ms is None else "latency"
     spec = StudySpec(
         target=target, max_drop=max_drop, cost=cost, threshold_mode=space.threshold_mode,
-        threshold_range=(space.threshold_low, space.threshold_high), stages=space.stages,
+        threshold_range=(space.threshold_low, space.threshold_high), stages=(space.min_stages, space.max_stages),
         objectives=(cost, "accuracy") if pareto else (cost,),
         directions=("minimize", "maximize") if pareto else ("minimize",),
         sampler=sampler_name, candidates=tuple(names), calibration=fraction, split_seed=split_seed,
         guarantee=level, bound=bound if level is not None else "",
         data=data_fingerprint(source.labels, getattr(source, "sample_ids", None),
                               (source.model(name) for name in [target, *names])),
+        committee_members=space.committee_members, scores=space.scores, threshold_grid=space.threshold_grid,
     )
     target_info = objective.target_info
     info = StudyInfo(
@@ -254,7 +303,7 @@ def prepare_search(
         spec=spec, info=info, objective=objective, sampler=sampler, storage=backend,
         storage_label=storage if isinstance(storage, str) or storage is None else type(storage).__name__,
         study_name=study_name or default_study_name(spec),
-        n_trials=space.trials if spec.exact else (space.trials or DEFAULT_SAMPLED_TRIALS),
+        n_trials=space.trials if spec.exact else (space.trials or len(pair_queue(spec)) + DEFAULT_SAMPLED_TRIALS),
     )
 
 
@@ -349,7 +398,7 @@ def read_study(study: optuna.Study) -> tuple[StudySpec, StudyInfo]:
     cost = attrs.get("cost", "gmacs")
     spec = StudySpec(
         target=attrs["target"], max_drop=attrs["max_drop"], cost=cost, threshold_mode=attrs["threshold_mode"],
-        threshold_range=(0.0, 1.0), stages=2, objectives=(cost, "accuracy") if attrs["pareto"] else (cost,),
+        threshold_range=(0.0, 1.0), stages=(2, 2), objectives=(cost, "accuracy") if attrs["pareto"] else (cost,),
         directions=("minimize", "maximize") if attrs["pareto"] else ("minimize",), sampler=attrs["sampler"],
         candidates=tuple(attrs["candidates"]), calibration=None, split_seed=0, guarantee=None, bound="", data="",
         format=1,
@@ -401,7 +450,8 @@ def summarise(study: optuna.Study, *, seconds: float = 0.0, storage: str | None 
         data=info.data, simulated=info.simulated, target=target, max_drop=spec.max_drop,
         threshold_mode="pareto (sampled)" if spec.pareto else spec.threshold_mode, sampler=spec.sampler,
         split=SplitInfo(info.calibration_images, info.test_images, spec.calibration, spec.split_seed, info.stratified),
-        guarantee=None if spec.guarantee is None else GuaranteeInfo(spec.guarantee, spec.bound, len(spec.candidates)),
+        guarantee=None if spec.guarantee is None else GuaranteeInfo(
+            spec.guarantee, spec.bound, guarantee_tests(spec), "cascades" if spec.cascades else "candidates"),
         best=best, alternatives=[o for o in ranked if o is not best][:N_ALTERNATIVES], pareto=front,
         n_trials=len(outcomes), n_candidates=len(spec.candidates), evaluated=state.evaluated, running=state.running,
         missing=state.missing, seconds=seconds, study_name=study.study_name, storage=storage, space=info.space,

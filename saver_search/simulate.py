@@ -231,6 +231,10 @@ class SimulatedZoo:
     def labels(self) -> np.ndarray:
         return self._latents.labels
 
+    @property
+    def n_classes(self) -> int:
+        return self._latents.n_classes
+
     @cached_property
     def _names(self) -> list[str]:
         return list(self._zoo)

@@ -9,7 +9,7 @@ in memory). Anything with the members of :class:`PredictionSource` works too.
 from __future__ import annotations
 
 import os
-from typing import Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -33,7 +33,8 @@ class PredictionSource(Protocol):
             raises :class:`~saver_search.errors.UnknownModel`.
 
     A source may also have ``sample_ids``, an ``(n,)`` array of unique ids that becomes part of a study's data
-    fingerprint.
+    fingerprint; ``n_classes``, the number of classes (default: the largest label + 1); and ``logits(name)``, a
+    model's ``(n, classes)`` logits when its ``meta.has_logits`` (exact committees and entropy, temperature scaling).
     """
 
     @property
@@ -60,11 +61,14 @@ class ArraySource:
     simulated = False
 
     def __init__(self, labels: np.ndarray, models: Mapping[str, ModelPredictions], description: str,
-                 sample_ids: np.ndarray | None = None) -> None:
+                 sample_ids: np.ndarray | None = None, n_classes: int | None = None,
+                 logits: Mapping[str, np.ndarray] | None = None) -> None:
         self.labels = labels
         self.sample_ids = sample_ids
         self.description = description
+        self.n_classes = n_classes if n_classes is not None else int(np.max(labels)) + 1
         self._models = dict(models)
+        self._logits = dict(logits or {})
 
     @classmethod
     def from_arrays(cls, labels: Sequence[int] | np.ndarray, models: Mapping[str, tuple[np.ndarray, float]], *,
@@ -94,36 +98,45 @@ class ArraySource:
         try:
             labels = validate_labels(labels, n_classes)
             built = {name: cls._model(name, outputs, gmacs, labels.size, n_classes) for name, (outputs, gmacs) in models.items()}
+            logits = {name: predictions.logits for name, (predictions, _) in built.items() if predictions.logits is not None}
         except SaverSearchError as err:
             raise InvalidParameter("models" if "model '" in str(err) else "labels", str(err)) from None
         ids = None if sample_ids is None else np.asarray(sample_ids, dtype=str)
         if ids is not None and (ids.shape != labels.shape or np.unique(ids).size != ids.size):
             raise InvalidParameter("sample_ids", f"must be {labels.size} unique ids, one per label")
-        return cls(labels, built, description, ids)
+        return cls(labels, {name: model for name, (_, model) in built.items()}, description, ids, n_classes, logits)
 
     @staticmethod
-    def _model(name: str, outputs: np.ndarray, gmacs: float, n: int, n_classes: int) -> ModelPredictions:
-        from saver_search.importers import predictions_from_matrix
+    def _model(name: str, outputs: np.ndarray, gmacs: float, n: int, n_classes: int) -> tuple[Any, ModelPredictions]:
+        """The importer's predictions (which keep logits, if given) and the model's top-k."""
+        from saver_search.importers import Predictions, predictions_from_matrix
 
         outputs = np.asarray(outputs)
         if outputs.ndim == 1 and np.issubdtype(outputs.dtype, np.integer):
-            classes, probs = outputs[None, :], np.zeros((1, outputs.size))
+            predictions = Predictions(outputs[None, :], np.zeros((1, outputs.size)))
         elif outputs.ndim == 2:
             if outputs.shape[1] != n_classes:
                 raise SaverSearchError(f"model '{name}': outputs have {outputs.shape[1]} classes, the data {n_classes}")
             predictions = predictions_from_matrix(outputs, f"model '{name}'")
-            classes, probs = predictions.classes, predictions.probs
         else:
             raise SaverSearchError(f"model '{name}': outputs must be (n, classes) probabilities or logits, or (n,) "
                                    f"integer classes; got {outputs.dtype} of shape {outputs.shape}")
         if not (np.isfinite(gmacs) and gmacs > 0):
             raise SaverSearchError(f"model '{name}': cost must be a positive number of GMACs, got {gmacs}")
-        classes, probs = validate_topk(classes, probs, n, n_classes, name)
-        return ModelPredictions(ModelMeta(name=name, gmacs=float(gmacs), k=classes.shape[0], source="arrays", created=""),
-                                classes, probs)
+        classes, probs = validate_topk(predictions.classes, predictions.probs, n, n_classes, name)
+        meta = ModelMeta(name=name, gmacs=float(gmacs), k=classes.shape[0], source="arrays", created="",
+                         has_logits=predictions.logits is not None)
+        return predictions, ModelPredictions(meta, classes, probs)
 
     def model_names(self) -> list[str]:
         return list(self._models)
+
+    def logits(self, name: str) -> np.ndarray:
+        """A model's logits, kept when it was given as logits."""
+        name = self.resolve(name)
+        if name not in self._logits:
+            raise SaverSearchError(f"model '{name}' was given without logits")
+        return self._logits[name]
 
     def model(self, name: str) -> ModelPredictions:
         return self._models[self.resolve(name)]

@@ -1,4 +1,13 @@
-"""Search spaces: which candidates, how many stages, threshold mode and range, sampler, trials (YAML)."""
+"""Search spaces: which candidates, how many stages, committees, scores, threshold mode and range, sampler,
+trials (YAML).
+
+Two shapes of search. **Pairs** (the default: 2 stages, single models, score ``maxprob``): one trial per candidate,
+its threshold solved exactly (or sampled, ``threshold.mode: sampled``). **Cascades** (``stages: {min: 2, max: 4}``,
+``committees: {members: 2}`` or any other score): Optuna chooses the number of stages, each stage's model(s) and the
+score; the thresholds of all but the last stage before the target come from a grid of ``threshold.grid`` values in
+(low, high], the last one is solved exactly on the images that reach it. Every pair is queued first, so a cascade
+search never does worse than the pair search of the same candidates.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +16,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from math import comb
+
 from saver_search.errors import SaverSearchError
 from saver_search.naming import split_name
+from saver_search.scores import DEFAULT_SCORE, SCORES
 
 ThresholdMode = Literal["exact", "sampled"]
 SamplerName = Literal["auto", "tpe", "random", "nsga2"]
 THRESHOLD_MODES: tuple[ThresholdMode, ...] = ("exact", "sampled")
 SAMPLERS: tuple[SamplerName, ...] = ("auto", "tpe", "random", "nsga2")  # exact mode queues every candidate once
 DEFAULT_SPACE_NAME = "default.yaml"  # in search_spaces/, shipped as the package saver_search.search_spaces
+STAGE_RANGE = (2, 4)
+MAX_MEMBERS = 3
+DEFAULT_GRID = 20
 
 
 @dataclass(frozen=True)
@@ -41,14 +56,23 @@ class SearchSpace:
     """Everything a search explores besides the data, the target and the budget."""
 
     candidates: CandidateFilter = field(default_factory=CandidateFilter)
-    stages: int = 2
+    min_stages: int = 2
+    max_stages: int = 2
+    committee_members: int = 1
+    scores: tuple[str, ...] = (DEFAULT_SCORE,)
     threshold_mode: ThresholdMode = "exact"
     threshold_low: float = 0.0
     threshold_high: float = 1.0
+    threshold_grid: int = DEFAULT_GRID
     sampler: SamplerName = "auto"
     trials: int | None = None
     seed: int = 0
     source: str = "built-in defaults"
+
+    @property
+    def cascades(self) -> bool:
+        """Whether this space searches cascades (more stages, committees or other scores) rather than pairs."""
+        return self.max_stages > 2 or self.min_stages > 2 or self.committee_members > 1 or self.scores != (DEFAULT_SCORE,)
 
     def with_overrides(self, **changes: Any) -> "SearchSpace":
         """A copy with the given fields replaced, skipping those given as None."""
@@ -76,7 +100,20 @@ def _number(value: Any, where: str, key: str) -> float:
 
 
 def _check_space(space: SearchSpace, where: str) -> None:
-    _expect(space.stages == 2, where, "stages", f"must be 2 (two-stage cascades are searched for now), got {space.stages}")
+    low, high = STAGE_RANGE
+    _expect(low <= space.min_stages <= space.max_stages <= high, where, "stages",
+            f"must be between {low} and {high} stages (the target is the last), min <= max; got "
+            f"{space.min_stages}..{space.max_stages}")
+    _expect(1 <= space.committee_members <= MAX_MEMBERS, where, "committees.members",
+            f"must be 2 or {MAX_MEMBERS} (the most models a committee stage averages), got {space.committee_members}")
+    _expect(bool(space.scores), where, "score", f"must name at least one score ({', '.join(SCORES)})")
+    for name in space.scores:
+        _expect(name in SCORES, where, "score", f"names unknown score '{name}'; known: {', '.join(SCORES)}")
+    _expect(2 <= space.threshold_grid <= 1000, where, "threshold.grid",
+            f"must be an integer in 2..1000 (values tried for earlier stages' thresholds), got {space.threshold_grid}")
+    _expect(not (space.cascades and space.threshold_mode == "sampled"), where, "threshold.mode",
+            "must be exact for cascade searches (more than 2 stages, committees or scores other than maxprob): "
+            "the last threshold is solved exactly, earlier ones come from threshold.grid")
     _expect(space.threshold_mode in THRESHOLD_MODES, where, "threshold.mode",
             f"must be one of {', '.join(THRESHOLD_MODES)}, got {space.threshold_mode!r}")
     _expect(0.0 <= space.threshold_low < space.threshold_high <= 1.0, where, "threshold.low/high",
@@ -87,9 +124,56 @@ def _check_space(space: SearchSpace, where: str) -> None:
             f"must be > 0 (e.g. 0.5: candidates cost at most half the target), got {space.candidates.max_relative_cost}")
 
 
-KNOWN_KEYS = {"candidates", "stages", "threshold", "sampler", "trials", "seed"}
+KNOWN_KEYS = {"candidates", "stages", "committees", "score", "threshold", "sampler", "trials", "seed"}
 CANDIDATE_KEYS = {"include", "exclude", "pretrained_tags", "max_relative_cost"}
-THRESHOLD_KEYS = {"mode", "low", "high"}
+THRESHOLD_KEYS = {"mode", "low", "high", "grid"}
+STAGES_KEYS = {"min", "max"}
+COMMITTEE_KEYS = {"members"}
+
+
+def _integer(value: Any, where: str, key: str) -> int:
+    _expect(isinstance(value, int) and not isinstance(value, bool), where, key, f"must be an integer, got {value!r}")
+    return int(value)
+
+
+def _stages(value: Any, where: str) -> tuple[int, int]:
+    """``stages: 3`` or ``stages: {min: 2, max: 4}``."""
+    if isinstance(value, dict):
+        _check_keys(value, STAGES_KEYS, where, "stages.")
+        return _integer(value.get("min", 2), where, "stages.min"), _integer(value.get("max", 2), where, "stages.max")
+    count = _integer(value, where, "stages")
+    return count, count
+
+
+def _committee_members(value: Any, where: str) -> int:
+    """``committees: {members: 2}``; absent or null: single models only."""
+    if value is None:
+        return 1
+    _expect(isinstance(value, dict), where, "committees", "must be a mapping such as {members: 2}")
+    _check_keys(value, COMMITTEE_KEYS, where, "committees.")
+    members = _integer(value.get("members", 2), where, "committees.members")
+    _expect(members != 1, where, "committees.members",
+            "is 1: a committee of one model is a single model; leave committees out, or set members to 2 or 3")
+    return members
+
+
+def _scores(value: Any, where: str) -> tuple[str, ...]:
+    names = [value] if isinstance(value, str) else value
+    _expect(isinstance(names, list) and all(isinstance(n, str) for n in names), where, "score",
+            f"must be a score name or a list of them ({', '.join(SCORES)}), got {value!r}")
+    return tuple(names)
+
+
+def cascade_count(n_candidates: int, min_stages: int, max_stages: int, committee_members: int, grid: int,
+                  n_scores: int) -> int:
+    """How many cascades a space holds, counting each earlier-stage threshold on its grid and the last free one
+    as one (it is tested in sequence): the number of tests the guarantee is spread over (Bonferroni).
+
+    Stage options: every set of 1..``committee_members`` candidates; a cascade of k stages picks k - 1 distinct
+    options (run in increasing cost) and k - 2 grid thresholds.
+    """
+    options = sum(comb(n_candidates, size) for size in range(1, committee_members + 1))
+    return n_scores * sum(comb(options, k - 1) * grid ** (k - 2) for k in range(min_stages, max_stages + 1))
 
 
 def _check_keys(data: dict, known: set[str], where: str, prefix: str = "") -> None:
@@ -121,8 +205,7 @@ def parse_space(data: Any, where: str) -> SearchSpace:
             f"must be a positive integer or null, got {trials!r}")
     seed = data.get("seed", 0)
     _expect(isinstance(seed, int) and not isinstance(seed, bool), where, "seed", f"must be an integer, got {seed!r}")
-    stages = data.get("stages", 2)
-    _expect(isinstance(stages, int) and not isinstance(stages, bool), where, "stages", f"must be an integer, got {stages!r}")
+    min_stages, max_stages = _stages(data.get("stages", 2), where)
     mode = threshold.get("mode", "exact")
     sampler = data.get("sampler", "auto")
     space = SearchSpace(
@@ -132,10 +215,14 @@ def parse_space(data: Any, where: str) -> SearchSpace:
             pretrained_tags=_patterns(cand.get("pretrained_tags", ["*"]), where, "candidates.pretrained_tags"),
             max_relative_cost=_number(cand.get("max_relative_cost", 1.0), where, "candidates.max_relative_cost"),
         ),
-        stages=stages,
+        min_stages=min_stages,
+        max_stages=max_stages,
+        committee_members=_committee_members(data.get("committees"), where),
+        scores=_scores(data.get("score", DEFAULT_SCORE), where),
         threshold_mode=str(mode),  # type: ignore[arg-type]  (checked below)
         threshold_low=_number(threshold.get("low", 0.0), where, "threshold.low"),
         threshold_high=_number(threshold.get("high", 1.0), where, "threshold.high"),
+        threshold_grid=_integer(threshold.get("grid", DEFAULT_GRID), where, "threshold.grid"),
         sampler=str(sampler),  # type: ignore[arg-type]  (checked below)
         trials=trials,
         seed=seed,

@@ -74,7 +74,7 @@ class StudySpec:
     cost: str
     threshold_mode: str
     threshold_range: tuple[float, float]
-    stages: int
+    stages: tuple[int, int]
     objectives: tuple[str, ...]
     directions: tuple[str, ...]
     sampler: str
@@ -85,15 +85,23 @@ class StudySpec:
     bound: str
     data: str
     format: int = SPEC_FORMAT
+    committee_members: int = 1
+    scores: tuple[str, ...] = ("maxprob",)
+    threshold_grid: int = 20
 
     @property
     def pareto(self) -> bool:
         return len(self.objectives) > 1
 
     @property
+    def cascades(self) -> bool:
+        """A cascade search (more stages, committees or other scores; see :mod:`saver_search.space`)."""
+        return self.stages != (2, 2) or self.committee_members > 1 or self.scores != ("maxprob",)
+
+    @property
     def exact(self) -> bool:
         """Exact mode: one trial per candidate, its threshold solved from the calibration curve."""
-        return self.threshold_mode == "exact" and not self.pareto
+        return self.threshold_mode == "exact" and not self.pareto and not self.cascades
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -101,8 +109,11 @@ class StudySpec:
     @classmethod
     def from_json(cls, text: str) -> "StudySpec":
         data = json.loads(text)
-        for key in ("threshold_range", "objectives", "directions", "candidates"):
-            data[key] = tuple(data[key])
+        for key in ("threshold_range", "objectives", "directions", "candidates", "scores"):
+            if key in data:
+                data[key] = tuple(data[key])
+        stages = data["stages"]
+        data["stages"] = (stages, stages) if isinstance(stages, int) else tuple(stages)  # format 2: an int
         return cls(**data)
 
     def check_resumes(self, stored: "StudySpec", study_name: str) -> None:
@@ -296,11 +307,12 @@ def read_info(study: optuna.Study) -> StudyInfo | None:
 
 
 def create_or_load(storage: BaseStorage, study_name: str, spec: StudySpec, info: StudyInfo,
-                   sampler: optuna.samplers.BaseSampler) -> tuple[optuna.Study, bool]:
+                   sampler: optuna.samplers.BaseSampler, queue: Sequence[dict[str, Any]] = ()) -> tuple[optuna.Study, bool]:
     """Create the study with its spec, or load it and check that its spec equals ``spec``.
 
-    Exactly one of several concurrent callers creates it: that one queues every candidate (exact mode), then
-    writes the info and the spec, last, which marks the study ready. The others wait for the spec.
+    Exactly one of several concurrent callers creates it: that one queues every candidate (exact mode) or the
+    trials of ``queue`` (their parameters), then writes the info and the spec, last, which marks the study ready.
+    The others wait for the spec.
     Returns the study and whether this call created it.
     """
     directions = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]
@@ -313,6 +325,8 @@ def create_or_load(storage: BaseStorage, study_name: str, spec: StudySpec, info:
     if created:
         if spec.exact:
             enqueue_candidates(study, spec.candidates)
+        for params in queue:
+            study.enqueue_trial(params, user_attrs={QUEUED_ATTR: True})
         study.set_user_attr(INFO_ATTR, info.to_json())
         study.set_user_attr(SPEC_ATTR, spec.to_json())
         return study, True

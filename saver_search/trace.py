@@ -76,7 +76,7 @@ def load_trace(study: optuna.Study) -> SearchTrace:
         )
     curves: dict[str, ThresholdCurve] = {}
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        candidate = trial.params.get("candidate")
+        candidate = trial.params.get("candidate", trial.params.get("stage0_m0"))  # a pair search, or a cascade search's pairs
         if "curve" in trial.user_attrs and candidate not in curves:
             curves[candidate] = ThresholdCurve(candidate=candidate, **trial.user_attrs["curve"])
     return SearchTrace(study_name=study.study_name, spec=spec, info=info, outcomes=outcomes, curves=curves)
@@ -113,15 +113,18 @@ FRAME_FIGURES = ("accuracy", "drop", "gmacs", "reduction", "exit_ratio", "latenc
 
 
 def trials_frame(trace: SearchTrace) -> "pd.DataFrame":
-    """All trials as a DataFrame indexed by trial number (needs pandas): candidate, threshold, feasible, the
-    calibration figures as ``cal_*`` and the held-out ones as ``test_*`` (NaN in-sample), and the bootstrap
+    """All trials as a DataFrame indexed by trial number (needs pandas): the cascade (its stages joined by " -> ",
+    their number, the first stage as ``candidate``), the score, the thresholds (``threshold``: the first), feasible,
+    the calibration figures as ``cal_*`` and the held-out ones as ``test_*`` (NaN in-sample), and the bootstrap
     interval of the test drop and GMACs."""
     import pandas as pd
 
     rows = []
     for outcome in trace.outcomes:
-        row = {"trial": outcome.trial, "candidate": outcome.first, "threshold": outcome.thresholds[0],
-               "feasible": outcome.feasible}
+        row = {"trial": outcome.trial, "cascade": " -> ".join(outcome.stages), "stages": len(outcome.stages),
+               "candidate": outcome.first, "score": outcome.cascade.score,
+               "threshold": outcome.thresholds[0] if outcome.thresholds else math.nan,
+               "thresholds": ", ".join(f"{t:.4f}" for t in outcome.thresholds), "feasible": outcome.feasible}
         for prefix, figures in (("cal", outcome.calibration), ("test", outcome.test)):
             for name in FRAME_FIGURES:
                 row[f"{prefix}_{name}"] = math.nan if figures is None or getattr(figures, name) is None \

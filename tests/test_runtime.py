@@ -103,7 +103,7 @@ def test_real_weights_same_answer_offline_and_online(photos: Path, tmp_path: Pat
     assert searched.returncode == 0, searched.stderr
     result = json.loads(searched.stdout)
     cascade = CascadeFile.load(tmp_path / "cascade.json")
-    assert [s.model for s in cascade.stages] == result["best"]["stages"] and len(cascade.stages) == 2
+    assert [s.model for s in cascade.stages] == [s["models"][0] for s in result["best"]["stages"]] and len(cascade.stages) == 2
     assert cascade.stages[0].provenance.weights == "checkpoint"
     assert cascade.stages[0].provenance.data_config["input_size"] == [3, 224, 224]
     assert cascade.stages[1].provenance.data_config["input_size"] == [3, 260, 260]

@@ -207,7 +207,10 @@ def test_cli_json_has_the_documented_fields(store):
         assert {"images", "accuracy", "drop", "gmacs", "reduction", "exit_ratio"} <= set(payload["best"][part])
     assert {"level", "drop", "gmacs"} <= set(payload["best"]["interval"])
     assert payload["figures"] == "test (held-out)" and payload["simulated"] is False
-    assert payload["guarantee"] == {"level": 0.95, "bound": "betting", "tests": 3}
+    assert payload["guarantee"] == {"level": 0.95, "bound": "betting", "tests": 3, "covers": "candidates"}
+    stages = payload["best"]["stages"]
+    assert [s["models"] for s in stages][-1] == ["big_t.x"] and stages[-1]["threshold"] is None
+    assert abs(sum(s["exit_share"] for s in stages) - 1) < 1e-6 and stages[0]["own_gmacs"] > 0
     figures = [payload["best"]["test"], payload["best"]["calibration"]]
     assert all(0 <= f[key] <= 1 for f in figures for key in ("accuracy", "exit_ratio", "reduction"))  # fractions
     assert 0 <= payload["target"]["accuracy"] <= 1 and payload["max_drop"] == 0.02 and "fractions" in payload["units"]

@@ -247,7 +247,7 @@ def test_a_study_without_spec_reports_but_does_not_resume(store, tmp_path):
 
 def test_spec_round_trips_and_names_the_first_difference():
     spec = StudySpec(target="t", max_drop=0.5, cost="gmacs", threshold_mode="exact", threshold_range=(0.0, 1.0),
-                     stages=2, objectives=("gmacs",), directions=("minimize",), sampler="queue", candidates=("a", "b"),
+                     stages=(2, 2), objectives=("gmacs",), directions=("minimize",), sampler="queue", candidates=("a", "b"),
                      calibration=0.5, split_seed=0, guarantee=0.95, bound="betting", data="sha256:x")
     assert StudySpec.from_json(spec.to_json()) == spec
     with pytest.raises(StudyMismatch) as error:
