@@ -91,8 +91,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 # Python parameters (and study keys) that are not named like the flag that sets them.
 FLAGS = {"overwrite": "--force", "force": "--force", "labels_path": "--labels", "labels_csv": "--labels",
          "root": "--images", "path": "--data", "store_path": "--data", "skip_unreadable": "--on-corrupt skip",
-         "n_classes": "--num-classes", "exit_index": "--exit", "checkpoints": "--checkpoint NAME=FILE", "threshold_mode": "--threshold", "objectives": "--pareto", "directions": "--pareto"}
-NOT_FLAGS = {"threshold_range": "the space's threshold.low/high", "stages": "the space's stages",
+         "n_classes": "--num-classes", "exit_index": "--exit", "checkpoints": "--checkpoint NAME=FILE", "threshold_mode": "--threshold", "objectives": "--pareto", "directions": "--pareto",
+         "scores": "--score", "committee_members": "--committee"}
+NOT_FLAGS = {"threshold_range": "the space's threshold.low/high", "threshold_grid": "the space's threshold.grid",
              "format": "the saver_search version"}
 
 
@@ -109,6 +110,10 @@ def _flag_value(key: str, value: object) -> str:
         return "--pareto" if isinstance(value, (list, tuple)) and len(value) > 1 else "no --pareto"
     if value is None:
         return {"calibration": "all", "guarantee": "none"}.get(key, "none")
+    if key == "stages" and isinstance(value, (list, tuple)):
+        return f"{value[0]}..{value[1]}" if value[0] != value[1] else str(value[0])
+    if key == "scores" and isinstance(value, (list, tuple)):
+        return ",".join(value)
     return str(value)
 
 

@@ -46,6 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--sampler", choices=SAMPLERS, help="sampler of sampled thresholds (auto: TPE); exact mode "
                         "evaluates every candidate once")
     parser.add_argument("--seed", type=int, help="sampler seed (default: from the space)")
+    parser.add_argument("--stages", help="stages of a cascade, the target last: 2 (pairs, default), 3, or a range "
+                        "such as 2..4 (Optuna chooses; every pair is tried first)")
+    parser.add_argument("--committee", type=int, metavar="N", help="let a stage be a committee of up to N models "
+                        "(2 or 3) answering with their mean probabilities; a model an earlier stage ran is not paid again")
+    parser.add_argument("--score", help="score the stages exit on: maxprob (default), margin, entropy, maxprob_t "
+                        "(temperature-scaled, needs logits), or a comma-separated list for Optuna to choose from")
     parser.add_argument("--cost", choices=("gmacs", "latency"), default="gmacs",
                         help="minimise GMACs per image (default) or latency measured here (cached; see `costs --measure`)")
     parser.add_argument("--latency-batch-size", type=int, default=1, help="batch size the latency is measured at")
@@ -68,7 +74,27 @@ def _space(args: argparse.Namespace) -> SearchSpace:
         raise SaverSearchError(f"--trials must be a positive integer, got {args.trials}")
     space = SearchSpace(source="every model of the store") if args.space is None and args.data is not None \
         else load_space(args.space)
-    return space.with_overrides(trials=args.trials, threshold_mode=args.threshold, sampler=args.sampler, seed=args.seed)
+    low, high = _stage_range(args.stages) if args.stages is not None else (None, None)
+    if args.committee is not None and args.committee == 1:
+        raise InvalidParameter("committee_members", "is 1: a committee of one model is a single model; leave "
+                               "--committee out, or give 2 or 3")
+    scores = tuple(s.strip() for s in args.score.split(",") if s.strip()) if args.score is not None else None
+    if scores == ():
+        raise InvalidParameter("scores", "is empty: give a score name such as maxprob, or leave it out")
+    return space.with_overrides(trials=args.trials, threshold_mode=args.threshold, sampler=args.sampler, seed=args.seed,
+                                min_stages=low, max_stages=high, committee_members=args.committee, scores=scores)
+
+
+def _stage_range(text: str) -> tuple[int, int]:
+    """``3`` or ``2..4``."""
+    parts = text.split("..")
+    try:
+        low, high = (int(parts[0]), int(parts[-1])) if len(parts) <= 2 else (None, None)
+    except ValueError:
+        low = high = None
+    if low is None or high is None:
+        raise InvalidParameter("stages", f"must be a number of stages such as 3, or a range such as 2..4; got {text!r}")
+    return low, high
 
 
 def run(args: argparse.Namespace) -> int | None:

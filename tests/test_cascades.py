@@ -1,0 +1,207 @@
+"""k-stage cascades, committees and scores: exact solving against brute force, costs, scores, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from saver_search.cascade import CascadeSpec, evaluate_cascade, path_curve
+from saver_search.committees import StageOutputs, merged_topk, stage_outputs
+from saver_search.errors import InvalidParameter
+from saver_search.reference import brute_force
+from saver_search.results import Outcome
+from saver_search.scores import SCORES, fit_temperature, get_score, softmax
+from saver_search.search import run_search
+from saver_search.sources import ArraySource
+from saver_search.space import SearchSpace, cascade_count
+from saver_search.store import ModelMeta, ModelPredictions, PredictionStore, topk_from_probabilities
+
+N_CLASSES = 10
+MODELS = {"a": (0.55, 1.0), "b": (0.65, 2.0), "c": (0.72, 4.0), "d": (0.8, 8.0), "big": (0.9, 40.0)}
+
+
+def logit_source(n: int = 3000, seed: int = 0, models: dict = MODELS) -> ArraySource:
+    """Models given as logits: better models put more weight on the true class, images differ in difficulty."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, N_CLASSES, n)
+    difficulty = rng.normal(0, 1, n)
+    outputs = {}
+    for name, (skill, gmacs) in models.items():
+        logits = rng.normal(0, 1, (n, N_CLASSES))
+        logits[np.arange(n), labels] += 4 * skill - difficulty + rng.normal(0, 0.7, n)
+        outputs[name] = (logits.astype(np.float32), gmacs)
+    return ArraySource.from_arrays(labels, outputs)
+
+
+def in_sample(space: SearchSpace, source: ArraySource, max_drop: float = 1.0, **options):
+    return run_search(source, "big", max_drop, space, calibration="all", guarantee="none", **options)
+
+
+def test_path_curve_matches_the_evaluator_at_every_threshold():
+    source = logit_source()
+    labels = source.labels
+    stages = [source.model(name) for name in ("a", "b", "c", "big")]
+    for earlier in ([0.5, 0.7], [0.9, 0.3], [0.0, 1.0]):
+        curve = path_curve(stages, earlier, labels)
+        for index in range(0, len(curve.thresholds), max(len(curve.thresholds) // 50, 1)):
+            result = evaluate_cascade(stages, [*earlier, curve.boundary(index)], labels)
+            assert result.n_correct == curve.n_correct[index]
+            assert result.gmacs == pytest.approx(curve.gmacs[index])
+            assert 1 - result.exit_ratios[-1] == pytest.approx(curve.exit_ratio[index])
+
+
+def test_three_stage_search_is_within_one_percent_of_brute_force_on_the_same_grid():
+    source = logit_source()
+    space = SearchSpace(min_stages=3, max_stages=3, threshold_grid=10, trials=150)
+    result = in_sample(space, source)
+    views = {name: StageOutputs(source.model(name).predicted, source.model(name).confidence, source.gmacs(name))
+             for name in source.model_names()}
+    grid = [0.1 * step for step in range(1, 11)]
+    reference = brute_force(views, "big", source.labels, 1.0, 3, grid)
+    assert reference.evaluated == 6 * 100
+    assert len(reference.cascade.stages) == 3 and reference.gmacs < source.gmacs("big")
+    assert result.best.calibration.gmacs <= 1.01 * reference.gmacs
+    assert len(result.best.stages) == 3 and result.best.calibration.drop <= 1.0
+
+
+def test_more_stages_are_never_worse_than_pairs():
+    source = logit_source(seed=1)
+    pairs = in_sample(SearchSpace(), source)
+    up_to_four = in_sample(SearchSpace(min_stages=2, max_stages=4, trials=120), source)
+    assert up_to_four.best.calibration.gmacs <= pairs.best.calibration.gmacs + 1e-12
+    assert up_to_four.n_trials == 120 and up_to_four.guarantee is None
+
+
+def test_a_committee_pays_only_for_members_not_run_before():
+    cascade = CascadeSpec((("a",), ("a", "b"), ("big",)), (0.9, 0.8))
+    assert cascade.stage_gmacs({"a": 1.0, "b": 2.0, "big": 40.0}) == [1.0, 2.0, 40.0]
+    assert cascade.labels == ["a", "a + b", "big"]
+    source = logit_source()
+    result = in_sample(SearchSpace(min_stages=2, max_stages=3, committee_members=2, trials=150), source, 2.0)
+    spent = result.best.cascade.stage_gmacs(source.gmacs)
+    expected = sum(share * sum(spent[:i + 1]) for i, share in enumerate(result.best.calibration.stage_shares))
+    assert result.best.calibration.gmacs == pytest.approx(expected)
+
+
+def _model(name: str, probs: np.ndarray, k: int) -> ModelPredictions:
+    classes, top = topk_from_probabilities(probs, k)
+    return ModelPredictions(ModelMeta(name=name, gmacs=1.0, k=k, source="test", created=""), classes, top)
+
+
+def test_committee_merge_is_exact_when_every_class_is_listed_and_close_from_top5():
+    rng = np.random.default_rng(3)
+    probs = [softmax(rng.normal(0, 2, (500, N_CLASSES))) for _ in range(2)]
+    mean = (probs[0] + probs[1]) / 2
+    classes, merged, rest, _ = merged_topk([_model("x", p, N_CLASSES) for p in probs], N_CLASSES)
+    assert np.array_equal(classes[0], mean.argmax(axis=1))
+    assert np.allclose(merged[0], mean.max(axis=1)) and np.allclose(rest, 0)
+    top5 = stage_outputs([_model("x", p, 5) for p in probs], get_score("maxprob"), N_CLASSES, 1.0)
+    agree = np.mean(top5.predicted == mean.argmax(axis=1))
+    assert agree > 0.97 and np.abs(top5.confidence - mean.max(axis=1)).max() < 0.05
+
+
+def test_scores_from_every_class_equal_the_exact_values_and_entropy_from_top_k_bounds_it():
+    rng = np.random.default_rng(4)
+    probs = softmax(rng.normal(0, 2, (400, N_CLASSES)))
+    ordered = -np.sort(-probs, axis=1)
+    exact_entropy = -(probs * np.log(probs)).sum(axis=1)
+    full = _model("x", probs, N_CLASSES)
+    margin = stage_outputs([full], get_score("margin"), N_CLASSES, 1.0).confidence
+    assert np.allclose(margin, ordered[:, 0] - ordered[:, 1])
+    entropy = get_score("entropy")
+    assert np.allclose(entropy.oriented(stage_outputs([full], entropy, N_CLASSES, 1.0).confidence), exact_entropy)
+    from_top3 = entropy.oriented(stage_outputs([_model("x", probs, 3)], entropy, N_CLASSES, 1.0).confidence)
+    assert np.all(from_top3 >= exact_entropy - 1e-9) and not np.allclose(from_top3, exact_entropy)
+    assert set(SCORES) == {"maxprob", "margin", "entropy", "maxprob_t"}
+
+
+def test_temperature_fit_recovers_the_temperature_that_generated_the_labels():
+    rng = np.random.default_rng(5)
+    logits = rng.normal(0, 3, (20000, N_CLASSES))
+    tempered = softmax(logits, 2.5)
+    labels = (tempered.cumsum(axis=1) > rng.random((20000, 1))).argmax(axis=1)
+    assert fit_temperature(logits, labels) == pytest.approx(2.5, rel=0.08)
+
+
+def test_every_score_searches_and_records_what_it_chose():
+    source = logit_source()
+    result = in_sample(SearchSpace(scores=tuple(SCORES), trials=60), source)
+    best = result.best
+    assert best.cascade.score in SCORES and best.calibration.drop <= 1.0
+    if best.cascade.score == "maxprob_t":
+        assert set(best.cascade.temperatures) == {best.cascade.stages[0][0]}
+    assert {o.cascade.score for o in result.alternatives} <= set(SCORES)
+
+
+def test_two_stage_trials_of_older_studies_still_load():
+    figures = {"images": 10, "accuracy": 80.0, "drop": 0.5, "gmacs": 3.0, "reduction": 70.0, "exit_ratio": 0.8,
+               "latency_ms": None}
+    attrs = {"outcome": {"stages": ["a", "big"], "thresholds": [0.7], "calibration": figures, "test": None,
+                         "interval": None, "feasible": True}}
+    outcome = Outcome.from_attrs(attrs, 3)
+    assert outcome.cascade == CascadeSpec.pair("a", "big", 0.7) and outcome.stages == ["a", "big"]
+    assert outcome.calibration.shares(2) == [0.8, pytest.approx(0.2)]
+    assert Outcome.from_attrs({"outcome": outcome.to_attrs()}, 3) == outcome
+
+
+def test_cascade_count_is_the_guarantee_family():
+    assert cascade_count(10, 2, 2, 1, 20, 1) == 10
+    assert cascade_count(10, 3, 3, 1, 20, 1) == 45 * 20
+    assert cascade_count(4, 2, 3, 2, 5, 2) == 2 * (10 + 45 * 5)
+
+
+def test_cli_three_stages_json_lists_stages_as_objects(tmp_path):
+    store_path = tmp_path / "store"
+    source = logit_source(n=1500)
+    store = PredictionStore.create(store_path, [f"i{i}" for i in range(1500)], source.labels, n_classes=N_CLASSES)
+    for name in source.model_names():
+        model = source.model(name)
+        store.add_model(name, model.classes, model.probs, gmacs=model.gmacs, source="synthetic")
+    proc = run_cli("--data", store_path, "--target", "big", "--max-drop", "2", "--stages", "3", "--trials", "40",
+                   "--json", "--guarantee", "none")
+    assert proc.returncode == 0, proc.stderr
+    best = json.loads(proc.stdout)["best"]
+    assert len(best["stages"]) == 3 and best["stages"][-1]["models"] == ["big"]
+    assert [s["threshold"] is None for s in best["stages"]] == [False, False, True]
+    assert best["score"] == "maxprob" and len(best["thresholds"]) == 2
+    table = run_cli("--data", store_path, "--target", "big", "--max-drop", "2", "--stages", "3", "--trials", "40",
+                    "--guarantee", "none")
+    assert table.returncode == 0 and "stage 2" in table.stdout and "cascades covered" not in table.stdout
+
+
+def test_target_not_needed_is_said_plainly():
+    rng = np.random.default_rng(6)
+    labels = rng.integers(0, N_CLASSES, 800)
+    perfect = np.full((800, N_CLASSES), -5.0)
+    perfect[np.arange(800), labels] = 5.0
+    source = ArraySource.from_arrays(labels, {"oracle": (perfect, 1.0), "big": (perfect, 40.0), "mid": (perfect, 3.0)})
+    result = run_search(source, "big", 0.5, SearchSpace(min_stages=3, max_stages=3, trials=20), calibration="all",
+                        guarantee="none")
+    from saver_search.report import to_text
+
+    assert result.best.calibration.stage_shares[-1] == 0
+    assert "the target is not needed at this budget" in to_text(result)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--stages", "5"], "between 2 and 4"),
+    (["--stages", "1..3"], "between 2 and 4"),
+    (["--stages", "two"], "--stages"),
+    (["--committee", "1"], "a committee of one model"),
+    (["--score", "confidence"], "unknown score 'confidence'"),
+    (["--score", "maxprob_t"], "needs logits"),
+])
+def test_bad_cascade_options_are_one_line_before_any_work(args, message):
+    proc = run_cli("--target", "convnextv2_huge", "--max-drop", "0.5", *args)
+    assert proc.returncode == 2
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stdout == ""
+
+
+def test_a_score_the_data_cannot_give_names_the_model(tmp_path):
+    store = PredictionStore.create(tmp_path / "s", ["x", "y", "z"], np.array([0, 1, 0]), n_classes=2)
+    store.add_model("top1", np.array([[0, 1, 1]]), np.array([[0.9, 0.8, 0.6]]), gmacs=1.0, source="imported from a.csv")
+    store.add_model("big", np.array([[0, 1, 0]]), np.array([[0.9, 0.9, 0.9]]), gmacs=9.0, source="imported from b.csv")
+    with pytest.raises(InvalidParameter, match="'margin' needs top-2 probabilities .* model 'top1'"):
+        run_search(store, "big", 1.0, SearchSpace(scores=("margin",)), calibration="all", guarantee="none")
