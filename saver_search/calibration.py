@@ -232,14 +232,14 @@ _TESTS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray, float, float], n
 }
 
 
-def test_level(level: float, n_tests: int = 1) -> float:
+def test_level(level: float, n_tests: float = 1) -> float:
     """The error rate each threshold is tested at: the upper tail of a two-sided ``level`` interval, Bonferroni
-    over ``n_tests`` cascade structures."""
+    over ``n_tests`` cascade structures (a weighted Bonferroni divides by a share of them)."""
     return (1.0 - level) / (2 * max(n_tests, 1))
 
 
 def certify(plus: np.ndarray, minus: np.ndarray, block_sizes: np.ndarray, max_drop: float, level: float,
-            n_tests: int = 1, bound: BoundName = DEFAULT_BOUND) -> np.ndarray:
+            n_tests: float = 1, bound: BoundName = DEFAULT_BOUND) -> np.ndarray:
     """For each configuration (a column of ``plus``/``minus``), whether the upper end of ``bound``'s two-sided
     ``level`` confidence interval of the true drop lies below ``max_drop`` (see :func:`test_level`).
 

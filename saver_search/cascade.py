@@ -181,7 +181,7 @@ class ThresholdCurve:
         candidates = np.flatnonzero(feasible)
         return int(candidates[np.argmin(self.gmacs[candidates])]) if candidates.size else None
 
-    def certified_index(self, max_drop: float, level: float, block_sizes: np.ndarray, n_tests: int = 1,
+    def certified_index(self, max_drop: float, level: float, block_sizes: np.ndarray, n_tests: float = 1,
                         bound: BoundName = DEFAULT_BOUND) -> int | None:
         """Index of the lowest threshold certified by fixed-sequence testing from the highest one down; None when
         not even the highest is.

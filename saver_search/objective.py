@@ -19,7 +19,7 @@ from saver_search.committees import StageOutputs, stage_outputs
 from saver_search.results import Figures, Outcome, TargetInfo
 from saver_search.scores import fit_temperature, get_score
 from saver_search.sources import PredictionSource
-from saver_search.space import SearchSpace, cascade_count
+from saver_search.space import SearchSpace, effective_tests
 from saver_search.store import ModelPredictions
 from saver_search.study import ModelInfo
 
@@ -47,7 +47,7 @@ class CascadeObjective:
     candidate's curve (or sampled). Cascades: the trial chooses the number of stages, each stage's model(s), the
     score and the grid thresholds of all stages but the last before the target; the last is solved exactly
     (:func:`~saver_search.cascade.path_curve`, O(n log n) per trial) and, with a guarantee, certified by the same
-    fixed-sequence test, Bonferroni over every cascade the space holds (:func:`~saver_search.space.cascade_count`).
+    fixed-sequence test, weighted Bonferroni over every cascade the space holds (:func:`~saver_search.space.effective_tests`).
 
     The objective is expected GMACs per image on the calibration images, or with ``latency_ms`` (a model's
     measured milliseconds per image) expected latency. Both grow linearly with the share of images reaching
@@ -72,8 +72,10 @@ class CascadeObjective:
         self.guarantee = guarantee
         self.bound = bound
         self.latency_ms = latency_ms
-        self.n_tests = cascade_count(len(self.candidates), space.min_stages, space.max_stages, space.committee_members,
-                                     space.threshold_grid, len(space.scores)) if self.cascades else len(self.candidates)
+        self.n_tests = {k: effective_tests(len(self.candidates), space.min_stages, space.max_stages,
+                                           space.committee_members, space.threshold_grid, len(space.scores), k)
+                        for k in range(space.min_stages, space.max_stages + 1)} if self.cascades \
+            else {2: float(len(self.candidates))}
         self._parts: dict[tuple[str, str], ModelPredictions] = {}
         self._views: dict[tuple[tuple[str, ...], str, str], StageOutputs] = {}
         self._temperatures: dict[str, float] = {}
@@ -133,12 +135,13 @@ class CascadeObjective:
         cost = outcome.calibration.gmacs if outcome.calibration.latency_ms is None else outcome.calibration.latency_ms
         return (cost, outcome.calibration.accuracy) if self.pareto else cost
 
-    def _choose(self, curve: ThresholdCurve) -> tuple[int | None, int | None]:
-        """The chosen curve point and the certified one (None without a guarantee, or when none is)."""
+    def _choose(self, curve: ThresholdCurve, n_stages: int = 2) -> tuple[int | None, int | None]:
+        """The chosen curve point and the certified one (None without a guarantee, or when none is) of a cascade of
+        ``n_stages`` stages."""
         if self.guarantee is None:
             return curve.cheapest_within(self.max_drop), None
-        certified = curve.certified_index(self.max_drop, self.guarantee, self.split.block_sizes, self.n_tests,
-                                          self.bound)
+        certified = curve.certified_index(self.max_drop, self.guarantee, self.split.block_sizes,
+                                          self.n_tests[n_stages], self.bound)
         return certified, certified
 
     def _prepare(self, candidate: str) -> _Candidate:
@@ -211,7 +214,7 @@ class CascadeObjective:
         shape = CascadeSpec((*unique, (self.target,)), (*earlier, 0.0), score_name, self._fitted(unique, score_name))
         views = self.stage_views(shape, "cal")
         curve = path_curve(views, [score.oriented(t) for t in earlier], self.labels["cal"], self.split.blocks)
-        chosen, _ = self._choose(curve)
+        chosen, _ = self._choose(curve, len(views))
         index = len(curve.thresholds) - 1 if chosen is None else chosen
         last = float(score.oriented(curve.boundary(index)))
         return replace(shape, thresholds=(*earlier, last)), curve, index, chosen is not None

@@ -205,3 +205,21 @@ def test_a_score_the_data_cannot_give_names_the_model(tmp_path):
     store.add_model("big", np.array([[0, 1, 0]]), np.array([[0.9, 0.9, 0.9]]), gmacs=9.0, source="imported from b.csv")
     with pytest.raises(InvalidParameter, match="'margin' needs top-2 probabilities .* model 'top1'"):
         run_search(store, "big", 1.0, SearchSpace(scores=("margin",)), calibration="all", guarantee="none")
+
+
+def test_space_yaml_reads_cascade_keys_and_names_bad_ones():
+    from saver_search.errors import SaverSearchError
+    from saver_search.space import parse_space
+
+    space = parse_space({"stages": {"min": 2, "max": 4}, "committees": {"members": 2}, "score": ["maxprob", "margin"],
+                         "threshold": {"grid": 10}}, "s.yaml")
+    assert (space.min_stages, space.max_stages, space.committee_members, space.scores, space.threshold_grid) == \
+        (2, 4, 2, ("maxprob", "margin"), 10) and space.cascades
+    assert not parse_space({"stages": 2}, "s.yaml").cascades
+    for data, message in [({"stages": 5}, "key 'stages' must be between 2 and 4"),
+                          ({"stages": {"min": 3, "max": 2}}, "key 'stages'"),
+                          ({"committees": {"members": 1}}, "a committee of one model"),
+                          ({"score": "nope"}, "unknown score 'nope'"),
+                          ({"stages": 3, "threshold": {"mode": "sampled"}}, "must be exact for cascade searches")]:
+        with pytest.raises(SaverSearchError, match=message):
+            parse_space(data, "s.yaml")
