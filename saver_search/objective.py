@@ -186,6 +186,8 @@ class CascadeObjective:
             stages.append(tuple(sorted({trial.suggest_categorical(f"stage{i}_m{j}", self.candidates)
                                         for j in range(size)})))
         steps = [trial.suggest_int(f"t{i}", 1, space.threshold_grid) for i in range(n_stages - 2)]
+        if len(set(stages)) + 1 < space.min_stages:  # a stage chosen twice: fewer stages than the space allows
+            raise optuna.TrialPruned(f"a stage was chosen twice: fewer than {space.min_stages} stages")
         cascade, curve, index, feasible = self.solve(stages, steps, score_name)
         if feasible:
             over = 0.0

@@ -223,3 +223,9 @@ def test_space_yaml_reads_cascade_keys_and_names_bad_ones():
                           ({"stages": 3, "threshold": {"mode": "sampled"}}, "must be exact for cascade searches")]:
         with pytest.raises(SaverSearchError, match=message):
             parse_space(data, "s.yaml")
+
+
+def test_a_stage_chosen_twice_below_the_minimum_is_pruned_not_an_error():
+    source = logit_source(models={"a": (0.55, 1.0), "b": (0.7, 3.0), "big": (0.9, 40.0)})
+    result = in_sample(SearchSpace(min_stages=3, max_stages=3, trials=30), source, 2.0)
+    assert all(len(o.stages) == 3 for o in [result.best, *result.alternatives] if not o.target_alone)
