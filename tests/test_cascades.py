@@ -229,3 +229,13 @@ def test_a_stage_chosen_twice_below_the_minimum_is_pruned_not_an_error():
     source = logit_source(models={"a": (0.55, 1.0), "b": (0.7, 3.0), "big": (0.9, 40.0)})
     result = in_sample(SearchSpace(min_stages=3, max_stages=3, trials=30), source, 2.0)
     assert all(len(o.stages) == 3 for o in [result.best, *result.alternatives] if not o.target_alone)
+
+
+def test_a_study_resumed_with_other_stages_is_refused(tmp_path):
+    from saver_search.errors import StudyMismatch
+
+    source = logit_source(n=600)
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    in_sample(SearchSpace(), source, storage=storage, study_name="s")
+    with pytest.raises(StudyMismatch, match="stages"):
+        in_sample(SearchSpace(min_stages=2, max_stages=3, trials=5), source, storage=storage, study_name="s")
