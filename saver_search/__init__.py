@@ -11,8 +11,8 @@ Searching::
 
 Sources: :class:`ArraySource` (your arrays), :class:`PredictionStore` (a folder), :class:`SimulatedZoo` (the
 embedded default), :func:`open_source`; :class:`PredictionSource` is the contract. Studies and traces:
-:func:`load_study`, :func:`summarise`, :func:`load_trace`, :func:`open_storage`. Cascades: :func:`evaluate_cascade`,
-:func:`threshold_curve`. Costs: :func:`get_cost`. Every error is a :class:`SaverSearchError`.
+:func:`load_study`, :func:`summarise`, :func:`load_trace`, :func:`open_storage`. Cascades: :class:`CascadeSpec`,
+:func:`evaluate_cascade`, :func:`threshold_curve`, :func:`path_curve`; scores: :data:`SCORES`, :func:`get_score`. Costs: :func:`get_cost`. Every error is a :class:`SaverSearchError`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ _EXPORTS = {
     "SimulatedZoo": "simulate",
     # cascades, results, the guarantee
     "evaluate_cascade": "cascade", "threshold_curve": "cascade", "CascadeResult": "cascade", "ThresholdCurve": "cascade",
+    "CascadeSpec": "cascade", "path_curve": "cascade", "SCORES": "scores", "get_score": "scores",
     "Outcome": "results", "Figures": "results",
     "Interval": "calibration", "SplitInfo": "calibration", "BOUNDS": "calibration",
     # studies and traces
@@ -66,7 +67,8 @@ if TYPE_CHECKING:  # noqa: F401 (for type checkers and IDEs; at run time names l
     from saver_search.calibration import BOUNDS, Interval, SplitInfo
     from saver_search.cascade_file import CascadeFile
     from saver_search.runtime import CascadeClassifier
-    from saver_search.cascade import CascadeResult, ThresholdCurve, evaluate_cascade, threshold_curve
+    from saver_search.cascade import CascadeResult, CascadeSpec, ThresholdCurve, evaluate_cascade, path_curve, threshold_curve
+    from saver_search.scores import SCORES, get_score
     from saver_search.costs import ModelCost, get_cost
     from saver_search.errors import CorruptStore, InvalidParameter, SaverSearchError, StudyMismatch, UnknownModel
     from saver_search.results import Figures, GuaranteeInfo, Outcome, TargetInfo
