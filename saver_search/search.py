@@ -178,7 +178,7 @@ def check_score_inputs(source: PredictionSource, names: Sequence[str], scores: S
 
 def default_study_name(spec: StudySpec) -> str:
     """A readable name that differs whenever the spec does, so a changed command starts a new study."""
-    kind = "pareto" if spec.pareto else spec.threshold_mode
+    kind = "pareto" if spec.pareto else "cascades" if spec.cascades else spec.threshold_mode
     digest = hashlib.sha256(spec.to_json().encode()).hexdigest()[:10]
     return f"{spec.target} | max-drop {spec.max_drop:g} | {kind} | {digest}"
 
