@@ -27,7 +27,7 @@ import time
 
 import optuna
 
-from saver_search.committees import StageOutputs
+from saver_search.cascade import StageOutputs
 from saver_search.reference import brute_force
 from saver_search.search import run_search
 from saver_search.simulate import SimulatedZoo

@@ -34,6 +34,16 @@ class Stage(Protocol):
 
 
 @dataclass(frozen=True)
+class StageOutputs:
+    """One stage on a set of images: its answer, its oriented score (higher: surer) and its own cost, the GMACs of
+    the members no earlier stage ran. The concrete :class:`Stage` (see :mod:`saver_search.committees`)."""
+
+    predicted: np.ndarray
+    confidence: np.ndarray
+    gmacs: float
+
+
+@dataclass(frozen=True)
 class CascadeSpec:
     """One cascade, the one type from the objective to the JSON: stages first to last (each a tuple of member
     models, the target alone last), the score every stage exits on (:mod:`saver_search.scores`), the threshold of
@@ -263,13 +273,6 @@ def threshold_curve(first: Stage, target: Stage, labels: np.ndarray, blocks: np.
     )
 
 
-@dataclass(frozen=True)
-class _Part:
-    predicted: np.ndarray
-    confidence: np.ndarray
-    gmacs: float
-
-
 def path_curve(stages: Sequence[Stage], thresholds: Sequence[float], labels: np.ndarray,
                blocks: np.ndarray | None = None) -> ThresholdCurve:
     """The curve of a k-stage cascade over the threshold of its last stage but one, the earlier ``thresholds``
@@ -304,8 +307,8 @@ def path_curve(stages: Sequence[Stage], thresholds: Sequence[float], labels: np.
         return ThresholdCurve(thresholds=np.array([0.0]), n_exit=np.array([n]), gmacs=np.array([early_cost / n]),
                               n_samples=n, target_correct=int(target_right.sum()), plus=plus0, minus=minus0)
     curve = threshold_curve(
-        _Part(np.asarray(second.predicted)[reach], np.asarray(second.confidence)[reach], float(cumulative[-2])),
-        _Part(np.asarray(target.predicted)[reach], np.asarray(target.confidence)[reach], float(target.gmacs)),
+        StageOutputs(np.asarray(second.predicted)[reach], np.asarray(second.confidence)[reach], float(cumulative[-2])),
+        StageOutputs(np.asarray(target.predicted)[reach], np.asarray(target.confidence)[reach], float(target.gmacs)),
         labels[reach], block[reach], n_blocks,
     )
     n_reach = n - n_early

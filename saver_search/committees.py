@@ -8,23 +8,13 @@ every class all members listed and approximate otherwise. With every member's lo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
+from saver_search.cascade import StageOutputs
 from saver_search.scores import Score, softmax
 from saver_search.store import ModelPredictions
-
-
-@dataclass(frozen=True)
-class StageOutputs:
-    """One stage on a set of images: its answer, its oriented score (higher: surer) and its own cost, the GMACs of
-    the members no earlier stage ran. Fits :class:`saver_search.cascade.Stage`."""
-
-    predicted: np.ndarray
-    confidence: np.ndarray
-    gmacs: float
 
 
 def _unlisted(model: ModelPredictions, n_classes: int) -> tuple[np.ndarray, int]:

@@ -13,9 +13,9 @@ import optuna
 
 from saver_search.calibration import BoundName, Split, bootstrap_interval
 from saver_search.cascade import (
-    CascadeSpec, ThresholdCurve, allowed_errors, cascade_answers, path_curve, threshold_curve,
+    CascadeSpec, StageOutputs, ThresholdCurve, allowed_errors, cascade_answers, path_curve,
 )
-from saver_search.committees import StageOutputs, stage_outputs
+from saver_search.committees import stage_outputs
 from saver_search.results import Figures, Outcome, TargetInfo
 from saver_search.scores import fit_temperature, get_score
 from saver_search.sources import PredictionSource
@@ -147,7 +147,7 @@ class CascadeObjective:
     def _prepare(self, candidate: str) -> _Candidate:
         if candidate not in self._prepared:
             pair = CascadeSpec.pair(candidate, self.target, 0.0)
-            curve = threshold_curve(*self.stage_views(pair, "cal"), self.labels["cal"], self.split.blocks)
+            curve = path_curve(self.stage_views(pair, "cal"), [], self.labels["cal"], self.split.blocks)
             chosen, certified = self._choose(curve)
             self._prepared[candidate] = _Candidate(curve, chosen, certified)
         return self._prepared[candidate]

@@ -13,8 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from saver_search.cascade import CascadeSpec, allowed_errors, evaluate_cascade
-from saver_search.committees import StageOutputs
+from saver_search.cascade import CascadeSpec, StageOutputs, allowed_errors, evaluate_cascade
 
 
 @dataclass(frozen=True)

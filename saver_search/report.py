@@ -8,6 +8,7 @@ marked "in-sample (optimistic)".
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from saver_search.results import Figures, Outcome
@@ -127,7 +128,7 @@ def _row(result: SearchResult, outcome: Outcome, latency: bool) -> list[str]:
     sizes = {row["img_size"] for row in rows}
     row = [
         " -> ".join(outcome.stages[:-1]) or outcome.first,
-        f"{own:.3g}" if rows and own == own else "-",
+        f"{own:.3g}" if rows and not math.isnan(own) else "-",  # NaN: a model the study has no cost for
         str(sizes.pop()) if len(sizes) == 1 and None not in sizes else "-",
         ", ".join(f"{t:.4f}" for t in outcome.thresholds) or "-",
         f"{100 * shown.exit_ratio:.1f}",

@@ -32,7 +32,9 @@ class Figures:
         """The share of images each of ``n_stages`` stages answers (a pair's from ``exit_ratio`` in old studies)."""
         if self.stage_shares is not None:
             return list(self.stage_shares)
-        return [self.exit_ratio, 1.0 - self.exit_ratio] if n_stages == 2 else [1.0] * (n_stages == 1)
+        if n_stages == 1:
+            return [1.0]
+        return [self.exit_ratio, 1.0 - self.exit_ratio]  # old studies hold pairs only
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from saver_search.cascade import CascadeSpec, evaluate_cascade, path_curve
-from saver_search.committees import StageOutputs, merged_topk, stage_outputs
+from saver_search.cascade import CascadeSpec, StageOutputs, evaluate_cascade, path_curve
+from saver_search.committees import merged_topk, stage_outputs
 from saver_search.errors import InvalidParameter
 from saver_search.reference import brute_force
 from saver_search.results import Outcome
