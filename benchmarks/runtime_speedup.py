@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from cache_throughput import make_images  # benchmarks/ is on sys.path when run as a script
+from saver_search.cascade import CascadeSpec
 from saver_search.compat import import_timm
 from saver_search.costs import get_cost
 from saver_search.images import list_images, load_rgb
@@ -66,7 +67,8 @@ def main() -> None:
         make_images(Path(tmp), args.images)
         dataset = list_images(tmp)
         images = [to_tensor(load_rgb(dataset.root / str(i))) for i in dataset.sample_ids]
-    probe = CascadeClassifier([first], [first_config], [])
+    models, configs = {first_tag: first, target_tag: target}, {first_tag: first_config, target_tag: target_config}
+    probe = CascadeClassifier(models, configs, CascadeSpec(((first_tag,),), ()))
     confidence = np.concatenate([probe.stage_probabilities(0, images[i:i + 32]).max(dim=1).values.double().numpy()
                                  for i in range(0, len(images), 32)])
     print(f"{first_tag} ({first_gmacs:.2f} GMACs) -> {target_tag} ({target_gmacs:.2f} GMACs), {len(images)} images, "
@@ -82,7 +84,7 @@ def main() -> None:
     verdict = None
     for share in SHARES:
         threshold = float(np.quantile(confidence, 1.0 - share))
-        cascade = CascadeClassifier([first, target], [first_config, target_config], [threshold])
+        cascade = CascadeClassifier(models, configs, CascadeSpec.pair(first_tag, target_tag, threshold))
         exits = float(np.mean(confidence > threshold))
         for size in BATCHES:
             seconds = {"cascade": 0.0, "target": 0.0, "first": 0.0}

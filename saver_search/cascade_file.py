@@ -1,9 +1,11 @@
 """``cascade.json``: what a search found, in the form a runtime loads (:mod:`saver_search.runtime`).
 
-A versioned JSON file: the stages in order (each a timm model with its provenance and own GMACs, and,
-but for the last, the confidence above which it answers), the score, and the figures the search expects. Written
-atomically by every search that asks (``--save-cascade``) and by ``export`` from a stored study; validated on load,
-every problem one line.
+A versioned JSON file: the cascade itself (``cascade.CascadeSpec``, the one cascade type: stages first to last,
+each a list of member models, the target alone last; one threshold per stage but the last, in the score's units;
+the score; fitted temperatures), every model it names once (``models``: own GMACs and how to run it), and the
+figures the search expects. Written atomically by every search that asks (``--save-cascade``) and by ``export``
+from a stored study; validated on load, every problem one line. Files of format ``saver_search.cascade/1`` (one
+model per stage, written before committees could be deployed) are still read.
 """
 
 from __future__ import annotations
@@ -13,46 +15,63 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from saver_search.cascade import CascadeSpec
 from saver_search.errors import SaverSearchError
 from saver_search.files import atomic_write_text
 from saver_search.scores import SCORES, get_score
 from saver_search.store import Provenance
 
-FORMAT = "saver_search.cascade/1"
+FORMAT = "saver_search.cascade/2"
+SINGLE_MODEL_FORMAT = "saver_search.cascade/1"
 WEIGHTS = ("hub", "checkpoint", "random")
 
 
 @dataclass(frozen=True)
-class StageFile:
-    """One stage: a timm model (``model``, a full tag), its cost, the top-1 probability above which it answers (None
-    for the last stage, which answers the rest), and how to run it (``store.Provenance``: weights "hub", "checkpoint"
-    (checked against its sha256 when recorded) or "random"; weights None: not recorded, the runtime then needs a
-    checkpoint for it; data config None: the tag's pretrained config)."""
+class ModelFile:
+    """One model a cascade runs (a full timm tag names it): its own cost and how to run it (``store.Provenance``:
+    weights "hub", "checkpoint" (checked against its sha256 when recorded) or "random"; weights None: not recorded,
+    the runtime then needs a checkpoint for it; data config None: the tag's pretrained config)."""
 
-    model: str
     gmacs: float
-    threshold: float | None
     provenance: Provenance = field(default_factory=Provenance)
-    temperature: float | None = None
 
 
 @dataclass(frozen=True)
 class CascadeFile:
-    """A cascade to deploy: stages first to last (the target last), the score they exit on, what the search expects
-    of it (``expected``: the figures and which images gave them) and the study it came from."""
+    """A cascade to deploy: the cascade, each model it names (run once per image even when several stages share
+    it), what the search expects of it (``expected``: the figures and which images gave them) and its study."""
 
-    stages: list[StageFile]
-    score: str = "maxprob"
+    cascade: CascadeSpec
+    models: dict[str, ModelFile]
     expected: dict[str, Any] = field(default_factory=dict)
     study: str | None = None
     format: str = FORMAT
 
+    def __post_init__(self) -> None:
+        missing = [m for members in self.cascade.stages for m in members if m not in self.models]
+        if missing:
+            raise SaverSearchError(f"the cascade names model '{missing[0]}' that 'models' does not describe")
+
     @property
     def thresholds(self) -> list[float]:
-        return [stage.threshold for stage in self.stages[:-1]]  # type: ignore[misc]
+        return list(self.cascade.thresholds)
+
+    @property
+    def score(self) -> str:
+        return self.cascade.score
+
+    @property
+    def labels(self) -> list[str]:
+        return self.cascade.labels
+
+    def stage_gmacs(self) -> list[float]:
+        """Each stage's own cost: its members that no earlier stage ran."""
+        return self.cascade.stage_gmacs({name: model.gmacs for name, model in self.models.items()})
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        return json.dumps({"format": self.format, "cascade": self.cascade.to_dict(),
+                           "models": {name: asdict(model) for name, model in self.models.items()},
+                           "expected": self.expected, "study": self.study}, indent=2)
 
     def save(self, path: str | Path) -> Path:
         """Write the file atomically (readers see the old file or the new one)."""
@@ -79,43 +98,67 @@ class CascadeFile:
     @classmethod
     def from_dict(cls, data: Any, where: str) -> "CascadeFile":
         if not isinstance(data, dict):
-            raise SaverSearchError(f"{where}: a cascade file is a JSON object with format, stages, score")
+            raise SaverSearchError(f"{where}: a cascade file is a JSON object with format, cascade and models")
+        if data.get("format") == SINGLE_MODEL_FORMAT:
+            data = _from_single_model_format(data, where)
         if data.get("format") != FORMAT:
-            raise SaverSearchError(f"{where} has format {data.get('format')!r}; this saver_search reads {FORMAT!r}: "
-                                   "export the cascade again with this version (`python -m saver_search export`)")
-        stages = data.get("stages")
-        if not isinstance(stages, list) or not stages:
-            raise SaverSearchError(f"{where}: 'stages' must be a non-empty list of stages, target last")
-        if data.get("score", "maxprob") not in SCORES:
-            raise SaverSearchError(f"{where}: score {data.get('score')!r} is not one of {', '.join(SCORES)}")
-        parsed = [_stage(stage, i, len(stages), where, data.get("score", "maxprob")) for i, stage in enumerate(stages)]
-        return cls(stages=parsed, score=data.get("score", "maxprob"), expected=dict(data.get("expected") or {}),
-                   study=data.get("study"))
+            raise SaverSearchError(f"{where} has format {data.get('format')!r}; this saver_search reads {FORMAT!r} "
+                                   f"and {SINGLE_MODEL_FORMAT!r}: export the cascade again with this version "
+                                   "(`python -m saver_search export`)")
+        _no_unknown(data, ("format", "cascade", "models", "expected", "study"), where)
+        cascade = _cascade(data.get("cascade"), where)
+        models = data.get("models")
+        if not isinstance(models, dict):
+            raise SaverSearchError(f"{where}: 'models' must be an object: model tag -> {{gmacs, provenance}}")
+        for index, members in enumerate(cascade.stages):
+            for name in members:
+                if name not in models:
+                    raise SaverSearchError(f"{where}: stage {index + 1} names model '{name}', which 'models' does not describe")
+        return cls(cascade=cascade, models={name: _model(entry, f"{where}: model '{name}'") for name, entry in models.items()},
+                   expected=dict(data.get("expected") or {}), study=data.get("study"))
 
 
-def _stage(data: Any, index: int, count: int, where: str, score_name: str) -> StageFile:
-    at = f"{where}: stage {index + 1} of {count}"
-    if not isinstance(data, dict):
-        raise SaverSearchError(f"{at} must be an object with model, gmacs and threshold")
-    for key in ("model", "gmacs"):
-        if key not in data:
-            raise SaverSearchError(f"{at} lacks '{key}'")
-    last = index == count - 1
-    threshold = data.get("threshold")
-    if last and threshold is not None:
-        raise SaverSearchError(f"{at} is the last stage: it answers every image that reaches it, so its threshold is null")
-    score = get_score(score_name)
-    low, high = (0.0, 1.0) if score.higher_is_surer else (0.0, float("inf"))
-    if not last and not (isinstance(threshold, (int, float)) and low <= threshold <= high):
-        raise SaverSearchError(f"{at} needs a threshold in [{low:g}, {high:g}] (the {score.describe} beyond which it "
-                               f"answers), got {threshold!r}")
-    temperature = data.get("temperature")
-    if temperature is not None and not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise SaverSearchError(f"{at}: temperature must be a positive number or null, got {temperature!r}")
-    known = {f for f in StageFile.__dataclass_fields__}
-    unknown = sorted(set(data) - known)
+def _no_unknown(data: dict, known: tuple[str, ...], at: str) -> None:
+    unknown = sorted(set(data) - set(known))
     if unknown:
         raise SaverSearchError(f"{at} has unknown field '{unknown[0]}' (known: {', '.join(sorted(known))})")
+
+
+def _cascade(data: Any, where: str) -> CascadeSpec:
+    """The ``cascade`` object, checked field by field."""
+    if not isinstance(data, dict):
+        raise SaverSearchError(f"{where}: 'cascade' must be an object with stages, thresholds and score")
+    _no_unknown(data, ("stages", "thresholds", "score", "temperatures"), f"{where}: cascade")
+    stages = data.get("stages")
+    if not isinstance(stages, list) or not stages or not all(
+            isinstance(s, list) and s and all(isinstance(m, str) for m in s) for s in stages):
+        raise SaverSearchError(f"{where}: cascade 'stages' must be a non-empty list of stages, each a non-empty list "
+                               "of model tags, the target last")
+    score_name = data.get("score", "maxprob")
+    if score_name not in SCORES:
+        raise SaverSearchError(f"{where}: score {score_name!r} is not one of {', '.join(SCORES)}")
+    score = get_score(score_name)
+    thresholds = data.get("thresholds")
+    if not isinstance(thresholds, list) or len(thresholds) != len(stages) - 1:
+        raise SaverSearchError(f"{where}: a cascade of {len(stages)} stages needs one threshold per stage but the "
+                               f"last ({len(stages) - 1}; the last answers every image that reaches it), got "
+                               f"{len(thresholds) if isinstance(thresholds, list) else thresholds!r}")
+    low, high = (0.0, 1.0) if score.higher_is_surer else (0.0, float("inf"))
+    for index, threshold in enumerate(thresholds):
+        if not (isinstance(threshold, (int, float)) and low <= threshold <= high):
+            raise SaverSearchError(f"{where}: stage {index + 1} of {len(stages)} needs a threshold in [{low:g}, {high:g}] "
+                                   f"(the {score.describe} beyond which it answers), got {threshold!r}")
+    temperatures = data.get("temperatures") or {}
+    if not isinstance(temperatures, dict) or not all(
+            isinstance(t, (int, float)) and t > 0 for t in temperatures.values()):
+        raise SaverSearchError(f"{where}: temperatures must map model tags to positive numbers, got {temperatures!r}")
+    return CascadeSpec.from_dict({**data, "temperatures": temperatures})
+
+
+def _model(data: Any, at: str) -> ModelFile:
+    if not isinstance(data, dict) or not isinstance(data.get("gmacs"), (int, float)) or data["gmacs"] < 0:
+        raise SaverSearchError(f"{at} must be an object with its own 'gmacs' (a number >= 0) and its provenance")
+    _no_unknown(data, tuple(ModelFile.__dataclass_fields__), at)
     provenance = data.get("provenance") or {}
     if not isinstance(provenance, dict) or set(provenance) - set(Provenance.__dataclass_fields__):
         raise SaverSearchError(f"{at}: provenance must be an object with {', '.join(Provenance.__dataclass_fields__)}")
@@ -123,26 +166,45 @@ def _stage(data: Any, index: int, count: int, where: str, score_name: str) -> St
         raise SaverSearchError(f"{at}: weights must be one of {', '.join(WEIGHTS)} or null, got {provenance.get('weights')!r}")
     if provenance.get("weights") == "checkpoint" and not provenance.get("checkpoint"):
         raise SaverSearchError(f"{at}: weights 'checkpoint' but no 'checkpoint' file is named")
-    return StageFile(**{**data, "provenance": Provenance(**provenance)})
+    return ModelFile(gmacs=float(data["gmacs"]), provenance=Provenance(**provenance))
+
+
+def _from_single_model_format(data: dict, where: str) -> dict:
+    """A ``saver_search.cascade/1`` file (stages: one object per model, its threshold inside) in today's layout."""
+    stages = data.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise SaverSearchError(f"{where}: 'stages' must be a non-empty list of stages, target last")
+    models, temperatures = {}, {}
+    for index, stage in enumerate(stages):
+        at = f"{where}: stage {index + 1} of {len(stages)}"
+        if not isinstance(stage, dict):
+            raise SaverSearchError(f"{at} must be an object with model, gmacs and threshold")
+        for key in ("model", "gmacs"):
+            if key not in stage:
+                raise SaverSearchError(f"{at} lacks '{key}'")
+        _no_unknown(stage, ("model", "gmacs", "threshold", "provenance", "temperature"), at)
+        if index == len(stages) - 1 and stage.get("threshold") is not None:
+            raise SaverSearchError(f"{at} is the last stage: it answers every image that reaches it, so its threshold is null")
+        models[stage["model"]] = {"gmacs": stage["gmacs"], "provenance": stage.get("provenance")}
+        if stage.get("temperature") is not None:
+            temperatures[stage["model"]] = stage["temperature"]
+    cascade = {"stages": [[stage["model"]] for stage in stages], "thresholds": [s.get("threshold") for s in stages[:-1]],
+               "score": data.get("score", "maxprob"), "temperatures": temperatures}
+    return {"format": FORMAT, "cascade": cascade, "models": models, "expected": data.get("expected"),
+            "study": data.get("study")}
 
 
 def cascade_from_result(result: Any) -> CascadeFile:
     """The cascade file of a search's best cascade (a ``SearchResult``), with the figures it reported."""
     best = result.best
-    if best.cascade.has_committee:
-        raise SaverSearchError("the best cascade has a committee stage, which the runtime cannot run yet (one model per "
-                               "stage): search without committees to deploy it")
-    stages = []
-    for i, (name,) in enumerate(best.cascade.stages):
-        info = result.models.get(name)
-        provenance = (info.provenance if info is not None else None) or Provenance()
-        if provenance.weights is None and result.simulated:
-            provenance = replace(provenance, weights="hub")  # the simulated zoo names timm's pretrained tags
-        stages.append(StageFile(
-            model=name, gmacs=info.gmacs if info is not None else result.target.gmacs,
-            threshold=best.thresholds[i] if i < len(best.thresholds) else None, provenance=provenance,
-            temperature=best.cascade.temperatures.get(name),
-        ))
+    models = {}
+    for members in best.cascade.stages:
+        for name in members:
+            info = result.models.get(name)
+            provenance = (info.provenance if info is not None else None) or Provenance()
+            if provenance.weights is None and result.simulated:
+                provenance = replace(provenance, weights="hub")  # the simulated zoo names timm's pretrained tags
+            models[name] = ModelFile(gmacs=info.gmacs if info is not None else result.target.gmacs, provenance=provenance)
     shown = best.reported
     expected = {  # shares of images as fractions, as in every JSON output
         "images": "test (held-out)" if best.test is not None else "calibration (in-sample, optimistic)",
@@ -153,4 +215,4 @@ def cascade_from_result(result: Any) -> CascadeFile:
         "max_drop": result.max_drop / 100, "simulated": result.simulated,
         "guarantee": None if result.guarantee is None else result.guarantee.level, "data": result.data,
     }
-    return CascadeFile(stages=stages, score=best.cascade.score, expected=expected, study=result.study_name)
+    return CascadeFile(cascade=best.cascade, models=models, expected=expected, study=result.study_name)

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> None:
     from saver_search.runtime import CascadeClassifier, run_on_folder
 
     cascade_file = CascadeFile.load(args.cascade)
-    checkpoints = _checkpoints(args.checkpoint, [stage.model for stage in cascade_file.stages])
+    checkpoints = _checkpoints(args.checkpoint, list(cascade_file.models))
     dataset = list_any_images(args.images, args.labels)
     cascade = CascadeClassifier.from_file(cascade_file, checkpoints=checkpoints, device=args.device, amp=args.amp)
     run_ = run_on_folder(cascade, dataset.root, [str(i) for i in dataset.sample_ids], dataset.labels.tolist(),
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _checkpoints(specs: list[str], models: list[str]) -> dict[str, Path]:
-    """``--checkpoint NAME=FILE`` as {stage model: file}; NAME is a stage's tag or architecture."""
+    """``--checkpoint NAME=FILE`` as {model: file}; NAME is the tag or architecture of a model of the cascade."""
     from saver_search.naming import split_name
 
     found: dict[str, Path] = {}
@@ -81,9 +81,9 @@ def _csv(run_: Any, cascade_file: Any, labelled: bool) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["file_name", "predicted_class", "confidence", "exit_stage", "exit_model", *(["label", "correct"] if labelled else [])])
-    models = [stage.model for stage in cascade_file.stages]
     for i, sample_id in enumerate(run_.sample_ids):
-        row = [sample_id, run_.predicted[i], f"{run_.confidence[i]:.6f}", run_.exit_stage[i], models[run_.exit_stage[i]]]
+        row = [sample_id, run_.predicted[i], f"{run_.confidence[i]:.6f}", run_.exit_stage[i],
+               cascade_file.labels[run_.exit_stage[i]]]
         if labelled:
             row += [run_.labels[i], int(run_.predicted[i] == run_.labels[i])]
         writer.writerow(row)
@@ -92,17 +92,18 @@ def _csv(run_: Any, cascade_file: Any, labelled: bool) -> str:
 
 def summary(run_: Any, cascade_file: Any, layout: str, labelled: bool) -> str:
     """What was measured, beside what the search expected."""
-    stages, n = cascade_file.stages, len(run_.sample_ids)
+    labels, own_gmacs, n = cascade_file.labels, cascade_file.stage_gmacs(), len(run_.sample_ids)
     if n == 0:
         return "no readable image: nothing was predicted"
     expected = cascade_file.expected
-    reaching = [sum(stage >= i for stage in run_.exit_stage) / n for i in range(len(stages))]
-    gmacs = sum(stage.gmacs * share for stage, share in zip(stages, reaching))
-    shares = ", ".join(f"{stage.model} {100 * sum(s == i for s in run_.exit_stage) / n:.1f} %" for i, stage in enumerate(stages))
+    reaching = [sum(stage >= i for stage in run_.exit_stage) / n for i in range(len(labels))]
+    gmacs = sum(cost * share for cost, share in zip(own_gmacs, reaching))
+    target_gmacs = cascade_file.models[cascade_file.cascade.target].gmacs
+    shares = ", ".join(f"{label} {100 * sum(s == i for s in run_.exit_stage) / n:.1f} %" for i, label in enumerate(labels))
     where = f"{expected.get('images', '?')} images{', SIMULATED' if expected.get('simulated') else ''}"
-    lines = [f"cascade: {' -> '.join(stage.model for stage in stages)}; {n} images of {layout}",
+    lines = [f"cascade: {' -> '.join(labels)}; {n} images of {layout}",
              f"exit shares: {shares}"]
-    if "exit_share" in expected and len(stages) > 1:
+    if "exit_share" in expected and len(labels) > 1:
         lines[-1] += f"  (search expected {100 * expected['exit_share']:.1f} % before the target, on {where})"
     if labelled:
         top1 = 100 * sum(p == y for p, y in zip(run_.predicted, run_.labels)) / n
@@ -114,5 +115,5 @@ def summary(run_: Any, cascade_file: Any, layout: str, labelled: bool) -> str:
     cascade_rate, target_rate = n / run_.cascade_seconds, n / run_.target_seconds
     lines.append(f"speed: cascade {cascade_rate:.1f} images/s vs target alone {target_rate:.1f} images/s on the same images: "
                  f"{run_.target_seconds / run_.cascade_seconds:.2f}x measured; GMACs predict "
-                 f"{stages[-1].gmacs / gmacs:.2f}x ({gmacs:.3g} vs {stages[-1].gmacs:.3g} GMACs/image)")
+                 f"{target_gmacs / gmacs:.2f}x ({gmacs:.3g} vs {target_gmacs:.3g} GMACs/image)")
     return "\n".join(lines)

@@ -1,13 +1,14 @@
 """Running a cascade: a ``torch.nn.Module`` that exits early, built from a cascade file.
 
-``CascadeClassifier.from_file("cascade.json")`` loads each stage's model (:mod:`saver_search.models`, as the cache
-does: hub weights, a local checkpoint checked against its recorded sha256, or seeded random init) and its data
-config. ``forward(images)`` takes raw images, uint8 ``(3, H, W)`` tensors of any size (a list, or one
-``(B, 3, H, W)`` batch): the first stage runs on all of them, and only the images it is not sure about (top-1
-probability at or below its threshold) go on to the next, gathered by index; each stage prepares its own input on
-the device (:mod:`saver_search.preprocess`: resize, crop, normalise, the same code the cache used), under
-``torch.inference_mode``, channels-last, with autocast on CUDA. Thresholds are compared in float64, like the
-search did.
+``CascadeClassifier.from_file("cascade.json")`` loads each model the cascade names once (:mod:`saver_search.models`,
+as the cache does: hub weights, a local checkpoint checked against its recorded sha256, or seeded random init) with
+its data config. ``forward(images)`` takes raw images, uint8 ``(3, H, W)`` tensors of any size (a list, or one
+``(B, 3, H, W)`` batch): the first stage runs on all of them, and only the images it is not sure about (score at or
+below its threshold) go on to the next, gathered by index. A stage is one model or a committee answering with the
+mean of its members' probabilities; a member an earlier stage already ran is not run again (its probabilities on
+those images are kept). Each model prepares its own input on the device (:mod:`saver_search.preprocess`: resize,
+crop, normalise, the same code the cache used), under ``torch.inference_mode``, channels-last, with autocast on
+CUDA. Scores and thresholds are compared in float64, like the search did.
 
     from PIL import Image
     from saver_search.preprocess import to_tensor
@@ -28,7 +29,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from saver_search.cascade_file import CascadeFile, StageFile
+from saver_search.cascade import CascadeSpec
+from saver_search.cascade_file import CascadeFile, ModelFile
 from saver_search.errors import InvalidParameter, SaverSearchError
 from saver_search.models import Weights, file_sha256, load_model, resolve_amp, resolve_device
 from saver_search.preprocess import DataConfig, normalize, resize_crop
@@ -48,27 +50,28 @@ class CascadeOutput:
 
 class CascadeClassifier(torch.nn.Module):
     """Stages run in order; a stage answers the images whose score (``maxprob`` by default: the top-1 probability)
-    is beyond its threshold, the last stage answers the rest. Build one with :meth:`from_file`, or from models, configs and thresholds."""
+    is beyond its threshold, the last stage answers the rest. Build one with :meth:`from_file`, or from the models
+    and data configs (by tag) and the :class:`~saver_search.cascade.CascadeSpec` naming them."""
 
-    def __init__(self, models: Sequence[torch.nn.Module], configs: Sequence[DataConfig], thresholds: Sequence[float],
-                 names: Sequence[str] | None = None, amp: torch.dtype | None = None, score: str = "maxprob",
-                 temperatures: Sequence[float | None] | None = None) -> None:
+    def __init__(self, models: Mapping[str, torch.nn.Module], configs: Mapping[str, DataConfig], cascade: CascadeSpec,
+                 amp: torch.dtype | None = None) -> None:
         super().__init__()
-        if not models or len(configs) != len(models) or len(thresholds) != len(models) - 1:
-            raise InvalidParameter("thresholds", f"a cascade of {len(models)} stages needs {len(models)} data configs "
-                                   f"and {max(len(models) - 1, 0)} thresholds, got {len(configs)} and {len(thresholds)}")
-        classes = [getattr(model, "num_classes", None) for model in models]
+        named = [m for members in cascade.stages for m in members]
+        missing = [m for m in named if m not in models or m not in configs]
+        if missing:
+            raise InvalidParameter("models", f"the cascade names '{missing[0]}' but no model or data config is given "
+                                   "for it: pass one of each per model the cascade names")
+        self.model_names = list(dict.fromkeys(named))
+        classes = [getattr(models[name], "num_classes", None) for name in self.model_names]
         if len(set(classes)) > 1:
-            listed = ", ".join(f"{name} {count}" for name, count in zip(names or range(len(models)), classes))
+            listed = ", ".join(f"{name} {count}" for name, count in zip(self.model_names, classes))
             raise SaverSearchError(f"the stages predict different class sets ({listed} classes): every stage must "
                                    "answer with the same classes")
-        self.stages = torch.nn.ModuleList(models)
-        self.configs = list(configs)
-        self.thresholds = [float(t) for t in thresholds]
-        self.names = list(names or [f"stage {i}" for i in range(len(models))])
+        self.models = torch.nn.ModuleList(models[name] for name in self.model_names)  # timm tags hold dots: a list
+        self.configs = [configs[name] for name in self.model_names]
+        self.cascade = cascade
         self.amp = amp
-        self.score = get_score(score)
-        self.temperatures = [float(t or 1.0) for t in (temperatures or [None] * len(models))]
+        self.score = get_score(cascade.score)
 
     @classmethod
     def from_file(cls, cascade: str | Path | CascadeFile, *, checkpoints: Mapping[str, str | Path] | None = None,
@@ -77,43 +80,65 @@ class CascadeClassifier(torch.nn.Module):
 
         Args:
             cascade: the file, or a loaded :class:`~saver_search.cascade_file.CascadeFile`.
-            checkpoints: model tag -> checkpoint file, overriding the file's (or giving one a stage lacks).
+            checkpoints: model tag -> checkpoint file, overriding the file's (or giving one a model lacks).
             device: "cpu", "cuda", "cuda:1"...
             amp: autocast precision "bf16", "fp16" or "none" (default: bf16 on CUDA, none on CPU).
         """
         spec = cascade if isinstance(cascade, CascadeFile) else CascadeFile.load(cascade)
         target = resolve_device(device)
-        models, configs = [], []
-        for stage in spec.stages:
-            model = load_model(stage.model, _weights(stage, (checkpoints or {}).get(stage.model)))
-            models.append(model.to(target, memory_format=torch.channels_last))
-            configs.append(DataConfig.from_dict(stage.provenance.data_config or _timm_config(model)))
-        return cls(models, configs, spec.thresholds, [s.model for s in spec.stages], resolve_amp(amp, target),
-                   spec.score, [s.temperature for s in spec.stages])
+        models, configs = {}, {}
+        for name, entry in spec.models.items():
+            model = load_model(name, _weights(name, entry, (checkpoints or {}).get(name)))
+            models[name] = model.to(target, memory_format=torch.channels_last)
+            configs[name] = DataConfig.from_dict(entry.provenance.data_config or _timm_config(model))
+        return cls(models, configs, spec.cascade, resolve_amp(amp, target))
+
+    @property
+    def names(self) -> list[str]:
+        """Each stage as people read it (a committee: "a + b")."""
+        return self.cascade.labels
+
+    @property
+    def thresholds(self) -> tuple[float, ...]:
+        return self.cascade.thresholds
 
     @property
     def device(self) -> torch.device:
-        return next(self.stages[0].parameters()).device
+        return next(self.models[0].parameters()).device
 
-    def stage_probabilities(self, index: int, images: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Stage ``index``'s softmax probabilities ``(B, classes)`` on raw uint8 images, prepared as its config says."""
+    def model_probabilities(self, name: str, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """One model's softmax probabilities ``(B, classes)`` (its temperature applied) on raw uint8 images, prepared
+        as its data config says; on the CPU."""
+        index = self.model_names.index(name)
         device, config = self.device, self.configs[index]
         autocast = torch.autocast(device.type, dtype=self.amp) if self.amp is not None else contextlib.nullcontext()
         with torch.inference_mode(), autocast:
             batch = torch.stack([resize_crop(image.to(device), config) for image in images])
-            logits = self.stages[index](normalize(batch, config).contiguous(memory_format=torch.channels_last))
-            return (logits.float() / self.temperatures[index]).softmax(dim=1)
+            logits = self.models[index](normalize(batch, config).contiguous(memory_format=torch.channels_last))
+            return (logits.float() / self.cascade.temperatures.get(name, 1.0)).softmax(dim=1).cpu()
+
+    def stage_probabilities(self, index: int, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Stage ``index``'s probabilities ``(B, classes)``, every member run: the mean of its members'."""
+        return _mean([self.model_probabilities(name, images) for name in self.cascade.stages[index]])
 
     def forward(self, images: Sequence[torch.Tensor] | torch.Tensor) -> CascadeOutput:
         images = list(images)
         if not images:
             raise InvalidParameter("images", "is empty: give at least one uint8 (3, H, W) image")
+        stages = self.cascade.stages
         with torch.inference_mode():
             remaining = torch.arange(len(images))
+            ran: dict[str, torch.Tensor] = {}  # model -> its probabilities, rows of the images it ran on
             probs: torch.Tensor | None = None
-            exit_stage = torch.full((len(images),), len(self.stages) - 1, dtype=torch.long)
-            for index in range(len(self.stages)):
-                stage_probs = self.stage_probabilities(index, [images[i] for i in remaining.tolist()]).cpu()
+            exit_stage = torch.full((len(images),), len(stages) - 1, dtype=torch.long)
+            for index, members in enumerate(stages):
+                subset = [images[i] for i in remaining.tolist()]
+                for name in members:
+                    if name not in ran:  # an earlier stage ran it on a superset of these images otherwise
+                        computed = self.model_probabilities(name, subset)
+                        ran[name] = torch.zeros(len(images), computed.shape[1])
+                        ran[name][remaining] = computed
+                stage_probs = _mean([ran[name][remaining] for name in members])
                 if probs is None:
                     probs = torch.zeros(len(images), stage_probs.shape[1])
                 if index < len(self.thresholds):
@@ -129,30 +154,31 @@ class CascadeClassifier(torch.nn.Module):
         confidence, predicted = probs.max(dim=1)
         return CascadeOutput(probs=probs, predicted=predicted, confidence=confidence, exit_stage=exit_stage)
 
-
     def _exits(self, probs: torch.Tensor, threshold: float) -> torch.Tensor:
         """Which images a stage answers: its score (from the full distribution, so exact) beyond ``threshold``."""
-        if self.score.name in ("maxprob", "maxprob_t"):
-            return probs.max(dim=1).values.double() > threshold
         ordered = probs.double().sort(dim=1, descending=True).values.T.numpy()
         zeros = np.zeros(ordered.shape[1])
         values = self.score.oriented(self.score.compute(ordered, zeros, zeros.astype(np.int64)))
         return torch.from_numpy(values > self.score.oriented(threshold))
 
 
-def _weights(stage: StageFile, override: str | Path | None) -> Weights:
-    """Where a stage's weights come from; a checkpoint's content must match the sha256 the cascade recorded."""
-    recorded = stage.provenance
+def _mean(probabilities: list[torch.Tensor]) -> torch.Tensor:
+    return probabilities[0] if len(probabilities) == 1 else sum(probabilities[1:], probabilities[0]) / len(probabilities)
+
+
+def _weights(name: str, model: ModelFile, override: str | Path | None) -> Weights:
+    """Where a model's weights come from; a checkpoint's content must match the sha256 the cascade recorded."""
+    recorded = model.provenance
     if override is not None or recorded.weights == "checkpoint":
         path = Path(override if override is not None else recorded.checkpoint)  # type: ignore[arg-type]
         if not path.is_file():
-            raise SaverSearchError(f"checkpoint {path} of {stage.model} does not exist: pass its file (<checkpoints>)")
+            raise SaverSearchError(f"checkpoint {path} of {name} does not exist: pass its file (<checkpoints>)")
         if override is None and recorded.checkpoint_sha256 and file_sha256(path) != recorded.checkpoint_sha256:
-            raise SaverSearchError(f"checkpoint {path} of {stage.model} is not the file the cascade was searched with "
+            raise SaverSearchError(f"checkpoint {path} of {name} is not the file the cascade was searched with "
                                    "(sha256 differs): pass the original, or search again with this one")
         return Weights(checkpoint=path, pretrained=False)
     if recorded.weights is None:
-        raise SaverSearchError(f"the cascade does not record where the weights of {stage.model} come from: pass its "
+        raise SaverSearchError(f"the cascade does not record where the weights of {name} come from: pass its "
                                "checkpoint (<checkpoints>)")
     return Weights(checkpoint=None, pretrained=recorded.weights == "hub")
 
@@ -222,7 +248,7 @@ def run_on_folder(cascade: CascadeClassifier, root: Path, sample_ids: Sequence[s
     rows: dict[str, list] = {key: [] for key in ("index", "predicted", "confidence", "exit_stage", "target")}
     skipped: list[tuple[str, str]] = []
     seconds = {"cascade": 0.0, "target": 0.0}
-    last = len(cascade.stages) - 1
+    last = len(cascade.cascade.stages) - 1
     with tqdm(total=len(sample_ids), unit="img", disable=not progress, desc="predict") as bar:
         for batch in loader:
             bad = [(sample_ids[i], error) for _, i, error in batch if error]

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import run_cli
 from saver_search.cascade import CascadeSpec, StageOutputs, evaluate_cascade, path_curve
+from saver_search.cascade_file import CascadeFile, cascade_from_result
 from saver_search.committees import merged_topk, stage_outputs
 from saver_search.errors import InvalidParameter
 from saver_search.reference import brute_force
@@ -73,7 +74,7 @@ def test_more_stages_are_never_worse_than_pairs():
     assert up_to_four.n_trials == 120 and up_to_four.guarantee is None
 
 
-def test_a_committee_pays_only_for_members_not_run_before():
+def test_a_committee_pays_only_for_members_not_run_before(tmp_path):
     cascade = CascadeSpec((("a",), ("a", "b"), ("big",)), (0.9, 0.8))
     assert cascade.stage_gmacs({"a": 1.0, "b": 2.0, "big": 40.0}) == [1.0, 2.0, 40.0]
     assert cascade.labels == ["a", "a + b", "big"]
@@ -82,6 +83,12 @@ def test_a_committee_pays_only_for_members_not_run_before():
     spent = result.best.cascade.stage_gmacs(source.gmacs)
     expected = sum(share * sum(spent[:i + 1]) for i, share in enumerate(result.best.calibration.stage_shares))
     assert result.best.calibration.gmacs == pytest.approx(expected)
+    # the committee cascade is deployable: cascade.json names each model once and keeps the cascade as found
+    assert result.best.cascade.has_committee
+    written = cascade_from_result(result).save(tmp_path / "cascade.json")
+    loaded = CascadeFile.load(written)
+    assert loaded.cascade == result.best.cascade and loaded.stage_gmacs() == spent
+    assert set(loaded.models) == {m for members in result.best.cascade.stages for m in members}
 
 
 def _model(name: str, probs: np.ndarray, k: int) -> ModelPredictions:

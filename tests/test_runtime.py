@@ -12,9 +12,11 @@ import torch
 from PIL import Image
 
 from conftest import run_cli
-from saver_search.cascade import cascade_answers
-from saver_search.cascade_file import CascadeFile, StageFile
+from saver_search.cascade import CascadeSpec, cascade_answers
+from saver_search.cascade_file import CascadeFile, ModelFile
+from saver_search.committees import stage_outputs
 from saver_search.compat import import_timm
+from saver_search.scores import get_score
 from saver_search.store import PredictionStore, Provenance
 
 timm = import_timm()
@@ -68,10 +70,26 @@ def read_predictions(path: Path) -> dict[str, dict[str, str]]:
         return {row["file_name"]: row for row in csv.DictReader(handle)}
 
 
+def random_cascade(stages: list[tuple[str, ...]], thresholds: list[float], gmacs: dict[str, float]) -> CascadeFile:
+    """A cascade of random-weight timm models."""
+    return CascadeFile(cascade=CascadeSpec(tuple(stages), tuple(thresholds)),
+                       models={name: ModelFile(cost, RANDOM) for name, cost in gmacs.items()})
+
+
+TWO_RANDOM = {"test_efficientnet.r160_in1k": 0.06, "resnet10t.c3_in1k": 0.7}
+
+
+def offline_stages(store: PredictionStore, cascade: CascadeSpec) -> list:
+    """Each stage's answers and scores from the store, as the search computes them (a committee from the logits)."""
+    score = get_score(cascade.score)
+    return [stage_outputs([store.model(m) for m in members], score, store.n_classes, 0.0,
+                          [store.logits(m) for m in members] if len(members) > 1 else None)
+            for members in cascade.stages]
+
+
 def offline_answers(store: PredictionStore, cascade: CascadeFile) -> dict[str, tuple[int, int]]:
     """The cascade evaluated from the store's cached predictions: per image, (exit stage, class)."""
-    stages = [store.model(stage.model) for stage in cascade.stages]
-    exit_at, predicted, _ = cascade_answers(stages, cascade.thresholds)
+    exit_at, predicted, _ = cascade_answers(offline_stages(store, cascade.cascade), cascade.thresholds)
     return {str(i): (int(e), int(p)) for i, e, p in zip(store.sample_ids, exit_at, predicted)}
 
 
@@ -103,10 +121,11 @@ def test_real_weights_same_answer_offline_and_online(photos: Path, tmp_path: Pat
     assert searched.returncode == 0, searched.stderr
     result = json.loads(searched.stdout)
     cascade = CascadeFile.load(tmp_path / "cascade.json")
-    assert [s.model for s in cascade.stages] == [s["models"][0] for s in result["best"]["stages"]] and len(cascade.stages) == 2
-    assert cascade.stages[0].provenance.weights == "checkpoint"
-    assert cascade.stages[0].provenance.data_config["input_size"] == [3, 224, 224]
-    assert cascade.stages[1].provenance.data_config["input_size"] == [3, 260, 260]
+    first, last = cascade.labels
+    assert [first, last] == [s["models"][0] for s in result["best"]["stages"]]
+    assert cascade.models[first].provenance.weights == "checkpoint"
+    assert cascade.models[first].provenance.data_config["input_size"] == [3, 224, 224]
+    assert cascade.models[last].provenance.data_config["input_size"] == [3, 260, 260]
     exported = run_cli("export", "--storage", "unused", "--out", tmp_path / "x.json")  # no storage: one-line error
     assert exported.returncode == 2
 
@@ -123,7 +142,7 @@ def test_real_weights_same_answer_offline_and_online(photos: Path, tmp_path: Pat
     assert 0 < exits.mean() < 1  # some images exit early, some reach the target
     # the printed figures are the search's for these images (in-sample, so the same images)
     share = 100 * np.mean(exits == 0)
-    assert f"{cascade.stages[0].model} {share:.1f} %" in predicted.stdout
+    assert f"{first} {share:.1f} %" in predicted.stdout
     assert f"top-1: cascade {100 * result['best']['calibration']['accuracy']:.2f} %" in predicted.stdout
     assert f"search expected {100 * cascade.expected['exit_share']:.1f} % before the target" in predicted.stdout
     assert "images/s vs target alone" in predicted.stdout and "GMACs predict" in predicted.stdout
@@ -137,13 +156,11 @@ def test_random_weights_three_stages_same_answer_offline_and_online(photos: Path
                      "--no-pretrained", "--batch-size", 16)
     assert cached.returncode == 0, cached.stderr
     store = PredictionStore(tmp_path / "store")
-    stages = []
-    for i, name in enumerate(models):
-        meta = store.model(name).meta
-        confidence = np.asarray(store.model(name).confidence, dtype=np.float64)
-        threshold = None if i == len(models) - 1 else float(np.median(confidence)) + 1e-9
-        stages.append(StageFile(model=name, gmacs=meta.gmacs, threshold=threshold, provenance=meta.provenance))
-    cascade = CascadeFile(stages=stages)
+    thresholds = [float(np.median(np.asarray(store.model(name).confidence, dtype=np.float64))) + 1e-9
+                  for name in models[:-1]]
+    cascade = CascadeFile(cascade=CascadeSpec(tuple((name,) for name in models), tuple(thresholds)),
+                          models={name: ModelFile(store.model(name).meta.gmacs, store.model(name).meta.provenance)
+                                  for name in models})
     cascade.save(tmp_path / "cascade.json")
     predicted = run_cli("predict", "--cascade", tmp_path / "cascade.json", "--images", photos,
                         "--out", tmp_path / "predictions.csv", "--batch-size", 5, "--workers", 2)
@@ -154,14 +171,59 @@ def test_random_weights_three_stages_same_answer_offline_and_online(photos: Path
     assert len({stage for stage, _ in offline.values()}) == 3  # every stage answers some images
 
 
+def test_committee_stage_same_answer_offline_and_online_and_a_model_runs_once_per_image(photos: Path, tmp_path: Path) -> None:
+    """A -> {A, B} -> C with random-weight timm models cached with their logits: every image's exit stage and class
+    equal the offline evaluation (the committee's mean from the stored logits), and A, a member of two stages, runs
+    once per image."""
+    from saver_search.runtime import CascadeClassifier
+
+    a, b, c = "test_efficientnet.r160_in1k", "test_vit.r160_in1k", "resnet10t.c3_in1k"
+    cached = run_cli("cache", "--data", tmp_path / "store", "--images", photos, "--models", f"{a},{b},{c}",
+                     "--no-pretrained", "--batch-size", 16, "--logits")
+    assert cached.returncode == 0, cached.stderr
+    store = PredictionStore(tmp_path / "store")
+    stages = ((a,), (a, b), (c,))
+    offline = offline_stages(store, CascadeSpec(stages, (0.0, 0.0)))
+    # thresholds in the widest gap between the middle confidences, so float16 logits do not move an image across
+    thresholds = []
+    for stage in offline[:2]:
+        ordered = np.sort(stage.confidence)[16:-16]
+        widest = int(np.argmax(np.diff(ordered)))
+        thresholds.append(float(ordered[widest: widest + 2].mean()))
+    cascade = CascadeFile(cascade=CascadeSpec(stages, tuple(thresholds)),
+                          models={m: ModelFile(store.model(m).meta.gmacs, store.model(m).meta.provenance) for m in (a, b, c)})
+    assert cascade.stage_gmacs() == [store.model(a).meta.gmacs, store.model(b).meta.gmacs, store.model(c).meta.gmacs]
+    cascade.save(tmp_path / "cascade.json")
+    predicted = run_cli("predict", "--cascade", tmp_path / "cascade.json", "--images", photos,
+                        "--out", tmp_path / "predictions.csv", "--batch-size", 9)
+    assert predicted.returncode == 0, predicted.stderr
+    online = read_predictions(tmp_path / "predictions.csv")
+    expected = offline_answers(store, cascade)
+    assert {i: (int(r["exit_stage"]), int(r["predicted_class"])) for i, r in online.items()} == expected
+    assert len({stage for stage, _ in expected.values()}) == 3  # every stage answers some images
+    assert {r["exit_model"] for r in online.values() if r["exit_stage"] == "1"} == {f"{a} + {b}"}
+    assert f"cascade: {a} -> {a} + {b} -> {c};" in predicted.stdout
+
+    runtime = CascadeClassifier.from_file(tmp_path / "cascade.json", device="cpu")
+    seen = {name: 0 for name in (a, b, c)}
+    for name, model in zip(runtime.model_names, runtime.models):
+        model.register_forward_hook(lambda module, args, out, name=name: seen.__setitem__(name, seen[name] + out.shape[0]))
+    from saver_search.images import load_rgb
+    from saver_search.preprocess import to_tensor
+
+    images = [to_tensor(load_rgb(photos / i)) for i in sorted(online)]
+    out = runtime(images)
+    stage_counts = np.bincount(out.exit_stage.numpy(), minlength=3)
+    assert seen == {a: len(images), b: len(images) - stage_counts[0], c: stage_counts[2]}
+
+
 def test_runtime_module_directly(photos: Path) -> None:
     from saver_search.preprocess import to_tensor
     from saver_search.runtime import CascadeClassifier
     from saver_search.images import load_rgb
 
-    cascade = CascadeClassifier.from_file(CascadeFile(stages=[
-        StageFile(model="test_efficientnet.r160_in1k", gmacs=0.06, threshold=0.0, provenance=RANDOM),
-        StageFile(model="resnet10t.c3_in1k", gmacs=0.7, threshold=None, provenance=RANDOM)]), device="cpu")
+    cascade = CascadeClassifier.from_file(random_cascade([("test_efficientnet.r160_in1k",), ("resnet10t.c3_in1k",)],
+                                                         [0.0], TWO_RANDOM), device="cpu")
     images = [to_tensor(load_rgb(p)) for p in sorted(photos.rglob("*.jpg"))[:5]]
     out = cascade(images)
     assert out.exit_stage.tolist() == [0] * 5  # threshold 0: the first stage answers every image
@@ -169,20 +231,41 @@ def test_runtime_module_directly(photos: Path) -> None:
     assert torch.rand(1) is not None  # the global random state still works after loading
 
 
+FIRST, LAST = TWO_RANDOM
+
+
+def two_stage_file() -> dict:
+    return {"format": "saver_search.cascade/2",
+            "cascade": {"stages": [[FIRST], [LAST]], "thresholds": [0.5], "score": "maxprob"},
+            "models": {name: {"gmacs": gmacs, "provenance": {"weights": "random"}} for name, gmacs in TWO_RANDOM.items()}}
+
+
+def single_model_format_file() -> dict:
+    """The same cascade as written before committee stages could be deployed (format 1)."""
+    return {"format": "saver_search.cascade/1", "score": "maxprob", "stages": [
+        {"model": FIRST, "gmacs": 0.06, "threshold": 0.5, "provenance": {"weights": "random"}},
+        {"model": LAST, "gmacs": 0.7, "threshold": None, "provenance": {"weights": "random"}}]}
+
+
 @pytest.mark.parametrize("edit, fragment", [
     (lambda d: d.update(format="saver_search.cascade/0"), "has format 'saver_search.cascade/0'"),
-    (lambda d: d["stages"][0].pop("model"), "stage 1 of 2 lacks 'model'"),
-    (lambda d: d["stages"][0].update(threshold=None), "needs a threshold in [0, 1]"),
-    (lambda d: d["stages"][1].update(threshold=0.5), "is the last stage"),
-    (lambda d: d["stages"][0].update(provenance={"weights": "checkpoint", "checkpoint": "/nowhere/x.pth"}),
+    (lambda d: d["models"].pop(FIRST), f"stage 1 names model '{FIRST}', which 'models' does not describe"),
+    (lambda d: d["cascade"].update(thresholds=[]), "a cascade of 2 stages needs one threshold per stage but the last (1;"),
+    (lambda d: d["cascade"].update(thresholds=[1.5]), "needs a threshold in [0, 1]"),
+    (lambda d: d["cascade"].update(stages=[[FIRST], []]), "each a non-empty list of model tags"),
+    (lambda d: d["cascade"].update(score="nope"), "score 'nope' is not one of maxprob"),
+    (lambda d: d["models"][FIRST].update(provenance={"weights": "checkpoint", "checkpoint": "/nowhere/x.pth"}),
      "checkpoint /nowhere/x.pth"),
-    (lambda d: d["stages"][0].update(provenance={"weights": "magic"}), "weights must be one of hub, checkpoint, random"),
-    (lambda d: d["stages"][0].update(colour="red"), "unknown field 'colour'"),
+    (lambda d: d["models"][FIRST].update(provenance={"weights": "magic"}), "weights must be one of hub, checkpoint, random"),
+    (lambda d: d["models"][FIRST].update(colour="red"), "unknown field 'colour'"),
+    (lambda d: d["models"][FIRST].pop("gmacs"), "must be an object with its own 'gmacs'"),
+    (lambda d: d.update(single_model_format_file(), stages=[{"gmacs": 1.0}, {"model": LAST, "gmacs": 0.7}]),
+     "stage 1 of 2 lacks 'model'"),
+    (lambda d: d.update(single_model_format_file(), stages=[{"model": LAST, "gmacs": 0.7, "threshold": 0.5}]),
+     "is the last stage"),
 ])
 def test_bad_cascade_files_are_one_line_errors(tmp_path: Path, photos: Path, edit, fragment) -> None:
-    data = {"format": "saver_search.cascade/1", "score": "maxprob", "stages": [
-        {"model": "test_efficientnet.r160_in1k", "gmacs": 0.06, "threshold": 0.5, "provenance": {"weights": "random"}},
-        {"model": "resnet10t.c3_in1k", "gmacs": 0.7, "threshold": None, "provenance": {"weights": "random"}}]}
+    data = two_stage_file()
     edit(data)
     (tmp_path / "c.json").write_text(json.dumps(data))
     proc = run_cli("predict", "--cascade", tmp_path / "c.json", "--images", photos, "--out", tmp_path / "p.csv")
@@ -191,13 +274,20 @@ def test_bad_cascade_files_are_one_line_errors(tmp_path: Path, photos: Path, edi
     assert not (tmp_path / "p.csv").exists()
 
 
+def test_single_model_format_files_still_load(tmp_path: Path) -> None:
+    old = CascadeFile.from_dict(single_model_format_file(), "old.json")
+    assert old == CascadeFile.from_dict(two_stage_file(), "new.json")
+    old.save(tmp_path / "c.json")  # written again in today's format, read back the same
+    assert json.loads((tmp_path / "c.json").read_text())["format"] == "saver_search.cascade/2"
+    assert CascadeFile.load(tmp_path / "c.json") == old
+
+
 def test_mismatched_checkpoint_names_the_tensor_and_class_sets_must_agree(tmp_path: Path, photos: Path) -> None:
     wrong = tmp_path / "wrong.pth"
     torch.save(timm.create_model("resnet10t").state_dict(), wrong)
-    cascade = CascadeFile(stages=[
-        StageFile(model="test_efficientnet.r160_in1k", gmacs=0.06, threshold=0.5,
-                  provenance=Provenance(weights="checkpoint", checkpoint=str(wrong))),
-        StageFile(model="resnet10t.c3_in1k", gmacs=0.7, threshold=None, provenance=RANDOM)])
+    cascade = CascadeFile(cascade=CascadeSpec.pair("test_efficientnet.r160_in1k", "resnet10t.c3_in1k", 0.5), models={
+        "test_efficientnet.r160_in1k": ModelFile(0.06, Provenance(weights="checkpoint", checkpoint=str(wrong))),
+        "resnet10t.c3_in1k": ModelFile(0.7, RANDOM)})
     cascade.save(tmp_path / "c.json")
     proc = run_cli("predict", "--cascade", tmp_path / "c.json", "--images", photos, "--out", tmp_path / "p.csv")
     assert proc.returncode == 2 and "does not fit timm's test_efficientnet.r160_in1k" in proc.stderr and "first:" in proc.stderr
@@ -210,8 +300,8 @@ def test_mismatched_checkpoint_names_the_tensor_and_class_sets_must_agree(tmp_pa
 
     config = DataConfig.from_dict(timm.data.resolve_model_data_config(timm.create_model("resnet10t")))
     with pytest.raises(SaverSearchError, match="different class sets"):
-        CascadeClassifier([timm.create_model("resnet10t"), timm.create_model("resnet10t", num_classes=10)],
-                          [config, config], [0.5])
+        CascadeClassifier({"a": timm.create_model("resnet10t"), "b": timm.create_model("resnet10t", num_classes=10)},
+                          {"a": config, "b": config}, CascadeSpec.pair("a", "b", 0.5))
 
 
 def test_unreadable_image_fails_or_is_skipped(tmp_path: Path, photos: Path) -> None:
@@ -220,7 +310,7 @@ def test_unreadable_image_fails_or_is_skipped(tmp_path: Path, photos: Path) -> N
     folder = tmp_path / "images"
     shutil.copytree(photos, folder)
     (folder / "n02123045" / "broken.jpg").write_bytes(b"not a jpeg")
-    CascadeFile(stages=[StageFile(model="resnet10t.c3_in1k", gmacs=0.7, threshold=None, provenance=RANDOM)]).save(tmp_path / "c.json")
+    random_cascade([("resnet10t.c3_in1k",)], [], {"resnet10t.c3_in1k": 0.7}).save(tmp_path / "c.json")
     failed = run_cli("predict", "--cascade", tmp_path / "c.json", "--images", folder, "--out", tmp_path / "p.csv")
     assert failed.returncode == 2 and "cannot read" in failed.stderr and "broken.jpg" in failed.stderr
     assert "--on-corrupt skip" in failed.stderr and not (tmp_path / "p.csv").exists()
@@ -240,9 +330,7 @@ def test_readme_runtime_example_runs(tmp_path: Path, photos: Path) -> None:
     text = (REPO / "README.md").read_text()
     section = text.split("## Deploying a cascade", 1)[1].split("\n## ", 1)[0]
     code = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
-    CascadeFile(stages=[
-        StageFile(model="test_efficientnet.r160_in1k", gmacs=0.06, threshold=0.5, provenance=RANDOM),
-        StageFile(model="resnet10t.c3_in1k", gmacs=0.7, threshold=None, provenance=RANDOM)]).save(tmp_path / "cascade.json")
+    random_cascade([("test_efficientnet.r160_in1k",), ("resnet10t.c3_in1k",)], [0.5], TWO_RANDOM).save(tmp_path / "cascade.json")
     for name, source in (("cat.jpg", "n02123045/cat_full.jpg"), ("dog.png", "n04485082/camera_mirror.png")):
         Image.open(photos / source).save(tmp_path / name)
     (tmp_path / "example.py").write_text(code)
