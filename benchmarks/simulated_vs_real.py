@@ -6,7 +6,9 @@ simulates the same pair with ``saver_search.simulate`` and checks, printing Mark
 
 1. joint correctness (both right, only ResNet50, only ViT, both wrong): each cell within 1 point;
 2. accuracy per confidence decile of each model: within 3 points;
-3. the cheapest ViT <- ResNet50 cascade within 0.5 and 1.0 points of ViT: GMACs within 10 %.
+3. the cheapest ViT <- ResNet50 cascade within 0.5 and 1.0 points of ViT: GMACs within 10 %;
+4. what committees gain: on the images exactly one model gets right, how often the right one is the more
+   confident (what averaging two models' probabilities turns into accuracy): within 3 points.
 
 Exits 1 if a check fails. ``--fit`` refits the simulator's parameters on the pair (a few minutes,
 needs scipy) and prints them for ``DEFAULT_PARAMS`` in saver_search/simulate.py.
@@ -34,7 +36,7 @@ PAIR = {FIRST: (76.13, 4.11, "resnet"), TARGET: (78.01, 17.58, "vit")}
 JOINT_CELLS = ("both right", f"only {FIRST}", f"only {TARGET}", "both wrong")
 BUDGETS = (0.5, 1.0)
 FIT_BUDGETS = (0.25, 0.5, 1.0, 1.5)
-JOINT_TOLERANCE, DECILE_TOLERANCE, CASCADE_TOLERANCE = 1.0, 3.0, 0.10
+JOINT_TOLERANCE, DECILE_TOLERANCE, CASCADE_TOLERANCE, COMMITTEE_TOLERANCE = 1.0, 3.0, 0.10, 3.0
 TOP5_TORCHVISION_RESNET50 = 92.862  # published top-5 of resnet50.tv_in1k, the imagenet-x ResNet50
 
 
@@ -48,6 +50,8 @@ class PairFigures:
     cascade_gmacs: dict[float, float]  # cheapest cascade GMACs per accuracy-drop budget
     wrong_agreement: float  # % of both-wrong images where both give the same class
     confidence_correlation: float  # Spearman correlation of the two models' confidences
+    right_more_confident: float  # % of the images exactly one model gets right where that one is the more confident
+    vote_accuracy: float  # top-1 % of answering with the more confident model's class
 
 
 def simulate_pair(latents: ImageLatents, params: SimParams = DEFAULT_PARAMS) -> dict[str, ModelPredictions]:
@@ -85,6 +89,9 @@ def measure(labels: np.ndarray, models: dict[str, ModelPredictions], budgets: tu
     both_wrong = ~a & ~b
     agreement = 100.0 * float(np.mean(np.asarray(first.predicted)[both_wrong] == np.asarray(target.predicted)[both_wrong]))
     correlation = float(np.corrcoef(_ranks(first.confidence), _ranks(target.confidence))[0, 1])
+    first_surer = np.asarray(first.confidence) >= np.asarray(target.confidence)
+    one_right = a ^ b
+    vote = np.where(first_surer, np.asarray(first.predicted), np.asarray(target.predicted))
     return PairFigures(
         joint=joint,
         decile_accuracy=accuracy,
@@ -92,6 +99,8 @@ def measure(labels: np.ndarray, models: dict[str, ModelPredictions], budgets: tu
         cascade_gmacs={budget: float(curve.gmacs[curve.cheapest_within(budget)]) for budget in budgets},
         wrong_agreement=agreement,
         confidence_correlation=correlation,
+        right_more_confident=100.0 * float(np.mean((first_surer == a)[one_right])),
+        vote_accuracy=100.0 * float(np.mean(vote == labels)),
     )
 
 
@@ -130,6 +139,15 @@ def report(real: PairFigures, sim: PairFigures, seed: int) -> bool:
         passed = abs(s / r - 1.0) <= CASCADE_TOLERANCE
         checks.append((f"cascade GMACs within {budget} points", passed))
         print(f"| accuracy drop <= {budget} points | {r:.2f} | {s:.2f} | {100 * (s / r - 1):+.1f} % | {_verdict(passed)} |")
+
+    print("\n| what committees gain | real | simulated | difference | check (within 3 points) |")
+    print("|---|---:|---:|---:|---|")
+    r, s = real.right_more_confident, sim.right_more_confident
+    passed = abs(s - r) <= COMMITTEE_TOLERANCE
+    checks.append(("committees: the right model is the more confident", passed))
+    print(f"| exactly one right: the right one is the more confident, % | {r:.1f} | {s:.1f} | {s - r:+.1f} | {_verdict(passed)} |")
+    print(f"| top-1 of the more confident model's answer, % (not checked) | {real.vote_accuracy:.2f} | {sim.vote_accuracy:.2f} | "
+          f"{sim.vote_accuracy - real.vote_accuracy:+.2f} | |")
 
     print("\n| other figures (not checked) | real | simulated |")
     print("|---|---:|---:|")
@@ -171,7 +189,8 @@ def fit(labels: np.ndarray, real_models: dict[str, ModelPredictions], seed: int)
         low, high = (params.global_weight, high) if both < real.joint[0] else (low, params.global_weight)
     print(f"global_weight={params.global_weight:.4f}", flush=True)
 
-    # 2. the confidence latent (rank effects): deciles, ViT given ResNet50 confidence, cascades, correlation.
+    # 2. the confidence latent (rank effects): deciles, ViT given ResNet50 confidence, cascades, correlation,
+    #    and which model is the more confident when exactly one is right (what committees gain).
     rank_fields = ("right_slope", "wrong_offset", "wrong_slope", "wrong_noise", "shared_noise")
 
     def rank_loss(x: np.ndarray) -> float:
@@ -182,6 +201,7 @@ def fit(labels: np.ndarray, real_models: dict[str, ModelPredictions], seed: int)
         loss = sum(float(np.sum((sim.decile_accuracy[n] - real.decile_accuracy[n]) ** 2)) for n in PAIR)
         loss += 20.0 * float(np.sum((100.0 * (target_given_first - real_target_given_first)) ** 2)) / 100.0
         loss += 100.0 * sum((sim.cascade_gmacs[b] - real.cascade_gmacs[b]) ** 2 for b in FIT_BUDGETS)
+        loss += 10.0 * (sim.right_more_confident - real.right_more_confident) ** 2
         return loss + 100.0 * (sim.confidence_correlation - real.confidence_correlation) ** 2
 
     bounds = [(0.0, 5.0), (-4.0, 3.0), (-1.0, 3.0), (0.05, 3.0), (0.0, 1.0)]

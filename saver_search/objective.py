@@ -72,10 +72,9 @@ class CascadeObjective:
         self.guarantee = guarantee
         self.bound = bound
         self.latency_ms = latency_ms
-        self.n_tests = {k: effective_tests(len(self.candidates), space.min_stages, space.max_stages,
-                                           space.committee_members, space.threshold_grid, len(space.scores), k)
-                        for k in range(space.min_stages, space.max_stages + 1)} if self.cascades \
-            else {2: float(len(self.candidates))}
+        self.n_tests = {plain: effective_tests(len(self.candidates), space.min_stages, space.max_stages,
+                                               space.committee_members, space.threshold_grid, len(space.scores), plain)
+                        for plain in (True, False)} if self.cascades else {True: float(len(self.candidates))}
         self._parts: dict[tuple[str, str], ModelPredictions] = {}
         self._views: dict[tuple[tuple[str, ...], str, str], StageOutputs] = {}
         self._temperatures: dict[str, float] = {}
@@ -135,13 +134,13 @@ class CascadeObjective:
         cost = outcome.calibration.gmacs if outcome.calibration.latency_ms is None else outcome.calibration.latency_ms
         return (cost, outcome.calibration.accuracy) if self.pareto else cost
 
-    def _choose(self, curve: ThresholdCurve, n_stages: int = 2) -> tuple[int | None, int | None]:
-        """The chosen curve point and the certified one (None without a guarantee, or when none is) of a cascade of
-        ``n_stages`` stages."""
+    def _choose(self, curve: ThresholdCurve, plain_pair: bool = True) -> tuple[int | None, int | None]:
+        """The chosen curve point and the certified one (None without a guarantee, or when none is) of a plain pair
+        (one model, then the target) or of another cascade (tested more strictly, see ``effective_tests``)."""
         if self.guarantee is None:
             return curve.cheapest_within(self.max_drop), None
         certified = curve.certified_index(self.max_drop, self.guarantee, self.split.block_sizes,
-                                          self.n_tests[n_stages], self.bound)
+                                          self.n_tests[plain_pair], self.bound)
         return certified, certified
 
     def _prepare(self, candidate: str) -> _Candidate:
@@ -216,7 +215,7 @@ class CascadeObjective:
         shape = CascadeSpec((*unique, (self.target,)), (*earlier, 0.0), score_name, self._fitted(unique, score_name))
         views = self.stage_views(shape, "cal")
         curve = path_curve(views, [score.oriented(t) for t in earlier], self.labels["cal"], self.split.blocks)
-        chosen, _ = self._choose(curve, len(views))
+        chosen, _ = self._choose(curve, len(views) == 2 and not shape.has_committee)
         index = len(curve.thresholds) - 1 if chosen is None else chosen
         last = float(score.oriented(curve.boundary(index)))
         return replace(shape, thresholds=(*earlier, last)), curve, index, chosen is not None

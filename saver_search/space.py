@@ -164,20 +164,21 @@ def _scores(value: Any, where: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-PAIR_SHARE = 0.8  # of the guarantee's error rate that a cascade search spends on its 2-stage cascades
+PAIR_SHARE = 0.8  # of the guarantee's error rate a cascade search spends on its plain pairs (one model -> target)
 
 
 def effective_tests(n_candidates: int, min_stages: int, max_stages: int, committee_members: int, grid: int,
-                    n_scores: int, n_stages: int) -> float:
-    """The Bonferroni divisor a cascade of ``n_stages`` stages is certified with in a cascade search: weighted
-    Bonferroni, the 2-stage cascades sharing ``PAIR_SHARE`` of the error rate and the longer ones the rest (when the
-    space has both), so adding stages to a space costs its pairs little (log 1/0.8 in the test's log-level)."""
-    pairs = cascade_count(n_candidates, 2, 2, committee_members, grid, n_scores) if min_stages == 2 else 0
-    longer = cascade_count(n_candidates, max(min_stages, 3), max_stages, committee_members, grid, n_scores) \
-        if max_stages >= 3 else 0
-    if not pairs or not longer:
-        return float(pairs + longer)
-    return pairs / PAIR_SHARE if n_stages == 2 else longer / (1.0 - PAIR_SHARE)
+                    n_scores: int, plain_pair: bool) -> float:
+    """The Bonferroni divisor a cascade is certified with in a cascade search: weighted Bonferroni, the plain pairs
+    (one candidate, then the target: what the pair search covers) sharing ``PAIR_SHARE`` of the error rate and every
+    other cascade of the space (committees, more stages) the rest, when the space has both. Widening a space (more
+    stages, committees, scores) so costs its plain pairs only log(1/0.8) in the test's log-level."""
+    total = cascade_count(n_candidates, min_stages, max_stages, committee_members, grid, n_scores)
+    pairs = n_candidates * n_scores if min_stages == 2 else 0
+    others = total - pairs
+    if not pairs or not others:
+        return float(total)
+    return pairs / PAIR_SHARE if plain_pair else others / (1.0 - PAIR_SHARE)
 
 
 def cascade_count(n_candidates: int, min_stages: int, max_stages: int, committee_members: int, grid: int,

@@ -15,7 +15,7 @@ from saver_search.results import Outcome
 from saver_search.scores import SCORES, fit_temperature, get_score, softmax
 from saver_search.search import run_search
 from saver_search.sources import ArraySource
-from saver_search.space import SearchSpace, cascade_count
+from saver_search.space import PAIR_SHARE, SearchSpace, cascade_count, effective_tests
 from saver_search.store import ModelMeta, ModelPredictions, PredictionStore, topk_from_probabilities
 
 N_CLASSES = 10
@@ -156,6 +156,18 @@ def test_cascade_count_is_the_guarantee_family():
     assert cascade_count(10, 2, 2, 1, 20, 1) == 10
     assert cascade_count(10, 3, 3, 1, 20, 1) == 45 * 20
     assert cascade_count(4, 2, 3, 2, 5, 2) == 2 * (10 + 45 * 5)
+
+
+@pytest.mark.parametrize("max_stages, committee, scores", [(3, 1, 1), (4, 1, 1), (3, 2, 1), (4, 3, 2)])
+def test_widening_a_space_costs_its_plain_pairs_only_the_pair_share(max_stages, committee, scores):
+    """Weighted Bonferroni: the plain pairs keep PAIR_SHARE of the error rate whatever else the space holds, and
+    the weights of all the cascades sum to one."""
+    pairs = 251 * scores
+    plain = effective_tests(251, 2, max_stages, committee, 20, scores, plain_pair=True)
+    assert plain == pytest.approx(pairs / PAIR_SHARE)
+    others = cascade_count(251, 2, max_stages, committee, 20, scores) - pairs
+    assert pairs / plain + others / effective_tests(251, 2, max_stages, committee, 20, scores, plain_pair=False) \
+        == pytest.approx(1.0)
 
 
 def test_cli_three_stages_json_lists_stages_as_objects(tmp_path):
