@@ -31,6 +31,6 @@ def run(args: argparse.Namespace) -> None:
 
 def describe(cascade, path: Path) -> str:
     """One line naming what was written."""
-    stages = " -> ".join(stage.model for stage in cascade.stages)
+    stages = " -> ".join(cascade.labels)
     thresholds = ", ".join(f"{t:.4f}" for t in cascade.thresholds) or "none (the target alone)"
     return f"cascade written to {path}: {stages}; thresholds {thresholds}"

@@ -63,8 +63,9 @@ class SimParams:
 # - global_weight: bisection until the simulated pair gets both right as often as the real pair;
 # - right_slope .. shared_noise (the confidence latent, rank effects only): differential evolution
 #   on the accuracy per confidence decile of both models, ViT's accuracy per ResNet50-confidence
-#   ventile, the cheapest ViT <- ResNet50 cascade at 0.25-1.5 points and the rank correlation of
-#   the two models' confidences;
+#   ventile, the cheapest ViT <- ResNet50 cascade at 0.25-1.5 points, the rank correlation of
+#   the two models' confidences and, on the images exactly one of them gets right, how often the
+#   right one is the more confident (what averaging two models gains: committees);
 # - logit_offset .. logit_curve (confidence values): least squares on both models' confidence
 #   percentiles;
 # - dominant_offset, dominant_slope: how often two wrong models give the same wrong class, per
@@ -76,16 +77,16 @@ DEFAULT_PARAMS = SimParams(
     global_weight=0.7935,
     family_weight=0.07,
     pretrain_weight=0.05,
-    right_slope=1.578,
-    wrong_offset=-0.2069,
-    wrong_slope=-0.1745,
-    wrong_noise=1.012,
-    shared_noise=0.7352,
-    logit_offset=0.1843,
-    logit_scale=1.005,
-    logit_curve=0.4382,
-    dominant_offset=0.7777,
-    dominant_slope=1.363,
+    right_slope=2.121,
+    wrong_offset=0.0244,
+    wrong_slope=-0.1731,
+    wrong_noise=1.16,
+    shared_noise=0.01276,
+    logit_offset=-0.00784,
+    logit_scale=0.9158,
+    logit_curve=0.2483,
+    dominant_offset=2.139,
+    dominant_slope=4.915,
     top5_depth=0.7647,
 )
 

@@ -178,9 +178,12 @@ def test_cli_three_stages_json_lists_stages_as_objects(tmp_path):
         model = source.model(name)
         store.add_model(name, model.classes, model.probs, gmacs=model.gmacs, source="synthetic")
     proc = run_cli("--data", store_path, "--target", "big", "--max-drop", "2", "--stages", "3", "--trials", "40",
-                   "--json", "--guarantee", "none")
+                   "--json", "--guarantee", "none", "--save-cascade", tmp_path / "cascade.json")
     assert proc.returncode == 0, proc.stderr
     best = json.loads(proc.stdout)["best"]
+    saved = CascadeFile.load(tmp_path / "cascade.json")
+    assert f"cascade written to {tmp_path / 'cascade.json'}: {' -> '.join(saved.labels)}" in proc.stderr
+    assert [list(members) for members in saved.cascade.stages] == [s["models"] for s in best["stages"]]
     assert len(best["stages"]) == 3 and best["stages"][-1]["models"] == ["big"]
     assert [s["threshold"] is None for s in best["stages"]] == [False, False, True]
     assert best["score"] == "maxprob" and len(best["thresholds"]) == 2
