@@ -76,6 +76,11 @@ class CascadeSpec:
     def has_committee(self) -> bool:
         return any(len(members) > 1 for members in self.stages)
 
+    @property
+    def is_plain_pair(self) -> bool:
+        """One model, then the target: what the pair search covers."""
+        return len(self.stages) == 2 and not self.has_committee
+
     def new_members(self) -> list[tuple[str, ...]]:
         """Per stage, the members no earlier stage ran (what the stage costs)."""
         seen: set[str] = set()

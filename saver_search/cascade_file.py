@@ -48,9 +48,10 @@ class CascadeFile:
     format: str = FORMAT
 
     def __post_init__(self) -> None:
-        missing = [m for members in self.cascade.stages for m in members if m not in self.models]
-        if missing:
-            raise SaverSearchError(f"the cascade names model '{missing[0]}' that 'models' does not describe")
+        for index, members in enumerate(self.cascade.stages):
+            for name in members:
+                if name not in self.models:
+                    raise SaverSearchError(f"stage {index + 1} names model '{name}', which 'models' does not describe")
 
     @property
     def thresholds(self) -> list[float]:
@@ -110,12 +111,11 @@ class CascadeFile:
         models = data.get("models")
         if not isinstance(models, dict):
             raise SaverSearchError(f"{where}: 'models' must be an object: model tag -> {{gmacs, provenance}}")
-        for index, members in enumerate(cascade.stages):
-            for name in members:
-                if name not in models:
-                    raise SaverSearchError(f"{where}: stage {index + 1} names model '{name}', which 'models' does not describe")
-        return cls(cascade=cascade, models={name: _model(entry, f"{where}: model '{name}'") for name, entry in models.items()},
-                   expected=dict(data.get("expected") or {}), study=data.get("study"))
+        described = {name: _model(entry, f"{where}: model '{name}'") for name, entry in models.items()}
+        try:
+            return cls(cascade=cascade, models=described, expected=dict(data.get("expected") or {}), study=data.get("study"))
+        except SaverSearchError as err:  # a stage naming a model the file does not describe
+            raise SaverSearchError(f"{where}: {err}") from None
 
 
 def _no_unknown(data: dict, known: tuple[str, ...], at: str) -> None:

@@ -72,6 +72,5 @@ def stage_outputs(members: Sequence[ModelPredictions], score: Score, n_classes: 
         part = slice(start, start + chunk)
         mean = sum(softmax(z[part], t) for z, t in zip(logits, temperatures)) / len(logits)
         predicted[part] = mean.argmax(axis=1)
-        ordered = -np.sort(-mean, axis=1).T
-        values[part] = score.compute(ordered, np.zeros(ordered.shape[1]), np.zeros(ordered.shape[1], dtype=np.int64))
+        values[part] = score.of_distribution(mean)
     return StageOutputs(predicted=predicted, confidence=score.oriented(values), gmacs=gmacs)

@@ -215,7 +215,7 @@ class CascadeObjective:
         shape = CascadeSpec((*unique, (self.target,)), (*earlier, 0.0), score_name, self._fitted(unique, score_name))
         views = self.stage_views(shape, "cal")
         curve = path_curve(views, [score.oriented(t) for t in earlier], self.labels["cal"], self.split.blocks)
-        chosen, _ = self._choose(curve, len(views) == 2 and not shape.has_committee)
+        chosen, _ = self._choose(curve, shape.is_plain_pair)
         index = len(curve.thresholds) - 1 if chosen is None else chosen
         last = float(score.oriented(curve.boundary(index)))
         return replace(shape, thresholds=(*earlier, last)), curve, index, chosen is not None
@@ -255,7 +255,7 @@ class CascadeObjective:
 
     def _interval_key(self, cascade: CascadeSpec) -> int:
         """The bootstrap's seed per cascade: a pair's candidate index, else a hash of its stages."""
-        if len(cascade.stages) == 2 and cascade.stages[0][0] in self.candidates and not cascade.has_committee:
+        if cascade.is_plain_pair and cascade.stages[0][0] in self.candidates:
             return self.candidates.index(cascade.stages[0][0])
         return int.from_bytes(hashlib.sha256(" -> ".join(cascade.labels).encode()).digest()[:4], "little")
 

@@ -117,7 +117,7 @@ def _cost(figures: Figures) -> str:
 
 
 def _pairs_only(outcomes: list[Outcome]) -> bool:
-    return all(len(o.cascade.stages) <= 2 and not o.cascade.has_committee for o in outcomes)
+    return all(o.cascade.is_plain_pair or len(o.cascade.stages) == 1 for o in outcomes)
 
 
 def _row(result: SearchResult, outcome: Outcome, latency: bool) -> list[str]:

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import numpy as np
 import torch
 
 from saver_search.cascade import CascadeSpec
@@ -156,9 +155,7 @@ class CascadeClassifier(torch.nn.Module):
 
     def _exits(self, probs: torch.Tensor, threshold: float) -> torch.Tensor:
         """Which images a stage answers: its score (from the full distribution, so exact) beyond ``threshold``."""
-        ordered = probs.double().sort(dim=1, descending=True).values.T.numpy()
-        zeros = np.zeros(ordered.shape[1])
-        values = self.score.oriented(self.score.compute(ordered, zeros, zeros.astype(np.int64)))
+        values = self.score.oriented(self.score.of_distribution(probs.double().numpy()))
         return torch.from_numpy(values > self.score.oriented(threshold))
 
 

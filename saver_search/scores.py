@@ -72,6 +72,12 @@ class Score:
         """When an image leaves, for a threshold in the score's units: "maxprob > 0.8123", "entropy < 0.4120"."""
         return f"{self.name} {'>' if self.higher_is_surer else '<'} {threshold:.4f}"
 
+    def of_distribution(self, probs: np.ndarray) -> np.ndarray:
+        """The score of each row of full class distributions ``(n, classes)``: exact, every class listed."""
+        ordered = -np.sort(-np.asarray(probs, dtype=np.float64), axis=1).T
+        none = np.zeros(ordered.shape[1])
+        return self.compute(ordered, none, none.astype(np.int64))
+
     def missing_input(self, k: int, has_logits: bool) -> str | None:
         """What a model kept with top-``k`` (and logits or not) lacks for this score; None when it has enough."""
         if self.needs_logits and not has_logits:
