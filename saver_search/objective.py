@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import optuna
@@ -19,9 +19,37 @@ from saver_search.committees import stage_outputs
 from saver_search.results import Figures, Outcome, TargetInfo
 from saver_search.scores import fit_temperature, get_score
 from saver_search.sources import PredictionSource
-from saver_search.space import SearchSpace, effective_tests
+from saver_search.sampling import SHAPE_PARAM
+from saver_search.space import SearchSpace, Shape, effective_tests, space_shapes
 from saver_search.store import ModelPredictions
 from saver_search.study import ModelInfo
+
+
+SCORE_PARAM = "score"
+
+
+def member_param(stage: int, member: int) -> str:
+    """The trial parameter naming a member of an earlier stage (``stage`` 0: the first)."""
+    return f"stage{stage}_m{member}"
+
+
+def size_param(stage: int) -> str:
+    """The trial parameter of a committee shape: how many members an earlier stage draws."""
+    return f"stage{stage}_size"
+
+
+def step_param(stage: int) -> str:
+    """The trial parameter of an earlier stage's grid threshold (not the last before the target: it is solved)."""
+    return f"t{stage}"
+
+
+def pair_params(candidate: str, score: str, scores: Sequence[str]) -> dict[str, Any]:
+    """The trial parameters of a plain pair (``candidate``, then the target, exiting on ``score``) in a cascade
+    search over ``scores``."""
+    params: dict[str, Any] = {SHAPE_PARAM: Shape(2).label, member_param(0, 0): candidate}
+    if len(scores) > 1:
+        params[SCORE_PARAM] = score
+    return params
 
 
 @dataclass
@@ -44,10 +72,11 @@ class CascadeObjective:
     """Scores a trial's cascade from cached predictions: thresholds from calibration images, figures on test ones.
 
     Pairs (see :mod:`saver_search.space`): the trial's ``candidate`` first, its threshold solved exactly from the
-    candidate's curve (or sampled). Cascades: the trial chooses the number of stages, each stage's model(s), the
-    score and the grid thresholds of all stages but the last before the target; the last is solved exactly
+    candidate's curve (or sampled). Cascades: the trial's shape (number of stages, committees or not) is drawn by
+    :class:`~saver_search.sampling.ShapeSampler`; within it the trial chooses each stage's model(s), the score and
+    the grid thresholds of all stages but the last before the target; the last is solved exactly
     (:func:`~saver_search.cascade.path_curve`, O(n log n) per trial) and, with a guarantee, certified by the same
-    fixed-sequence test, weighted Bonferroni over every cascade the space holds (:func:`~saver_search.space.effective_tests`).
+    fixed-sequence test, weighted Bonferroni with a fixed share per shape (:func:`~saver_search.space.effective_tests`).
 
     The objective is expected GMACs per image on the calibration images, or with ``latency_ms`` (a model's
     measured milliseconds per image) expected latency. Both grow linearly with the share of images reaching
@@ -72,9 +101,9 @@ class CascadeObjective:
         self.guarantee = guarantee
         self.bound = bound
         self.latency_ms = latency_ms
-        self.n_tests = {plain: effective_tests(len(self.candidates), space.min_stages, space.max_stages,
-                                               space.committee_members, space.threshold_grid, len(space.scores), plain)
-                        for plain in (True, False)} if self.cascades else {True: float(len(self.candidates))}
+        self.shapes = space_shapes(space.min_stages, space.max_stages, space.committee_members)
+        self.n_tests = {shape: effective_tests(shape, space.min_stages, len(self.candidates), space.committee_members,
+                                               space.threshold_grid, len(space.scores)) for shape in self.shapes}
         self._parts: dict[tuple[str, str], ModelPredictions] = {}
         self._views: dict[tuple[tuple[str, ...], str, str], StageOutputs] = {}
         self._temperatures: dict[str, float] = {}
@@ -134,13 +163,13 @@ class CascadeObjective:
         cost = outcome.calibration.gmacs if outcome.calibration.latency_ms is None else outcome.calibration.latency_ms
         return (cost, outcome.calibration.accuracy) if self.pareto else cost
 
-    def _choose(self, curve: ThresholdCurve, plain_pair: bool = True) -> tuple[int | None, int | None]:
-        """The chosen curve point and the certified one (None without a guarantee, or when none is) of a plain pair
-        (one model, then the target) or of another cascade (tested more strictly, see ``effective_tests``)."""
+    def _choose(self, curve: ThresholdCurve, shape: Shape = Shape(2)) -> tuple[int | None, int | None]:
+        """The chosen curve point and the certified one (None without a guarantee, or when none is) of a cascade of
+        ``shape`` (plain pairs by default), tested at its shape's share (see ``effective_tests``)."""
         if self.guarantee is None:
             return curve.cheapest_within(self.max_drop), None
         certified = curve.certified_index(self.max_drop, self.guarantee, self.split.block_sizes,
-                                          self.n_tests[plain_pair], self.bound)
+                                          self.n_tests[shape], self.bound)
         return certified, certified
 
     def _prepare(self, candidate: str) -> _Candidate:
@@ -176,17 +205,19 @@ class CascadeObjective:
 
     def _cascade_trial(self, trial: optuna.Trial) -> tuple[Outcome, float]:
         space = self.space
-        n_stages = trial.suggest_int("stages", space.min_stages, space.max_stages) \
-            if space.min_stages < space.max_stages else space.min_stages
-        score_name = trial.suggest_categorical("score", list(space.scores)) if len(space.scores) > 1 else space.scores[0]
+        shape = Shape.from_label(trial.suggest_categorical(SHAPE_PARAM, [s.label for s in self.shapes]))
+        score_name = trial.suggest_categorical(SCORE_PARAM, list(space.scores)) if len(space.scores) > 1 else space.scores[0]
         stages = []
-        for i in range(n_stages - 1):
-            size = trial.suggest_int(f"stage{i}_size", 1, space.committee_members) if space.committee_members > 1 else 1
-            stages.append(tuple(sorted({trial.suggest_categorical(f"stage{i}_m{j}", self.candidates)
+        for i in range(shape.stages - 1):
+            size = 1
+            if shape.committees:  # a 2-stage committee shape's one stage must be a committee
+                size = trial.suggest_int(size_param(i), 2 if shape.stages == 2 else 1, space.committee_members)
+            stages.append(tuple(sorted({trial.suggest_categorical(member_param(i, j), self.candidates)
                                         for j in range(size)})))
-        steps = [trial.suggest_int(f"t{i}", 1, space.threshold_grid) for i in range(n_stages - 2)]
-        if len(set(stages)) + 1 < space.min_stages:  # a stage chosen twice: fewer stages than the space allows
-            raise optuna.TrialPruned(f"a stage was chosen twice: fewer than {space.min_stages} stages")
+        steps = [trial.suggest_int(step_param(i), 1, space.threshold_grid) for i in range(shape.stages - 2)]
+        if len(set(stages)) + 1 < shape.stages or any(len(m) > 1 for m in stages) != shape.committees:
+            raise optuna.TrialPruned(f"the stages drawn make no cascade of {shape.label} (a stage or member chosen "
+                                     "twice)")
         cascade, curve, index, feasible = self.solve(stages, steps, score_name)
         if feasible:
             over = 0.0
@@ -212,13 +243,13 @@ class CascadeObjective:
         unique = sorted(dict.fromkeys(stages), key=lambda members: (sum(self.gmacs[m] for m in members), members))
         earlier = tuple(self.grid_threshold(score_name, step) for step in steps[:len(unique) - 1])
         score = get_score(score_name)
-        shape = CascadeSpec((*unique, (self.target,)), (*earlier, 0.0), score_name, self._fitted(unique, score_name))
-        views = self.stage_views(shape, "cal")
+        unsolved = CascadeSpec((*unique, (self.target,)), (*earlier, 0.0), score_name, self._fitted(unique, score_name))
+        views = self.stage_views(unsolved, "cal")
         curve = path_curve(views, [score.oriented(t) for t in earlier], self.labels["cal"], self.split.blocks)
-        chosen, _ = self._choose(curve, shape.is_plain_pair)
+        chosen, _ = self._choose(curve, Shape(len(unsolved.stages), unsolved.has_committee))
         index = len(curve.thresholds) - 1 if chosen is None else chosen
         last = float(score.oriented(curve.boundary(index)))
-        return replace(shape, thresholds=(*earlier, last)), curve, index, chosen is not None
+        return replace(unsolved, thresholds=(*earlier, last)), curve, index, chosen is not None
 
     def _fitted(self, stages: Sequence[tuple[str, ...]], score_name: str) -> dict[str, float]:
         if not get_score(score_name).fits_temperature:

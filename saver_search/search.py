@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
@@ -27,10 +28,11 @@ from saver_search.calibration import (
     check_fraction, check_level, check_seed, make_split,
 )
 from saver_search.errors import InvalidParameter, SaverSearchError
-from saver_search.objective import CascadeObjective, model_info, target_alone_outcome
+from saver_search.objective import CascadeObjective, model_info, pair_params, target_alone_outcome
 from saver_search.results import GuaranteeInfo, Outcome, TargetInfo, is_outcome, rank_outcomes
 from saver_search.scores import get_score
-from saver_search.space import SearchSpace, cascade_count
+from saver_search.sampling import ShapeSampler
+from saver_search.space import SearchSpace, cascade_count, space_shapes
 from saver_search.sources import PredictionSource
 from saver_search.study import (
     Progress, StudyInfo, StudySpec, StudyWorker, candidate_progress, create_or_load, data_fingerprint, open_storage,
@@ -128,31 +130,43 @@ def make_sampler(space: SearchSpace, pareto: bool) -> tuple[optuna.samplers.Base
                 "candidate once, in queue order; leave the sampler at auto or use threshold mode sampled")
         return optuna.samplers.RandomSampler(seed=space.seed), "queue"
     name = "tpe" if space.sampler == "auto" else space.sampler
-    samplers = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=space.seed, multivariate=True),
-        "random": lambda: optuna.samplers.RandomSampler(seed=space.seed),
-        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=space.seed),
+    samplers: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
+        "tpe": _tpe,
+        "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+        "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed),
     }
-    return samplers[name](), name
+    if not space.cascades:
+        return samplers[name](space.seed), name
+    sampled = [shape for shape in space_shapes(space.min_stages, space.max_stages, space.committee_members)
+               if not shape.is_plain_pairs]
+    return ShapeSampler(sampled, space.trials or DEFAULT_SAMPLED_TRIALS, samplers[name], space.seed), f"{name} per shape"
+
+
+def _tpe(seed: int) -> optuna.samplers.TPESampler:
+    """TPE modelling the parameters jointly, per group of parameters drawn together (within a cascade shape, the
+    committee sizes decide which members are drawn). ``group`` is experimental in Optuna: its warning is not the
+    user's concern."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
 
 
 def pair_queue(spec: StudySpec) -> list[dict[str, Any]]:
-    """The trial parameters of every pair (each candidate, then the target) for each score: queued first in a
-    cascade search whose stages start at 2, so it never does worse than the pair search."""
+    """The trial parameters of every plain pair (each candidate, then the target) for each score: queued first in a
+    cascade search whose stages start at 2 (the other shapes are sampled, see :mod:`saver_search.sampling`)."""
     if spec.stages[0] != 2:
         return []
-    queue = []
-    for score in spec.scores:
-        for candidate in spec.candidates:
-            params: dict[str, Any] = {"stage0_m0": candidate}
-            if spec.stages[1] > 2:
-                params["stages"] = 2
-            if len(spec.scores) > 1:
-                params["score"] = score
-            if spec.committee_members > 1:
-                params["stage0_size"] = 1
-            queue.append(params)
-    return queue
+    return [pair_params(candidate, score, spec.scores) for score in spec.scores for candidate in spec.candidates]
+
+
+def planned_trials(spec: StudySpec, space: SearchSpace, sampler: optuna.samplers.BaseSampler) -> int | None:
+    """The trials a search runs: exact pairs, every candidate (None) or ``trials``; sampled pairs, ``trials`` (or
+    the default) per worker; cascades, the queued pairs and each sampled shape's budget, study-wide."""
+    if spec.exact:
+        return space.trials
+    if isinstance(sampler, ShapeSampler):
+        return len(pair_queue(spec)) + sampler.budget * len(sampler.shapes)
+    return space.trials or DEFAULT_SAMPLED_TRIALS
 
 
 def guarantee_tests(spec: StudySpec) -> int:
@@ -206,13 +220,23 @@ class PreparedSearch:
         """Run this worker's share of the study and summarise the whole study."""
         study = self.open()
         started = time.perf_counter()
-        with StudyProgress(study, self.spec, self.n_trials, progress) as bar:
+        remaining = self._remaining(study)
+        done = 0 if remaining is None or self.n_trials is None else max(0, self.n_trials - remaining())
+        with StudyProgress(study, self.spec, self.n_trials, progress, done) as bar:
             worker = StudyWorker(study, self.storage, self.spec, self.objective, on_change=bar.update)
             try:
-                worker.run(self.n_trials)
+                worker.run(self.n_trials, remaining)
             except KeyboardInterrupt:
                 raise SearchInterrupted(self.interrupted_message(study)) from None
         return summarise(study, seconds=time.perf_counter() - started, storage=self.storage_label)
+
+    def _remaining(self, study: optuna.Study) -> Callable[[], int] | None:
+        """A cascade search's work left study-wide (queued trials and each shape's unspent budget), which every
+        worker shares and a rerun resumes; None for pair searches."""
+        if not isinstance(self.sampler, ShapeSampler):
+            return None
+        sampler = self.sampler
+        return lambda: len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))) + sampler.remaining(study)
 
     def interrupted_message(self, study: optuna.Study) -> str:
         """What an interruption kept, and how to resume."""
@@ -303,7 +327,7 @@ def prepare_search(
         spec=spec, info=info, objective=objective, sampler=sampler, storage=backend,
         storage_label=storage if isinstance(storage, str) or storage is None else type(storage).__name__,
         study_name=study_name or default_study_name(spec),
-        n_trials=space.trials if spec.exact else (space.trials or len(pair_queue(spec)) + DEFAULT_SAMPLED_TRIALS),
+        n_trials=planned_trials(spec, space, sampler),
     )
 
 
@@ -321,22 +345,25 @@ def run_search(source: PredictionSource, target: str, max_drop: float, space: Se
 
 
 class StudyProgress:
-    """A tqdm bar over the study's work (all workers): candidates evaluated, or this worker's sampled trials."""
+    """A tqdm bar over the study's work (all workers): candidates evaluated, or sampled trials (``done`` of them
+    before this run: a resumed cascade search)."""
 
-    def __init__(self, study: optuna.Study, spec: StudySpec, n_trials: int | None, enabled: bool) -> None:
+    def __init__(self, study: optuna.Study, spec: StudySpec, n_trials: int | None, enabled: bool,
+                 done: int = 0) -> None:
         self.study = study
         self.spec = spec
         self.enabled = enabled
         self.bar: Any = None
         self.last = 0.0
         self.n_trials = n_trials
+        self.done = done
 
     def __enter__(self) -> "StudyProgress":
         if self.enabled:
             from tqdm import tqdm
 
             total = len(self.spec.candidates) if self.spec.exact else self.n_trials
-            self.bar = tqdm(total=total, unit="cand" if self.spec.exact else "trial", dynamic_ncols=True,
+            self.bar = tqdm(total=total, initial=self.done, unit="cand" if self.spec.exact else "trial", dynamic_ncols=True,
                             desc="candidates evaluated (all workers)" if self.spec.exact else "trials")
             self.update(force=True)
         return self
@@ -445,7 +472,8 @@ def summarise(study: optuna.Study, *, seconds: float = 0.0, storage: str | None 
                    key=lambda o: o.calibration.gmacs) if spec.pareto else []
     state = candidate_progress(trials, spec.candidates)
     if not spec.exact:
-        state = Progress(evaluated=sorted({o.first for o in outcomes}), running=state.running, missing=[])
+        firsts = {o.first for o in outcomes}  # committees and the target alone are not candidates
+        state = Progress(evaluated=[c for c in spec.candidates if c in firsts], running=state.running, missing=[])
     return SearchResult(
         data=info.data, simulated=info.simulated, target=target, max_drop=spec.max_drop,
         threshold_mode="pareto (sampled)" if spec.pareto else spec.threshold_mode, sampler=spec.sampler,

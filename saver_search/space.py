@@ -5,8 +5,9 @@ Two shapes of search. **Pairs** (the default: 2 stages, single models, score ``m
 its threshold solved exactly (or sampled, ``threshold.mode: sampled``). **Cascades** (``stages: {min: 2, max: 4}``,
 ``committees: {members: 2}`` or any other score): Optuna chooses the number of stages, each stage's model(s) and the
 score; the thresholds of all but the last stage before the target come from a grid of ``threshold.grid`` values in
-(low, high], the last one is solved exactly on the images that reach it. Every pair is queued first, so a cascade
-search never does worse than the pair search of the same candidates.
+(low, high], the last one is solved exactly on the images that reach it. Every pair is queued first; every other
+:class:`Shape` (stage count, committees or not) gets its own ``trials`` sampled trials and its own fixed share of the
+guarantee, so a wider space runs every trial of a narrower one and never finds less.
 """
 
 from __future__ import annotations
@@ -164,33 +165,81 @@ def _scores(value: Any, where: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-PAIR_SHARE = 0.8  # of the guarantee's error rate a cascade search spends on its plain pairs (one model -> target)
+PAIR_SHARE = 0.8  # of the guarantee's error rate, the share of a space's simplest shape (plain pairs)
 
 
-def effective_tests(n_candidates: int, min_stages: int, max_stages: int, committee_members: int, grid: int,
-                    n_scores: int, plain_pair: bool) -> float:
-    """The Bonferroni divisor a cascade is certified with in a cascade search: weighted Bonferroni, the plain pairs
-    (one candidate, then the target: what the pair search covers) sharing ``PAIR_SHARE`` of the error rate and every
-    other cascade of the space (committees, more stages) the rest, when the space has both. Widening a space (more
-    stages, committees, scores) so costs its plain pairs only log(1/0.8) in the test's log-level."""
-    total = cascade_count(n_candidates, min_stages, max_stages, committee_members, grid, n_scores)
-    pairs = n_candidates * n_scores if min_stages == 2 else 0
-    others = total - pairs
-    if not pairs or not others:
-        return float(total)
-    return pairs / PAIR_SHARE if plain_pair else others / (1.0 - PAIR_SHARE)
+@dataclass(frozen=True, order=True)
+class Shape:
+    """A kind of cascade: its number of stages (the target included) and whether any stage is a committee.
+
+    A cascade search gives each shape of its space its own sampled trials (:mod:`saver_search.sampling`) and its
+    own fixed share of the guarantee's error rate (:func:`shape_share`), whatever else the space holds: that is
+    what makes a wider space (more stages, committees) never find less than a narrower one.
+    """
+
+    stages: int
+    committees: bool = False
+
+    @property
+    def label(self) -> str:
+        """How the shape is named in trial parameters and tables: "3 stages", "2 stages with committees"."""
+        return f"{self.stages} stages" + (" with committees" if self.committees else "")
+
+    @classmethod
+    def from_label(cls, label: str) -> "Shape":
+        count, _, rest = label.partition(" stages")
+        return cls(int(count), rest == " with committees")
+
+    @property
+    def is_plain_pairs(self) -> bool:
+        """One model, then the target: the shape the pair search covers, every member of which is queued."""
+        return self.stages == 2 and not self.committees
+
+    def count(self, n_candidates: int, committee_members: int, grid: int, n_scores: int) -> int:
+        """How many cascades of this shape a space holds, counting each earlier-stage threshold on its grid and the
+        last free one as one (it is tested in sequence).
+
+        Stage options: every set of 1..``committee_members`` candidates; a cascade of k stages picks k - 1 distinct
+        options (run in increasing cost) and k - 2 grid thresholds; a committee shape has at least one committee.
+        """
+        singles = comb(n_candidates, self.stages - 1)
+        if self.committees:
+            options = sum(comb(n_candidates, size) for size in range(1, committee_members + 1))
+            structures = comb(options, self.stages - 1) - singles
+        else:
+            structures = singles
+        return n_scores * structures * grid ** (self.stages - 2)
+
+
+def space_shapes(min_stages: int, max_stages: int, committee_members: int) -> list[Shape]:
+    """The shapes of a space, simplest first: each number of stages, single models then (if allowed) committees."""
+    kinds = (False, True) if committee_members > 1 else (False,)
+    return [Shape(stages, committees) for stages in range(min_stages, max_stages + 1) for committees in kinds]
+
+
+def shape_share(shape: Shape, min_stages: int) -> float:
+    """A shape's fixed share of the guarantee's error rate (weighted Bonferroni): ``PAIR_SHARE`` for the simplest
+    shape (single models, ``min_stages`` stages: the plain pairs, in a space starting at 2), an equal part of the
+    rest for every other shape up to 4 stages, with and without committees. Fixed whatever the space holds: a
+    narrower space leaves the shares of the shapes it lacks unused, and a cascade is certified alike in every space
+    that holds it."""
+    if shape == Shape(min_stages):
+        return PAIR_SHARE
+    others = 2 * (STAGE_RANGE[1] - min_stages + 1) - 1
+    return (1.0 - PAIR_SHARE) / others
+
+
+def effective_tests(shape: Shape, min_stages: int, n_candidates: int, committee_members: int, grid: int,
+                    n_scores: int) -> float:
+    """The Bonferroni divisor a cascade of ``shape`` is certified with: the shape's cascades over its share."""
+    return shape.count(n_candidates, committee_members, grid, n_scores) / shape_share(shape, min_stages)
 
 
 def cascade_count(n_candidates: int, min_stages: int, max_stages: int, committee_members: int, grid: int,
                   n_scores: int) -> int:
-    """How many cascades a space holds, counting each earlier-stage threshold on its grid and the last free one
-    as one (it is tested in sequence): the number of tests the guarantee is spread over (Bonferroni).
-
-    Stage options: every set of 1..``committee_members`` candidates; a cascade of k stages picks k - 1 distinct
-    options (run in increasing cost) and k - 2 grid thresholds.
-    """
-    options = sum(comb(n_candidates, size) for size in range(1, committee_members + 1))
-    return n_scores * sum(comb(options, k - 1) * grid ** (k - 2) for k in range(min_stages, max_stages + 1))
+    """How many cascades a space holds (every shape's count): the tests the guarantee covers."""
+    return sum(shape.count(n_candidates, committee_members, grid, n_scores)
+               for shape in space_shapes(min_stages, max_stages, committee_members))
 
 
 def _check_keys(data: dict, known: set[str], where: str, prefix: str = "") -> None:

@@ -488,15 +488,18 @@ class StudyWorker:
     def _trial_id(self, number: int) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
 
-    def run(self, n_trials: int | None) -> None:
+    def run(self, n_trials: int | None, remaining: Callable[[], int] | None = None) -> None:
         """Exact mode: evaluate queued candidates (at most ``n_trials``, all with None) until every candidate is
-        evaluated; sampled mode: run ``n_trials`` trials."""
+        evaluated; sampled mode: run ``n_trials`` trials, stopping early once ``remaining()`` (the study's work
+        left, all workers) is 0."""
         if self.spec.exact:
             self._run_queue(n_trials)
-        else:
-            for _ in range(n_trials or 0):
-                self.reap()
-                self._run_one()
+            return
+        for _ in range(n_trials or 0):
+            self.reap()
+            if remaining is not None and remaining() <= 0:
+                return
+            self._run_one()
 
     def _run_queue(self, n_trials: int | None) -> None:
         """Claim queued trials (in a random order, so that workers rarely reach for the same one) until every
@@ -610,6 +613,7 @@ class StudyWorker:
                 values = self.objective(trial)
         except optuna.TrialPruned:
             self.study.tell(trial, state=TrialState.PRUNED)
+            self.on_change()
             return
         constraints = trial.constraints
         if constraints:  # optuna-dashboard reads the list form; Optuna's samplers read both

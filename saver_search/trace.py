@@ -16,7 +16,7 @@ import optuna
 from saver_search.errors import SaverSearchError
 from saver_search.results import Outcome, rank_outcomes
 from saver_search.search import read_study, study_outcomes
-from saver_search.study import StudyInfo, StudySpec
+from saver_search.study import StudyInfo, StudySpec, trial_candidate
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -76,7 +76,7 @@ def load_trace(study: optuna.Study) -> SearchTrace:
         )
     curves: dict[str, ThresholdCurve] = {}
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        candidate = trial.params.get("candidate", trial.params.get("stage0_m0"))  # a pair search, or a cascade search's pairs
+        candidate = trial_candidate(trial)  # pair searches store each candidate's curve once
         if "curve" in trial.user_attrs and candidate not in curves:
             curves[candidate] = ThresholdCurve(candidate=candidate, **trial.user_attrs["curve"])
     return SearchTrace(study_name=study.study_name, spec=spec, info=info, outcomes=outcomes, curves=curves)

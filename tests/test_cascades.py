@@ -1,9 +1,11 @@
 """k-stage cascades, committees and scores: exact solving against brute force, costs, scores, bad input."""
 
 import json
+from math import comb
 
 import numpy as np
 import pytest
+from optuna.trial import TrialState
 
 from conftest import run_cli
 from saver_search.cascade import CascadeSpec, StageOutputs, evaluate_cascade, path_curve
@@ -13,9 +15,12 @@ from saver_search.errors import InvalidParameter
 from saver_search.reference import brute_force
 from saver_search.results import Outcome
 from saver_search.scores import SCORES, fit_temperature, get_score, softmax
-from saver_search.search import run_search
+from saver_search.sampling import trial_shape
+from saver_search.search import prepare_search, run_search
 from saver_search.sources import ArraySource
-from saver_search.space import PAIR_SHARE, SearchSpace, cascade_count, effective_tests
+from saver_search.space import (
+    PAIR_SHARE, SearchSpace, Shape, cascade_count, effective_tests, shape_share, space_shapes,
+)
 from saver_search.store import ModelMeta, ModelPredictions, PredictionStore, topk_from_probabilities
 
 N_CLASSES = 10
@@ -69,9 +74,63 @@ def test_three_stage_search_is_within_one_percent_of_brute_force_on_the_same_gri
 def test_more_stages_are_never_worse_than_pairs():
     source = logit_source(seed=1)
     pairs = in_sample(SearchSpace(), source)
-    up_to_four = in_sample(SearchSpace(min_stages=2, max_stages=4, trials=120), source)
+    up_to_four = in_sample(SearchSpace(min_stages=2, max_stages=4, trials=60), source)
     assert up_to_four.best.calibration.gmacs <= pairs.best.calibration.gmacs + 1e-12
-    assert up_to_four.n_trials == 120 and up_to_four.guarantee is None
+    assert 4 < up_to_four.n_trials <= 4 + 2 * 60 and up_to_four.guarantee is None
+    assert up_to_four.evaluated == ["a", "b", "c", "d"]
+
+
+def _trials_by_shape(prepared) -> dict[str, list]:
+    by_shape: dict[str, list] = {}
+    for trial in prepared.open().get_trials(deepcopy=False):
+        by_shape.setdefault(trial_shape(trial), []).append((trial.state, trial.value, trial.params))
+    return by_shape
+
+
+@pytest.mark.parametrize("guarantee", ["none", 0.9])
+def test_a_wider_space_runs_every_trial_of_a_narrower_one_and_never_finds_less(guarantee):
+    """Each shape (stages, committees or not) gets the same trials whatever else the space holds: the same
+    budget, the same sampler seeded alike, the same share of the guarantee."""
+    source = logit_source(n=1500, seed=2)
+    found, trials = [], []
+    for max_stages in (2, 3, 4):
+        space = SearchSpace(min_stages=2, max_stages=max_stages, committee_members=2, trials=12)
+        prepared = prepare_search(source, "big", 1.0, space, guarantee=guarantee)
+        result = prepared.run()
+        found.append(result.best.calibration.gmacs)
+        trials.append(_trials_by_shape(prepared))
+    assert found[2] <= found[1] <= found[0]
+    assert list(trials[2]) == ["2 stages", "2 stages with committees", "3 stages", "3 stages with committees",
+                               "4 stages", "4 stages with committees"]
+    assert [len(t) for t in trials[2].values()] == [4, 12, 12, 12, 12, 12]
+    for narrower, wider in zip(trials, trials[1:]):
+        assert all(wider[shape] == narrower[shape] for shape in narrower)
+    committee_pairs = [params for state, _, params in trials[0]["2 stages with committees"]
+                       if state == TrialState.COMPLETE]
+    assert committee_pairs and all(params["stage0_size"] == 2 for params in committee_pairs)
+
+
+def test_a_cascade_search_resumes_its_remaining_trials_only(tmp_path):
+    source = logit_source(n=600)
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    space = SearchSpace(min_stages=2, max_stages=3, trials=8)
+    first = in_sample(space, source, storage=storage, study_name="s")
+    prepared = prepare_search(source, "big", 1.0, space, calibration="all", guarantee="none", storage=storage,
+                              study_name="s")
+    assert prepared.n_trials == 4 + 8 and prepared.sampler.remaining(prepared.open()) == 0
+    again = prepared.run()
+    assert len(prepared.open().trials) == 12 and again.best == first.best
+
+
+def test_each_shape_has_a_fixed_share_of_the_guarantee_whatever_the_space_holds():
+    """Weighted Bonferroni over every shape up to 4 stages: the base shape (plain pairs from 2 stages) keeps
+    PAIR_SHARE, the shares sum to one, and a shape's divisor depends on nothing but the shape."""
+    for min_stages in (2, 3):
+        shapes = space_shapes(min_stages, 4, 2)
+        assert shape_share(Shape(min_stages), min_stages) == PAIR_SHARE
+        assert sum(shape_share(shape, min_stages) for shape in shapes) == pytest.approx(1.0)
+    assert effective_tests(Shape(2), 2, 251, 2, 20, 1) == pytest.approx(251 / PAIR_SHARE)
+    assert effective_tests(Shape(3, True), 2, 10, 2, 5, 1) == pytest.approx((comb(55, 2) - 45) * 5 / 0.04)
 
 
 def test_a_committee_pays_only_for_members_not_run_before(tmp_path):
@@ -156,18 +215,7 @@ def test_cascade_count_is_the_guarantee_family():
     assert cascade_count(10, 2, 2, 1, 20, 1) == 10
     assert cascade_count(10, 3, 3, 1, 20, 1) == 45 * 20
     assert cascade_count(4, 2, 3, 2, 5, 2) == 2 * (10 + 45 * 5)
-
-
-@pytest.mark.parametrize("max_stages, committee, scores", [(3, 1, 1), (4, 1, 1), (3, 2, 1), (4, 3, 2)])
-def test_widening_a_space_costs_its_plain_pairs_only_the_pair_share(max_stages, committee, scores):
-    """Weighted Bonferroni: the plain pairs keep PAIR_SHARE of the error rate whatever else the space holds, and
-    the weights of all the cascades sum to one."""
-    pairs = 251 * scores
-    plain = effective_tests(251, 2, max_stages, committee, 20, scores, plain_pair=True)
-    assert plain == pytest.approx(pairs / PAIR_SHARE)
-    others = cascade_count(251, 2, max_stages, committee, 20, scores) - pairs
-    assert pairs / plain + others / effective_tests(251, 2, max_stages, committee, 20, scores, plain_pair=False) \
-        == pytest.approx(1.0)
+    assert Shape(2, True).count(4, 2, 5, 2) == 2 * (10 - 4)
 
 
 def test_cli_three_stages_json_lists_stages_as_objects(tmp_path):
