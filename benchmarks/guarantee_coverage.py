@@ -6,7 +6,8 @@ chosen on the calibration part only, by
 
 * the plug-in choice (``--guarantee none``): the cheapest threshold within the budget on the calibration part;
 * fixed-sequence testing at level 0.95 with each bound of ``saver_search.calibration`` (betting is the default):
-  a threshold passes when the upper end of the bound's two-sided 95 % interval lies below the budget;
+  a threshold passes when the upper end of the bound's two-sided 95 % interval lies below the budget, the error
+  rate split as the search splits it (a pair keeps 80 % of it, the rest is kept for the other cascade shapes);
 * for reference, the betting test one-sided (which would suffice for the promise on the true drop), and a plain
   normal-approximation bound (not valid in finite samples).
 
@@ -36,7 +37,7 @@ import imagenet_x  # benchmarks/ is on sys.path when run as a script
 from saver_search.calibration import BOUNDS, DEFAULT_BOUND, DEFAULT_LEVEL, leading_passes, make_split, test_level
 from saver_search.cascade import ThresholdCurve, threshold_curve
 from saver_search.search import run_search
-from saver_search.space import SearchSpace
+from saver_search.space import DEFAULT_GRID, SearchSpace, Shape, effective_tests
 from saver_search.store import ModelPredictions, PredictionStore
 
 BUDGETS = (0.25, 0.5, 1.0)
@@ -44,6 +45,7 @@ EB_REFERENCE = {0.5: 6.01}  # the issue's empirical-Bernstein reference (40 spli
 TARGET_VIOLATIONS = 5.0  # % of splits
 ONE_SIDED = "betting, one-sided"
 METHODS = ("plug-in", *BOUNDS, ONE_SIDED, "normal (invalid)")
+PAIR_TESTS = effective_tests(Shape(2), 2, 1, 1, DEFAULT_GRID, 1)  # as the search tests one candidate: 1 / PAIR_SHARE
 
 
 def take(model: ModelPredictions, indices: np.ndarray) -> ModelPredictions:
@@ -55,7 +57,7 @@ def normal_index(curve: ThresholdCurve, max_drop: float, level: float) -> int:
     n = curve.n_samples
     plus, minus = curve.plus.sum(axis=0), curve.minus.sum(axis=0)
     mean = (plus - minus) / n
-    upper = mean + norm.ppf(1.0 - test_level(level)) * np.sqrt(np.maximum((plus + minus) / n - mean**2, 0.0) / n)
+    upper = mean + norm.ppf(1.0 - test_level(level, PAIR_TESTS)) * np.sqrt(np.maximum((plus + minus) / n - mean**2, 0.0) / n)
     order = np.arange(len(curve.thresholds) - 2, -1, -1)
     return int(len(curve.thresholds) - 1 - leading_passes(upper[order] <= max_drop / 100.0))
 
@@ -66,8 +68,8 @@ def choose(curve: ThresholdCurve, method: str, max_drop: float, block_sizes: np.
     if method == "normal (invalid)":
         return normal_index(curve, max_drop, DEFAULT_LEVEL)
     if method == ONE_SIDED:  # the two-sided rule at 2 * (1 - level) - 1 tests each threshold at 1 - level
-        return curve.certified_index(max_drop, 2 * DEFAULT_LEVEL - 1, block_sizes, bound="betting")
-    return curve.certified_index(max_drop, DEFAULT_LEVEL, block_sizes, bound=method)  # type: ignore[arg-type]
+        return curve.certified_index(max_drop, 2 * DEFAULT_LEVEL - 1, block_sizes, PAIR_TESTS, bound="betting")
+    return curve.certified_index(max_drop, DEFAULT_LEVEL, block_sizes, PAIR_TESTS, bound=method)  # type: ignore[arg-type]
 
 
 def on_test(first: ModelPredictions, target: ModelPredictions, labels: np.ndarray, threshold: float) -> tuple[float, float]:
