@@ -39,7 +39,7 @@ from saver_search.study import (
     ModelInfo, read_info, read_spec, storage_exists,
 )
 
-DEFAULT_SAMPLED_TRIALS = 300
+DEFAULT_SAMPLED_TRIALS = 300  # a sampled pair search's trials, or each sampled cascade shape's
 N_ALTERNATIVES = 5
 COSTS = ("gmacs", "latency")
 PROGRESS_EVERY_S = 0.5
