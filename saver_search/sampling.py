@@ -24,6 +24,7 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from saver_search.space import Shape
+from saver_search.study import trial_param
 
 SHAPE_PARAM = "shape"
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -31,7 +32,7 @@ _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 def trial_shape(trial: FrozenTrial) -> str | None:
     """The shape a trial drew, or is queued with (None: not a shape trial)."""
-    return trial.params.get(SHAPE_PARAM, (trial.system_attrs.get("fixed_params") or {}).get(SHAPE_PARAM))
+    return trial_param(trial, SHAPE_PARAM)
 
 
 class _ShapeStudy:
@@ -83,9 +84,12 @@ class ShapeSampler(BaseSampler):
         self._studies: dict[str, _ShapeStudy] = {}
 
     def remaining(self, study: optuna.Study) -> int:
-        """How many trials the shapes still need, study-wide (running and queued ones count as taken)."""
-        taken = self._taken(study.get_trials(deepcopy=False))
-        return sum(max(0, self.budget - taken.get(shape.label, 0)) for shape in self.shapes)
+        """The trials the study still has to run, all workers: the queued ones (pairs, retries) and each shape's
+        unspent budget (running and queued trials count as taken)."""
+        trials = study.get_trials(deepcopy=False)
+        taken = self._taken(trials)
+        queued = sum(trial.state == TrialState.WAITING for trial in trials)
+        return queued + sum(max(0, self.budget - taken.get(shape.label, 0)) for shape in self.shapes)
 
     def _taken(self, trials: Sequence[FrozenTrial]) -> dict[str, int]:
         taken: dict[str, int] = {}

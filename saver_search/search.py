@@ -11,6 +11,7 @@ samples the threshold too (the paper-style search); a trial is feasible when its
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import time
@@ -231,12 +232,11 @@ class PreparedSearch:
         return summarise(study, seconds=time.perf_counter() - started, storage=self.storage_label)
 
     def _remaining(self, study: optuna.Study) -> Callable[[], int] | None:
-        """A cascade search's work left study-wide (queued trials and each shape's unspent budget), which every
-        worker shares and a rerun resumes; None for pair searches."""
+        """A cascade search's work left study-wide (see ``ShapeSampler.remaining``), which every worker shares and a
+        rerun resumes; None for pair searches."""
         if not isinstance(self.sampler, ShapeSampler):
             return None
-        sampler = self.sampler
-        return lambda: len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))) + sampler.remaining(study)
+        return functools.partial(self.sampler.remaining, study)
 
     def interrupted_message(self, study: optuna.Study) -> str:
         """What an interruption kept, and how to resume."""

@@ -359,9 +359,14 @@ def enqueue_candidates(study: optuna.Study, candidates: Iterable[str], **attrs: 
         study.enqueue_trial({"candidate": candidate}, user_attrs={QUEUED_ATTR: True, **attrs})
 
 
+def trial_param(trial: FrozenTrial, name: str) -> Any:
+    """A trial's parameter ``name``, known from the moment the trial is queued with it (None: not chosen yet)."""
+    return trial.params.get(name, (trial.system_attrs.get("fixed_params") or {}).get(name))
+
+
 def trial_candidate(trial: FrozenTrial) -> str | None:
     """The candidate a trial evaluates, known from the moment it is queued."""
-    return trial.params.get("candidate", trial.system_attrs.get("fixed_params", {}).get("candidate"))
+    return trial_param(trial, "candidate")
 
 
 @dataclass(frozen=True)
