@@ -64,13 +64,16 @@ BOOTSTRAP_DRAWS = 2000
 
 @dataclass(frozen=True)
 class SplitInfo:
-    """How labelled images were split: part sizes, calibration share (None: in-sample), seed, stratification."""
+    """How labelled images were split: part sizes, calibration share (None: in-sample), seed, stratification, and
+    the share of the calibration images that select the cascade (None: they are not split; see :class:`Split`)."""
 
     calibration_images: int
     test_images: int
     fraction: float | None
     seed: int
     stratified: bool
+    selection: float | None = None
+    selection_images: int = 0
 
     @property
     def in_sample(self) -> bool:
@@ -82,14 +85,23 @@ class SplitInfo:
 class Split:
     """Which labelled images choose the thresholds (calibration) and which report the figures (test).
 
-    ``calibration`` and ``test`` are sorted sample indices; ``blocks`` gives each calibration image (in the
-    order of ``calibration``) its betting block.
+    With a selection share the calibration images are split once more (Learn-then-Test): ``selection`` learns the
+    cascade and its path of thresholds, ``certification`` tests that path alone. Without one both are the whole
+    calibration part. All are sorted sample indices; ``blocks`` gives each certification image (in the order of
+    ``certification``) its betting block.
     """
 
     calibration: np.ndarray
     test: np.ndarray
     blocks: np.ndarray
     info: SplitInfo
+    selection: np.ndarray | None = None
+    certification: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.selection is None:
+            object.__setattr__(self, "selection", self.calibration)
+            object.__setattr__(self, "certification", self.calibration)
 
     @property
     def in_sample(self) -> bool:
@@ -139,8 +151,10 @@ def check_bound(bound: str) -> BoundName:
     return bound  # type: ignore[return-value]
 
 
-def make_split(labels: np.ndarray, fraction: float | None, seed: int) -> Split:
-    """Split labelled images into calibration and test parts, stratified by class, deterministic for a seed.
+def make_split(labels: np.ndarray, fraction: float | None, seed: int, selection: float | None = None) -> Split:
+    """Split labelled images into calibration and test parts, stratified by class, deterministic for a seed; with
+    ``selection``, split the calibration part again into selection (that share) and certification images, the same
+    way.
 
     ``round(fraction * n)`` images calibrate; each class gives ``fraction`` of its images, rounded down, and
     the classes with the largest remainders one more (largest-remainder rounding, ties broken at random).
@@ -171,13 +185,22 @@ def make_split(labels: np.ndarray, fraction: float | None, seed: int) -> Split:
             raise InvalidParameter(
                 "calibration", f"a fraction of {fraction:g} of {n} images leaves the {part} part empty; "
                 "use more images, another fraction, or 'all'")
-    edges = np.rint(np.cumsum((0.0, *BLOCK_FRACTIONS)) * calibration.size).astype(np.int64)
-    position = np.empty(calibration.size, dtype=np.int64)
-    position[rng.permutation(calibration.size)] = np.arange(calibration.size)
+    chosen, certification = calibration, calibration
+    if selection is not None:
+        try:
+            inner = make_split(labels[calibration], selection, seed + 1)
+        except InvalidParameter:
+            raise InvalidParameter("selection", f"a share of {selection:g} of {calibration.size} calibration images "
+                                   "leaves the selection or the certification part empty; use more images") from None
+        chosen, certification = calibration[inner.calibration], calibration[inner.test]
+    edges = np.rint(np.cumsum((0.0, *BLOCK_FRACTIONS)) * certification.size).astype(np.int64)
+    position = np.empty(certification.size, dtype=np.int64)
+    position[rng.permutation(certification.size)] = np.arange(certification.size)
     blocks = (np.searchsorted(edges, position, side="right") - 1).clip(0, len(BLOCK_FRACTIONS) - 1)
     info = SplitInfo(calibration_images=int(calibration.size), test_images=int(test.size), fraction=fraction, seed=seed,
-                     stratified=stratified)
-    return Split(calibration=calibration, test=test, blocks=blocks, info=info)
+                     stratified=stratified, selection=selection, selection_images=int(chosen.size))
+    return Split(calibration=calibration, test=test, blocks=blocks, info=info, selection=chosen,
+                 certification=certification)
 
 
 def _betting(plus: np.ndarray, minus: np.ndarray, sizes: np.ndarray, budget: float, alpha: float) -> np.ndarray:

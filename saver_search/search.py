@@ -11,11 +11,9 @@ samples the threshold too (the paper-style search); a trial is feasible when its
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
@@ -29,18 +27,22 @@ from saver_search.calibration import (
     check_fraction, check_level, check_seed, make_split,
 )
 from saver_search.errors import InvalidParameter, SaverSearchError
-from saver_search.objective import CascadeObjective, model_info, pair_params, target_alone_outcome
+from saver_search.objective import PATH_ATTR, CascadeObjective, model_info, target_alone_outcome
 from saver_search.results import GuaranteeInfo, Outcome, TargetInfo, is_outcome, rank_outcomes
 from saver_search.scores import get_score
-from saver_search.sampling import ShapeSampler
-from saver_search.space import SearchSpace, cascade_count, space_shapes
+from saver_search.space import SearchSpace
 from saver_search.sources import PredictionSource
 from saver_search.study import (
     Progress, StudyInfo, StudySpec, StudyWorker, candidate_progress, create_or_load, data_fingerprint, open_storage,
-    ModelInfo, read_info, read_spec, storage_exists,
+    ModelInfo, read_info, read_spec, storage_exists, trial_work, work_key, work_progress,
 )
 
-DEFAULT_SAMPLED_TRIALS = 300  # a sampled pair search's trials, or each sampled cascade shape's
+DEFAULT_SAMPLED_TRIALS = 300  # a sampled pair search's trials
+# Learn-then-Test: the share of the calibration images that select the cascade and its path; the rest certify it.
+# Measured on the simulated default (convnextv2_huge, 0.5 points, test GMACs): pairs 71.4 / 61.9 / 64.7 and 3 stages
+# none / 30.4 / 37.0 at 0.3 / 0.5 / 0.7 (at 0.3 the 3-stage path failed its first test).
+DEFAULT_SELECTION = 0.5
+CERTIFIED_ATTR = "saver_search:certified"
 N_ALTERNATIVES = 5
 COSTS = ("gmacs", "latency")
 PROGRESS_EVERY_S = 0.5
@@ -87,6 +89,17 @@ class SearchInterrupted(KeyboardInterrupt):
     """Ctrl-C during a search; the message says what was kept and how to resume."""
 
 
+def check_selection(selection: Any) -> float:
+    """The share of the calibration images that select (Learn-then-Test), strictly between 0 and 1."""
+    try:
+        value = float(selection)
+    except (TypeError, ValueError):
+        raise InvalidParameter("selection", f"must be a number strictly between 0 and 1 such as 0.5, got {selection!r}") from None
+    if not 0.0 < value < 1.0:
+        raise InvalidParameter("selection", f"must be strictly between 0 and 1 (such as 0.5), got {selection}")
+    return value
+
+
 def check_max_drop(max_drop: Any) -> float:
     """Validate the accuracy-drop budget (top-1 points)."""
     try:
@@ -119,63 +132,39 @@ def select_candidates(source: PredictionSource, target: str, space: SearchSpace,
 
 
 def make_sampler(space: SearchSpace, pareto: bool) -> tuple[optuna.samplers.BaseSampler, str]:
-    """The sampler of a sampled or cascade search (``auto``: TPE); exact pair mode queues every candidate once
-    instead."""
+    """The sampler of a sampled pair search (``auto``: TPE); exact mode queues its work (every candidate, or every
+    family of cascades) instead."""
     if space.cascades and pareto:
         raise InvalidParameter("pareto", "applies to pairs only: cascade searches (more stages, committees, other "
                                "scores) minimise cost within the budget")
-    if space.threshold_mode == "exact" and not pareto and not space.cascades:
+    if space.threshold_mode == "exact" and not pareto:
         if space.sampler != "auto":
             raise InvalidParameter(
                 "sampler", f"'{space.sampler}' only applies to sampled thresholds: exact mode evaluates every "
-                "candidate once, in queue order; leave the sampler at auto or use threshold mode sampled")
+                "candidate (or family of cascades) once, in queue order; leave the sampler at auto or use threshold "
+                "mode sampled")
         return optuna.samplers.RandomSampler(seed=space.seed), "queue"
     name = "tpe" if space.sampler == "auto" else space.sampler
     samplers: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
-        "tpe": _tpe,
+        "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
         "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
         "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed),
     }
-    if not space.cascades:
-        return samplers[name](space.seed), name
-    sampled = [shape for shape in space_shapes(space.min_stages, space.max_stages, space.committee_members)
-               if not shape.is_plain_pairs]
-    return ShapeSampler(sampled, space.trials or DEFAULT_SAMPLED_TRIALS, samplers[name], space.seed), f"{name} per shape"
+    return samplers[name](space.seed), name
 
 
-def _tpe(seed: int) -> optuna.samplers.TPESampler:
-    """TPE modelling the parameters jointly, per group of parameters drawn together (within a cascade shape, the
-    committee sizes decide which members are drawn). ``group`` is experimental in Optuna: its warning is not the
-    user's concern."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
-
-
-def pair_queue(spec: StudySpec) -> list[dict[str, Any]]:
-    """The trial parameters of every plain pair (each candidate, then the target) for each score: queued first in a
-    cascade search whose stages start at 2 (the other shapes are sampled, see :mod:`saver_search.sampling`)."""
-    if spec.stages[0] != 2:
-        return []
-    return [pair_params(candidate, score, spec.scores) for score in spec.scores for candidate in spec.candidates]
-
-
-def planned_trials(spec: StudySpec, space: SearchSpace, sampler: optuna.samplers.BaseSampler) -> int | None:
-    """The trials a search runs: exact pairs, every candidate (None) or ``trials``; sampled pairs, ``trials`` (or
-    the default) per worker; cascades, the queued pairs and each sampled shape's budget, study-wide."""
+def planned_trials(spec: StudySpec, space: SearchSpace) -> int | None:
+    """The trials a worker runs: exact mode, its queue (None) or at most ``trials``; sampled pairs, ``trials`` (or
+    the default)."""
     if spec.exact:
         return space.trials
-    if isinstance(sampler, ShapeSampler):
-        return len(pair_queue(spec)) + sampler.budget * len(sampler.shapes)
     return space.trials or DEFAULT_SAMPLED_TRIALS
 
 
 def guarantee_tests(spec: StudySpec) -> int:
-    """How many cascades the guarantee covers (Bonferroni): the candidates, or every cascade of the space."""
-    if not spec.cascades:
-        return len(spec.candidates)
-    return cascade_count(len(spec.candidates), spec.stages[0], spec.stages[1], spec.committee_members,
-                         spec.threshold_grid, len(spec.scores))
+    """How many cascade structures the guarantee's Bonferroni correction covers: one learned path (exact mode, see
+    :meth:`~saver_search.objective.CascadeObjective.certify_paths`), or each candidate (sampled thresholds)."""
+    return 1 if spec.selection is not None else len(spec.candidates)
 
 
 def check_score_inputs(source: PredictionSource, names: Sequence[str], scores: Sequence[str]) -> None:
@@ -210,40 +199,51 @@ class PreparedSearch:
     storage_label: str | None
     study_name: str
     n_trials: int | None
+    work: list[dict[str, Any]] = field(default_factory=list)
 
     def open(self) -> optuna.Study:
         """Create the study (queueing the work) or join it, checking that its spec matches."""
-        study, _ = create_or_load(self.storage, self.study_name, self.spec, self.info, self.sampler,
-                                  pair_queue(self.spec) if self.spec.cascades else ())
+        study, _ = create_or_load(self.storage, self.study_name, self.spec, self.info, self.sampler, self.work)
         return study
 
     def run(self, progress: bool = False) -> SearchResult:
-        """Run this worker's share of the study and summarise the whole study."""
+        """Run this worker's share of the study, certify the learned path once all work is done, and summarise the
+        whole study."""
         study = self.open()
         started = time.perf_counter()
-        remaining = self._remaining(study)
-        done = 0 if remaining is None or self.n_trials is None else max(0, self.n_trials - remaining())
-        with StudyProgress(study, self.spec, self.n_trials, progress, done) as bar:
-            worker = StudyWorker(study, self.storage, self.spec, self.objective, on_change=bar.update)
+        with StudyProgress(study, self.spec, self.n_trials, progress, self.work) as bar:
+            worker = StudyWorker(study, self.storage, self.spec, self.objective, on_change=bar.update, work=self.work)
             try:
-                worker.run(self.n_trials, remaining)
+                worker.run(self.n_trials)
+                self.certify(study)
             except KeyboardInterrupt:
                 raise SearchInterrupted(self.interrupted_message(study)) from None
         return summarise(study, seconds=time.perf_counter() - started, storage=self.storage_label)
 
-    def _remaining(self, study: optuna.Study) -> Callable[[], int] | None:
-        """A cascade search's work left study-wide (see ``ShapeSampler.remaining``), which every worker shares and a
-        rerun resumes; None for pair searches."""
-        if not isinstance(self.sampler, ShapeSampler):
-            return None
-        return functools.partial(self.sampler.remaining, study)
+    def certify(self, study: optuna.Study) -> None:
+        """Once every work item is complete (all workers), certify the best learned path on the certification images
+        and keep the answer with the study. Deterministic, so workers that finish at once write the same record."""
+        if self.spec.selection is None or CERTIFIED_ATTR in study.user_attrs:
+            return
+        trials = study.get_trials(deepcopy=False)
+        state = work_progress(trials, self.work)
+        if state.missing or state.running:
+            return
+        paths: dict[str, dict[str, Any]] = {}
+        for trial in trials:
+            if trial.state == optuna.trial.TrialState.COMPLETE and PATH_ATTR in trial.user_attrs:
+                paths.setdefault(trial_work(trial) or str(trial.number), trial.user_attrs[PATH_ATTR])
+        certified = self.objective.certify_paths([paths[key] for key in sorted(paths)])
+        study.set_user_attr(CERTIFIED_ATTR, {
+            "outcome": None if certified.outcome is None else certified.outcome.to_attrs(),
+            "passed": certified.passed, "points": certified.points, "structure": certified.structure})
 
     def interrupted_message(self, study: optuna.Study) -> str:
         """What an interruption kept, and how to resume."""
         trials = study.get_trials(deepcopy=False)
         if self.spec.exact:
-            evaluated = len(candidate_progress(trials, self.spec.candidates).evaluated)
-            done = f"{evaluated} of {len(self.spec.candidates)} candidates evaluated"
+            evaluated = len(work_progress(trials, self.work).evaluated)
+            done = f"{evaluated} of {len(self.work)} {'families' if self.spec.cascades else 'candidates'} evaluated"
         else:
             done = f"{sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)} trials complete"
         if self.storage_label is None:
@@ -268,6 +268,7 @@ def prepare_search(
     bound: BoundName = DEFAULT_BOUND,
     latency_ms: Callable[[str], float] | None = None,
     sqlite_wal: bool = False,
+    selection: float | str | None = DEFAULT_SELECTION,
 ) -> PreparedSearch:
     """Validate the arguments, split the images, fingerprint the data and open the storage: a search ready to run.
 
@@ -287,6 +288,9 @@ def prepare_search(
         bound: the test behind the guarantee (see :mod:`saver_search.calibration`).
         latency_ms: milliseconds per image of a model; the study then minimises expected latency.
         sqlite_wal: switch an SQLite storage to write-ahead logging (see :func:`~saver_search.study.open_storage`).
+        selection: with a guarantee in exact mode, the share of the calibration images that select the cascade and
+            its path of thresholds; the rest certify that path alone (Learn-then-Test, see
+            :mod:`saver_search.calibration`).
     """
     space = space or SearchSpace()
     max_drop = check_max_drop(max_drop)
@@ -296,10 +300,12 @@ def prepare_search(
     bound = check_bound(bound)
     target = source.resolve(target)
     names = select_candidates(source, target, space, candidates)
+    selection = check_selection(selection)
     sampler, sampler_name = make_sampler(space, pareto)
     if space.cascades:
         check_score_inputs(source, names, space.scores)
-    split = make_split(np.asarray(source.labels), fraction, split_seed)
+    learn_then_test = level is not None and space.threshold_mode == "exact" and not pareto
+    split = make_split(np.asarray(source.labels), fraction, split_seed, selection if learn_then_test else None)
     objective = CascadeObjective(source, target, names, max_drop, space, pareto, split, level, bound, latency_ms)
     cost = "gmacs" if latency_ms is None else "latency"
     spec = StudySpec(
@@ -312,6 +318,8 @@ def prepare_search(
         data=data_fingerprint(source.labels, getattr(source, "sample_ids", None),
                               (source.model(name) for name in [target, *names])),
         committee_members=space.committee_members, scores=space.scores, threshold_grid=space.threshold_grid,
+        selection=selection if learn_then_test else None,
+        enumeration=(space.first_stages, space.committee_pool, space.four_stage_pool) if space.cascades else (0, 0, 0),
     )
     target_info = objective.target_info
     info = StudyInfo(
@@ -327,7 +335,7 @@ def prepare_search(
         spec=spec, info=info, objective=objective, sampler=sampler, storage=backend,
         storage_label=storage if isinstance(storage, str) or storage is None else type(storage).__name__,
         study_name=study_name or default_study_name(spec),
-        n_trials=planned_trials(spec, space, sampler),
+        n_trials=planned_trials(spec, space), work=objective.work() if spec.exact else [],
     )
 
 
@@ -345,31 +353,32 @@ def run_search(source: PredictionSource, target: str, max_drop: float, space: Se
 
 
 class StudyProgress:
-    """A tqdm bar over the study's work (all workers): candidates evaluated, or sampled trials (``done`` of them
-    before this run: a resumed cascade search)."""
+    """A tqdm bar over the study's work (all workers): work items (candidates, families of cascades) evaluated, or
+    sampled trials."""
 
     def __init__(self, study: optuna.Study, spec: StudySpec, n_trials: int | None, enabled: bool,
-                 done: int = 0) -> None:
+                 work: Sequence[dict[str, Any]] = ()) -> None:
         self.study = study
         self.spec = spec
         self.enabled = enabled
         self.bar: Any = None
         self.last = 0.0
         self.n_trials = n_trials
-        self.done = done
+        self.work = list(work)
 
     def __enter__(self) -> "StudyProgress":
         if self.enabled:
             from tqdm import tqdm
 
-            total = len(self.spec.candidates) if self.spec.exact else self.n_trials
-            self.bar = tqdm(total=total, initial=self.done, unit="cand" if self.spec.exact else "trial", dynamic_ncols=True,
-                            desc="candidates evaluated (all workers)" if self.spec.exact else "trials")
+            what = "families" if self.spec.cascades else "candidates"
+            total = len(self.work) if self.spec.exact else self.n_trials
+            self.bar = tqdm(total=total, unit="item" if self.spec.exact else "trial", dynamic_ncols=True,
+                            desc=f"{what} evaluated (all workers)" if self.spec.exact else "trials")
             self.update(force=True)
         return self
 
     def update(self, force: bool = False) -> None:
-        """Exact mode: the candidates evaluated by all workers (throttled); sampled: one more trial here."""
+        """Exact mode: the work items evaluated by all workers (throttled); sampled: one more trial here."""
         if self.bar is None:
             return
         if not self.spec.exact:
@@ -378,7 +387,7 @@ class StudyProgress:
         if not force and time.monotonic() - self.last < PROGRESS_EVERY_S:
             return
         self.last = time.monotonic()
-        state = candidate_progress(self.study.get_trials(deepcopy=False), self.spec.candidates)
+        state = work_progress(self.study.get_trials(deepcopy=False), self.work)
         self.bar.n = len(state.evaluated)
         self.bar.set_postfix_str(f"{len(state.running)} running", refresh=False)
         self.bar.refresh()
@@ -460,7 +469,16 @@ def summarise(study: optuna.Study, *, seconds: float = 0.0, storage: str | None 
     saving = [o for o in ranked if (o.calibration.latency_ms if by_latency else o.calibration.gmacs) < target_cost]
     best = saving[0] if saving else alone
     note = None
-    if not saving:
+    certified = study.user_attrs.get(CERTIFIED_ATTR)
+    if spec.selection is not None:  # Learn-then-Test: the answer is the certified point of the learned path
+        best = alone if certified is None or certified["outcome"] is None else Outcome.from_attrs(certified)
+        if certified is None:
+            note = ("the search has not finished (every family must be evaluated before the learned path is "
+                    "certified): the target alone is returned; rerun the same command to finish")
+        elif certified["outcome"] is None:
+            note = (f"the learned path of {certified['structure']} failed its first test on the certification images "
+                    f"at {spec.guarantee:.0%}: the target alone is returned; use more images or a larger budget")
+    elif not saving:
         if not ranked and not spec.exact:
             note = "no trial found a cascade within the budget: the target alone is returned; run more trials"
         elif spec.guarantee is not None:
@@ -471,16 +489,18 @@ def summarise(study: optuna.Study, *, seconds: float = 0.0, storage: str | None 
     front = sorted((Outcome.from_attrs(t.user_attrs, t.number) for t in study.best_trials),
                    key=lambda o: o.calibration.gmacs) if spec.pareto else []
     state = candidate_progress(trials, spec.candidates)
-    if not spec.exact:
+    if not spec.exact or spec.cascades:
         firsts = {o.first for o in outcomes}  # committees and the target alone are not candidates
         state = Progress(evaluated=[c for c in spec.candidates if c in firsts], running=state.running, missing=[])
     return SearchResult(
         data=info.data, simulated=info.simulated, target=target, max_drop=spec.max_drop,
         threshold_mode="pareto (sampled)" if spec.pareto else spec.threshold_mode, sampler=spec.sampler,
-        split=SplitInfo(info.calibration_images, info.test_images, spec.calibration, spec.split_seed, info.stratified),
+        split=SplitInfo(info.calibration_images, info.test_images, spec.calibration, spec.split_seed, info.stratified,
+                        spec.selection, 0 if spec.selection is None else round(spec.selection * info.calibration_images)),
         guarantee=None if spec.guarantee is None else GuaranteeInfo(
-            spec.guarantee, spec.bound, guarantee_tests(spec), "cascades" if spec.cascades else "candidates"),
-        best=best, alternatives=[o for o in ranked if o is not best][:N_ALTERNATIVES], pareto=front,
+            spec.guarantee, spec.bound, guarantee_tests(spec),
+            "learned path" if spec.selection is not None else "candidates"),
+        best=best, alternatives=[o for o in ranked if o.stages != best.stages][:N_ALTERNATIVES], pareto=front,
         n_trials=len(outcomes), n_candidates=len(spec.candidates), evaluated=state.evaluated, running=state.running,
         missing=state.missing, seconds=seconds, study_name=study.study_name, storage=storage, space=info.space,
         cost=spec.cost, note=note, models=info.models,

@@ -1,13 +1,15 @@
 """Search spaces: which candidates, how many stages, committees, scores, threshold mode and range, sampler,
 trials (YAML).
 
-Two shapes of search. **Pairs** (the default: 2 stages, single models, score ``maxprob``): one trial per candidate,
+Two kinds of search. **Pairs** (the default: 2 stages, single models, score ``maxprob``): one trial per candidate,
 its threshold solved exactly (or sampled, ``threshold.mode: sampled``). **Cascades** (``stages: {min: 2, max: 4}``,
-``committees: {members: 2}`` or any other score): Optuna chooses the number of stages, each stage's model(s) and the
-score; the thresholds of all but the last stage before the target come from a grid of ``threshold.grid`` values in
-(low, high], the last one is solved exactly on the images that reach it. Every pair is queued first; every other
-:class:`Shape` (stage count, committees or not) gets its own ``trials`` sampled trials and its own fixed share of the
-guarantee, so a wider space runs every trial of a narrower one and never finds less.
+``committees: {members: 2}`` or any other score): the space is enumerated family by family (every pair; 3 stages
+from each of the ``enumeration.first_stages`` best pair companions; 4 stages from each two of the
+``enumeration.four_stage_pool`` best; committees of the ``enumeration.committee_pool`` best members); the
+thresholds of all but the last stage before the target come from a grid of ``threshold.grid`` values in (low, high],
+the last one is solved exactly at every cut. A wider space holds every family of a narrower one, so on the
+selection images it never finds a costlier cascade; the guarantee certifies one learned path whatever the space
+holds (see :mod:`saver_search.objective`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ import fnmatch
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
-
-from math import comb
 
 from saver_search.errors import SaverSearchError
 from saver_search.naming import split_name
@@ -31,6 +31,11 @@ DEFAULT_SPACE_NAME = "default.yaml"  # in search_spaces/, shipped as the package
 STAGE_RANGE = (2, 4)
 MAX_MEMBERS = 3
 DEFAULT_GRID = 20
+# How far an enumerated cascade search reaches (see saver_search.objective.CascadeObjective.work): 3 stages start at
+# one of the best pair companions; committees are drawn from the best members; 4 stages start at two of the best.
+DEFAULT_FIRST_STAGES = 40
+DEFAULT_COMMITTEE_POOL = 12
+DEFAULT_FOUR_STAGE_POOL = 8
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,9 @@ class SearchSpace:
     sampler: SamplerName = "auto"
     trials: int | None = None
     seed: int = 0
+    first_stages: int = DEFAULT_FIRST_STAGES
+    committee_pool: int = DEFAULT_COMMITTEE_POOL
+    four_stage_pool: int = DEFAULT_FOUR_STAGE_POOL
     source: str = "built-in defaults"
 
     @property
@@ -121,11 +129,14 @@ def _check_space(space: SearchSpace, where: str) -> None:
             f"must satisfy 0 <= low < high <= 1, got {space.threshold_low}..{space.threshold_high}")
     _expect(space.sampler in SAMPLERS, where, "sampler", f"must be one of {', '.join(SAMPLERS)}, got {space.sampler!r}")
     _expect(space.trials is None or space.trials >= 1, where, "trials", f"must be a positive integer or null, got {space.trials}")
+    for key in sorted(ENUMERATION_KEYS):
+        _expect(getattr(space, key) >= 1, where, f"enumeration.{key}", f"must be a positive integer, got {getattr(space, key)}")
     _expect(space.candidates.max_relative_cost > 0, where, "candidates.max_relative_cost",
             f"must be > 0 (e.g. 0.5: candidates cost at most half the target), got {space.candidates.max_relative_cost}")
 
 
-KNOWN_KEYS = {"candidates", "stages", "committees", "score", "threshold", "sampler", "trials", "seed"}
+KNOWN_KEYS = {"candidates", "stages", "committees", "score", "threshold", "sampler", "trials", "seed", "enumeration"}
+ENUMERATION_KEYS = {"first_stages", "committee_pool", "four_stage_pool"}
 CANDIDATE_KEYS = {"include", "exclude", "pretrained_tags", "max_relative_cost"}
 THRESHOLD_KEYS = {"mode", "low", "high", "grid"}
 STAGES_KEYS = {"min", "max"}
@@ -165,17 +176,10 @@ def _scores(value: Any, where: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-PAIR_SHARE = 0.8  # of the guarantee's error rate, the share of a space's simplest shape (plain pairs)
-
-
 @dataclass(frozen=True, order=True)
 class Shape:
-    """A kind of cascade: its number of stages (the target included) and whether any stage is a committee.
-
-    A cascade search gives each shape of its space its own sampled trials (:mod:`saver_search.sampling`) and its
-    own fixed share of the guarantee's error rate (:func:`shape_share`), whatever else the space holds: that is
-    what makes a wider space (more stages, committees) never find less than a narrower one.
-    """
+    """A kind of cascade: its number of stages (the target included) and whether any stage is a committee; the
+    families of an enumerated search are queued shape by shape (see :mod:`saver_search.objective`)."""
 
     stages: int
     committees: bool = False
@@ -190,56 +194,11 @@ class Shape:
         count, _, rest = label.partition(" stages")
         return cls(int(count), rest == " with committees")
 
-    @property
-    def is_plain_pairs(self) -> bool:
-        """One model, then the target: the shape the pair search covers, every member of which is queued."""
-        return self.stages == 2 and not self.committees
-
-    def count(self, n_candidates: int, committee_members: int, grid: int, n_scores: int) -> int:
-        """How many cascades of this shape a space holds, counting each earlier-stage threshold on its grid and the
-        last free one as one (it is tested in sequence).
-
-        Stage options: every set of 1..``committee_members`` candidates; a cascade of k stages picks k - 1 distinct
-        options (run in increasing cost) and k - 2 grid thresholds; a committee shape has at least one committee.
-        """
-        singles = comb(n_candidates, self.stages - 1)
-        if self.committees:
-            options = sum(comb(n_candidates, size) for size in range(1, committee_members + 1))
-            structures = comb(options, self.stages - 1) - singles
-        else:
-            structures = singles
-        return n_scores * structures * grid ** (self.stages - 2)
-
 
 def space_shapes(min_stages: int, max_stages: int, committee_members: int) -> list[Shape]:
     """The shapes of a space, simplest first: each number of stages, single models then (if allowed) committees."""
     kinds = (False, True) if committee_members > 1 else (False,)
     return [Shape(stages, committees) for stages in range(min_stages, max_stages + 1) for committees in kinds]
-
-
-def shape_share(shape: Shape, min_stages: int) -> float:
-    """A shape's fixed share of the guarantee's error rate (weighted Bonferroni): ``PAIR_SHARE`` for the simplest
-    shape (single models, ``min_stages`` stages: the plain pairs, in a space starting at 2), an equal part of the
-    rest for every other shape up to 4 stages, with and without committees. Fixed whatever the space holds: a
-    narrower space leaves the shares of the shapes it lacks unused, and a cascade is certified alike in every space
-    that holds it."""
-    if shape == Shape(min_stages):
-        return PAIR_SHARE
-    others = 2 * (STAGE_RANGE[1] - min_stages + 1) - 1
-    return (1.0 - PAIR_SHARE) / others
-
-
-def effective_tests(shape: Shape, min_stages: int, n_candidates: int, committee_members: int, grid: int,
-                    n_scores: int) -> float:
-    """The Bonferroni divisor a cascade of ``shape`` is certified with: the shape's cascades over its share."""
-    return shape.count(n_candidates, committee_members, grid, n_scores) / shape_share(shape, min_stages)
-
-
-def cascade_count(n_candidates: int, min_stages: int, max_stages: int, committee_members: int, grid: int,
-                  n_scores: int) -> int:
-    """How many cascades a space holds (every shape's count): the tests the guarantee covers."""
-    return sum(shape.count(n_candidates, committee_members, grid, n_scores)
-               for shape in space_shapes(min_stages, max_stages, committee_members))
 
 
 def _check_keys(data: dict, known: set[str], where: str, prefix: str = "") -> None:
@@ -272,6 +231,9 @@ def parse_space(data: Any, where: str) -> SearchSpace:
     seed = data.get("seed", 0)
     _expect(isinstance(seed, int) and not isinstance(seed, bool), where, "seed", f"must be an integer, got {seed!r}")
     min_stages, max_stages = _stages(data.get("stages", 2), where)
+    enumeration = data.get("enumeration", {}) or {}
+    _expect(isinstance(enumeration, dict), where, "enumeration", f"must be a mapping with {', '.join(sorted(ENUMERATION_KEYS))}")
+    _check_keys(enumeration, ENUMERATION_KEYS, where, "enumeration.")
     mode = threshold.get("mode", "exact")
     sampler = data.get("sampler", "auto")
     space = SearchSpace(
@@ -292,6 +254,11 @@ def parse_space(data: Any, where: str) -> SearchSpace:
         sampler=str(sampler),  # type: ignore[arg-type]  (checked below)
         trials=trials,
         seed=seed,
+        first_stages=_integer(enumeration.get("first_stages", DEFAULT_FIRST_STAGES), where, "enumeration.first_stages"),
+        committee_pool=_integer(enumeration.get("committee_pool", DEFAULT_COMMITTEE_POOL), where,
+                                "enumeration.committee_pool"),
+        four_stage_pool=_integer(enumeration.get("four_stage_pool", DEFAULT_FOUR_STAGE_POOL), where,
+                                 "enumeration.four_stage_pool"),
         source=where,
     )
     _check_space(space, where)

@@ -8,13 +8,13 @@
 * **Race-free creation**: any number of workers may start at once on an empty storage. Schema creation is
   retried when two processes race for it; ``create_new_study`` lets exactly one of them create the study,
   the others wait for its spec.
-* **Workers** (:class:`StudyWorker`): in exact mode each candidate is queued once (``enqueue_trial``) and
-  workers pop the queue. A trial records its worker (host, pid, heartbeat); a trial whose worker died
+* **Workers** (:class:`StudyWorker`): in exact mode each work item (a candidate, or a family of cascades) is
+  queued once (``enqueue_trial``) and workers pop the queue. A trial records its worker (host, pid, heartbeat); a trial whose worker died
   (its process is gone on this host, or its heartbeat is older than :data:`GRACE_S` elsewhere) is failed by
   exactly one live worker (an atomic state change) and queued again. An interrupted trial (Ctrl-C) is
   queued again by its own worker. A worker whose queue is empty waits for the other workers' trials, then
-  queues any candidate still missing; a retried trial whose candidate is already evaluated, or queued
-  earlier, is pruned as a duplicate. So every candidate ends with exactly one complete trial.
+  queues any work item still missing; a retried trial whose item is already complete, or queued earlier, is
+  pruned as a duplicate. So every work item ends with exactly one complete trial.
 * **Storages**: an Optuna ``BaseStorage`` object, an RDB URL (``sqlite:///PATH``,
   ``postgresql+psycopg://...``) or a journal file path, locked with ``flock`` so that a killed worker never
   leaves a stale lock behind. Nothing here changes global state; :func:`open_storage` switches SQLite to
@@ -88,6 +88,8 @@ class StudySpec:
     committee_members: int = 1
     scores: tuple[str, ...] = ("maxprob",)
     threshold_grid: int = 20
+    selection: float | None = None
+    enumeration: tuple[int, int, int] = (0, 0, 0)
 
     @property
     def pareto(self) -> bool:
@@ -100,8 +102,8 @@ class StudySpec:
 
     @property
     def exact(self) -> bool:
-        """Exact mode: one trial per candidate, its threshold solved from the calibration curve."""
-        return self.threshold_mode == "exact" and not self.pareto and not self.cascades
+        """Exact mode: the work is queued (one trial per candidate, or per family of cascades), thresholds solved."""
+        return self.threshold_mode == "exact" and not self.pareto
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -109,7 +111,7 @@ class StudySpec:
     @classmethod
     def from_json(cls, text: str) -> "StudySpec":
         data = json.loads(text)
-        for key in ("threshold_range", "objectives", "directions", "candidates", "scores"):
+        for key in ("threshold_range", "objectives", "directions", "candidates", "scores", "enumeration"):
             if key in data:
                 data[key] = tuple(data[key])
         stages = data["stages"]
@@ -310,8 +312,8 @@ def create_or_load(storage: BaseStorage, study_name: str, spec: StudySpec, info:
                    sampler: optuna.samplers.BaseSampler, queue: Sequence[dict[str, Any]] = ()) -> tuple[optuna.Study, bool]:
     """Create the study with its spec, or load it and check that its spec equals ``spec``.
 
-    Exactly one of several concurrent callers creates it: that one queues every candidate (exact mode) or the
-    trials of ``queue`` (their parameters), then writes the info and the spec, last, which marks the study ready.
+    Exactly one of several concurrent callers creates it: that one queues the trials of ``queue`` (their
+    parameters), then writes the info and the spec, last, which marks the study ready.
     The others wait for the spec.
     Returns the study and whether this call created it.
     """
@@ -323,10 +325,7 @@ def create_or_load(storage: BaseStorage, study_name: str, spec: StudySpec, info:
         created = False
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
     if created:
-        if spec.exact:
-            enqueue_candidates(study, spec.candidates)
-        for params in queue:
-            study.enqueue_trial(params, user_attrs={QUEUED_ATTR: True})
+        enqueue_work(study, queue)
         study.set_user_attr(INFO_ATTR, info.to_json())
         study.set_user_attr(SPEC_ATTR, spec.to_json())
         return study, True
@@ -353,10 +352,21 @@ def _wait_for_spec(study: optuna.Study) -> StudySpec:
         time.sleep(POLL_S)
 
 
-def enqueue_candidates(study: optuna.Study, candidates: Iterable[str], **attrs: Any) -> None:
-    """Queue one trial per candidate (exact mode); ``attrs`` mark retries and reconciliations."""
-    for candidate in candidates:
-        study.enqueue_trial({"candidate": candidate}, user_attrs={QUEUED_ATTR: True, **attrs})
+def enqueue_work(study: optuna.Study, work: Iterable[dict[str, Any]], **attrs: Any) -> None:
+    """Queue one trial per work item (its parameters); ``attrs`` mark retries and reconciliations."""
+    for params in work:
+        study.enqueue_trial(dict(params), user_attrs={QUEUED_ATTR: True, **attrs})
+
+
+def work_key(params: dict[str, Any]) -> str:
+    """One work item's identity: its parameters, in a canonical form."""
+    return json.dumps(params, sort_keys=True)
+
+
+def trial_work(trial: FrozenTrial) -> str | None:
+    """The work item a queued trial runs (None: a sampled trial)."""
+    params = trial.system_attrs.get("fixed_params")
+    return None if not params else work_key(params)
 
 
 def trial_param(trial: FrozenTrial, name: str) -> Any:
@@ -379,12 +389,22 @@ class Progress:
 
 
 def candidate_progress(trials: Sequence[FrozenTrial], candidates: Sequence[str]) -> Progress:
-    complete = {trial_candidate(t) for t in trials if t.state == TrialState.COMPLETE}
-    running = {trial_candidate(t) for t in trials if t.state == TrialState.RUNNING} - complete
+    """Which candidates have a complete pair trial, one running, or neither."""
+    return _progress(trials, candidates, trial_candidate)
+
+
+def work_progress(trials: Sequence[FrozenTrial], work: Sequence[dict[str, Any]]) -> Progress:
+    """Which work items (as :func:`work_key` strings) are complete, running, or neither."""
+    return _progress(trials, [work_key(w) for w in work], trial_work)
+
+
+def _progress(trials: Sequence[FrozenTrial], keys: Sequence[str], key_of: Callable[[FrozenTrial], str | None]) -> Progress:
+    complete = {key_of(t) for t in trials if t.state == TrialState.COMPLETE}
+    running = {key_of(t) for t in trials if t.state == TrialState.RUNNING} - complete
     return Progress(
-        evaluated=[c for c in candidates if c in complete],
-        running=[c for c in candidates if c in running],
-        missing=[c for c in candidates if c not in complete and c not in running],
+        evaluated=[k for k in keys if k in complete],
+        running=[k for k in keys if k in running],
+        missing=[k for k in keys if k not in complete and k not in running],
     )
 
 
@@ -481,10 +501,12 @@ class StudyWorker:
     """
 
     def __init__(self, study: optuna.Study, storage: BaseStorage, spec: StudySpec,
-                 objective: Callable[[optuna.Trial], Any], on_change: Callable[[], None] | None = None) -> None:
+                 objective: Callable[[optuna.Trial], Any], on_change: Callable[[], None] | None = None,
+                 work: Sequence[dict[str, Any]] = ()) -> None:
         self.study = study
         self.storage = storage
         self.spec = spec
+        self.work = list(work)
         self.objective = objective
         self.on_change = on_change or (lambda: None)
         self.study_id = storage.get_study_id_from_name(study.study_name)
@@ -493,22 +515,19 @@ class StudyWorker:
     def _trial_id(self, number: int) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
 
-    def run(self, n_trials: int | None, remaining: Callable[[], int] | None = None) -> None:
-        """Exact mode: evaluate queued candidates (at most ``n_trials``, all with None) until every candidate is
-        evaluated; sampled mode: run ``n_trials`` trials, stopping early once ``remaining()`` (the study's work
-        left, all workers) is 0."""
+    def run(self, n_trials: int | None) -> None:
+        """Exact mode: run queued work (at most ``n_trials`` trials, all with None) until every item of ``work`` is
+        complete; sampled mode: run ``n_trials`` trials."""
         if self.spec.exact:
             self._run_queue(n_trials)
             return
         for _ in range(n_trials or 0):
             self.reap()
-            if remaining is not None and remaining() <= 0:
-                return
             self._run_one()
 
     def _run_queue(self, n_trials: int | None) -> None:
-        """Claim queued trials (in a random order, so that workers rarely reach for the same one) until every
-        candidate is evaluated; the queue is re-read only when this worker's list of it runs out."""
+        """Claim queued trials (in a random order, so that workers rarely reach for the same one) until every work
+        item is complete; the queue is re-read only when this worker's list of it runs out."""
         order = random.Random(os.getpid())
         pending: list[int] = []
         reaped_at = time.monotonic()
@@ -526,14 +545,15 @@ class StudyWorker:
             if pending:
                 order.shuffle(pending)
                 continue
-            progress = candidate_progress(trials, self.spec.candidates)
+            progress = work_progress(trials, self.work)
             if progress.running:
                 self.on_change()
                 time.sleep(POLL_S)
                 continue
             if not progress.missing:
                 return
-            enqueue_candidates(self.study, progress.missing, **{RECONCILED_ATTR: True})
+            missing = set(progress.missing)
+            enqueue_work(self.study, [w for w in self.work if work_key(w) in missing], **{RECONCILED_ATTR: True})
 
     def reap(self) -> int:
         """Fail the running trials whose worker is dead and queue them again; returns how many this worker
@@ -559,13 +579,13 @@ class StudyWorker:
             self.study.enqueue_trial(dict(params), user_attrs={QUEUED_ATTR: True, RETRY_ATTR: trial.number})
 
     def _duplicate_of(self, trial: FrozenTrial) -> int | None:
-        """For a retried or reconciled exact-mode trial: the number of a trial that makes it a duplicate (its
-        candidate is complete, or queued or running under a lower number)."""
+        """For a retried or reconciled exact-mode trial: the number of a trial that makes it a duplicate (its work
+        item is complete, or queued or running under a lower number)."""
         if not (RETRY_ATTR in trial.user_attrs or trial.user_attrs.get(RECONCILED_ATTR)):
             return None
-        candidate = trial_candidate(trial)
+        key = trial_work(trial)
         for other in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)):
-            if other.number != trial.number and trial_candidate(other) == candidate and (
+            if other.number != trial.number and trial_work(other) == key and (
                     other.state == TrialState.COMPLETE or other.number < trial.number):
                 return other.number
         return None
