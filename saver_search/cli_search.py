@@ -41,13 +41,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "'none': the plug-in choice on the calibration images")
     parser.add_argument("--bound", choices=BOUNDS, default=DEFAULT_BOUND, help="the test behind the guarantee")
     parser.add_argument("--trials", type=int, help="Optuna trials (exact mode: at most this many candidates; "
-                        "cascades: sampled trials per shape, after every pair; default: from the space, else 300)")
+                        "pairs only; default: from the space, else 300 sampled)")
     parser.add_argument("--threshold", choices=THRESHOLD_MODES, help="exact: solved per candidate; sampled: Optuna samples it")
     parser.add_argument("--sampler", choices=SAMPLERS, help="sampler of sampled thresholds (auto: TPE); exact mode "
                         "evaluates every candidate once")
     parser.add_argument("--seed", type=int, help="sampler seed (default: from the space)")
     parser.add_argument("--stages", help="stages of a cascade, the target last: 2 (pairs, default), 3, or a range "
-                        "such as 2..4 (every pair is tried first, then each number of stages gets --trials trials)")
+                        "such as 2..4 (every pair, then the space's families of 3 and 4 stages, each enumerated)")
     parser.add_argument("--committee", type=int, metavar="N", help="let a stage be a committee of up to N models "
                         "(2 or 3) answering with their mean probabilities; a model an earlier stage ran is not paid again")
     parser.add_argument("--score", help="score the stages exit on: maxprob (default), margin, entropy, maxprob_t "

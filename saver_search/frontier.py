@@ -35,21 +35,23 @@ BIG_LEVEL = 1 << 40
 @dataclass(frozen=True)
 class StageOptions:
     """Stage options on one set of images: per option its members, oriented confidence, whether it is right, its
-    images in descending confidence and its GMACs (all members)."""
+    images in descending confidence and its GMACs (all members); ``floor``: the lowest oriented score there can be
+    (a threshold there lets every image exit)."""
 
     members: list[Members]
     confidence: np.ndarray  # (options, n) float64, higher: surer
     right: np.ndarray  # (options, n) bool
     order: np.ndarray  # (options, n) int32
     gmacs: np.ndarray  # (options,)
+    floor: float = 0.0
 
     @classmethod
     def build(cls, members: Sequence[Members], confidence: Sequence[np.ndarray], right: Sequence[np.ndarray],
-              gmacs: Sequence[float]) -> "StageOptions":
+              gmacs: Sequence[float], floor: float = 0.0) -> "StageOptions":
         conf = np.stack([np.asarray(c, dtype=np.float64) for c in confidence])
         order = np.argsort(-conf, axis=1, kind="stable").astype(np.int32)
         return cls(list(members), conf, np.stack([np.asarray(r, dtype=bool) for r in right]), order,
-                   np.asarray(gmacs, dtype=np.float64))
+                   np.asarray(gmacs, dtype=np.float64), floor)
 
     def index(self) -> dict[Members, int]:
         return {m: i for i, m in enumerate(self.members)}
@@ -167,7 +169,9 @@ class Frontier:
         nothing, everything = cut == 0, cut == r
         inner = np.clip(cut, 1, max(r - 1, 1))
         threshold = (conf[row, inner - 1] + conf[row, np.minimum(inner, r - 1)]) / 2.0
-        threshold = np.where(nothing, conf[row, 0], np.where(everything, conf[row, r - 1] - 1.0, threshold))
+        lowest = conf[row, r - 1]
+        everyone = np.where(lowest > self.options.floor, (lowest + self.options.floor) / 2.0, self.options.floor)
+        threshold = np.where(nothing, conf[row, 0], np.where(everything, everyone, threshold))
         self.cost[target_row, lev] = cost
         self.thresholds[target_row, lev, :-1] = prefix.thresholds
         self.thresholds[target_row, lev, -1] = threshold

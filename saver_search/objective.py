@@ -200,9 +200,11 @@ class CascadeObjective:
 
     def _build_options(self, members: list[tuple[str, ...]], score_name: str) -> StageOptions:
         views = [self.view(m, score_name, "sel") for m in members]
+        score = get_score(score_name)
+        floor = 0.0 if score.higher_is_surer else float(score.oriented(np.log(self.n_classes)))
         return StageOptions.build(members, [v.confidence for v in views],
                                   [np.asarray(v.predicted) == self.labels["sel"] for v in views],
-                                  [sum(self.gmacs[x] for x in m) for m in members])
+                                  [sum(self.gmacs[x] for x in m) for m in members], floor)
 
     def ranking(self, score_name: str, options: StageOptions | None = None) -> list[int]:
         """Option indices, best pair companion first: ranked by the cost of the option's best pair with the target

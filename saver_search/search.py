@@ -221,13 +221,15 @@ class PreparedSearch:
         return summarise(study, seconds=time.perf_counter() - started, storage=self.storage_label)
 
     def certify(self, study: optuna.Study) -> None:
-        """Once every work item is complete (all workers), certify the best learned path on the certification images
-        and keep the answer with the study. Deterministic, so workers that finish at once write the same record."""
-        if self.spec.selection is None or CERTIFIED_ATTR in study.user_attrs:
+        """Certify the best learned path of the complete work on the certification images and keep the answer with
+        the study, unless a worker is still running or the answer is already there for this much work. Deterministic
+        in the set of complete work items, so workers that finish at once write the same record."""
+        if self.spec.selection is None:
             return
         trials = study.get_trials(deepcopy=False)
         state = work_progress(trials, self.work)
-        if state.missing or state.running:
+        stored = study.user_attrs.get(CERTIFIED_ATTR)
+        if state.running or (stored is not None and stored.get("families") == len(state.evaluated)):
             return
         paths: dict[str, dict[str, Any]] = {}
         for trial in trials:
@@ -236,7 +238,8 @@ class PreparedSearch:
         certified = self.objective.certify_paths([paths[key] for key in sorted(paths)])
         study.set_user_attr(CERTIFIED_ATTR, {
             "outcome": None if certified.outcome is None else certified.outcome.to_attrs(),
-            "passed": certified.passed, "points": certified.points, "structure": certified.structure})
+            "passed": certified.passed, "points": certified.points, "structure": certified.structure,
+            "families": len(state.evaluated), "of": len(self.work)})
 
     def interrupted_message(self, study: optuna.Study) -> str:
         """What an interruption kept, and how to resume."""
@@ -302,6 +305,9 @@ def prepare_search(
     names = select_candidates(source, target, space, candidates)
     selection = check_selection(selection)
     sampler, sampler_name = make_sampler(space, pareto)
+    if space.cascades and space.trials is not None:
+        raise InvalidParameter("trials", "applies to pair searches only: a cascade search evaluates every family of "
+                               "its space once (see enumeration in the space YAML for how far it reaches)")
     if space.cascades:
         check_score_inputs(source, names, space.scores)
     learn_then_test = level is not None and space.threshold_mode == "exact" and not pareto
@@ -471,13 +477,20 @@ def summarise(study: optuna.Study, *, seconds: float = 0.0, storage: str | None 
     note = None
     certified = study.user_attrs.get(CERTIFIED_ATTR)
     if spec.selection is not None:  # Learn-then-Test: the answer is the certified point of the learned path
-        best = alone if certified is None or certified["outcome"] is None else Outcome.from_attrs(certified)
+        found = None if certified is None or certified["outcome"] is None else Outcome.from_attrs(certified)
+        cheaper = found is not None and (found.calibration.latency_ms if by_latency else found.calibration.gmacs) < target_cost
+        best = found if cheaper else alone
         if certified is None:
-            note = ("the search has not finished (every family must be evaluated before the learned path is "
-                    "certified): the target alone is returned; rerun the same command to finish")
-        elif certified["outcome"] is None:
-            note = (f"the learned path of {certified['structure']} failed its first test on the certification images "
-                    f"at {spec.guarantee:.0%}: the target alone is returned; use more images or a larger budget")
+            note = ("no work item is complete yet, so no learned path is certified: the target alone is returned; "
+                    "rerun the same command to go on")
+        elif not cheaper:
+            certifying = info.calibration_images - round(spec.selection * info.calibration_images)
+            note = (f"with {info.calibration_images:,} calibration images ({certifying:,} certify the learned path of "
+                    f"{certified['structure']}) no cascade cheaper than the target keeps {spec.max_drop:g} points at "
+                    f"{spec.guarantee:.0%}: the target alone is returned; use more images or a larger budget")
+        elif certified["families"] < certified["of"]:
+            note = (f"certified over the {certified['families']} of {certified['of']} work items evaluated so far; "
+                    "rerun without --trials to evaluate the rest")
     elif not saving:
         if not ranked and not spec.exact:
             note = "no trial found a cascade within the budget: the target alone is returned; run more trials"
