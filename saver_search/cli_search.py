@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from saver_search.calibration import BOUNDS, DEFAULT_BOUND, DEFAULT_FRACTION, DEFAULT_LEVEL
+from saver_search.calibration import BOUNDS, DEFAULT_BOUND, DEFAULT_FRACTION, DEFAULT_LEVEL, DEFAULT_SELECTION
 from saver_search.cli import positive_int
 from saver_search.errors import InvalidParameter, SaverSearchError
 from saver_search.sources import open_source
@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"level at which the true accuracy drop stays within --max-drop (default {DEFAULT_LEVEL}); "
                         "'none': the plug-in choice on the calibration images")
     parser.add_argument("--bound", choices=BOUNDS, default=DEFAULT_BOUND, help="the test behind the guarantee")
+    parser.add_argument("--selection", default=str(DEFAULT_SELECTION),
+                        help=f"with a guarantee, the share of the calibration images that learn the cascade and its "
+                        f"path of thresholds (default {DEFAULT_SELECTION}); the rest certify that one path")
     parser.add_argument("--trials", type=int, help="Optuna trials (exact mode: at most this many candidates; "
                         "pairs only; default: from the space, else 300 sampled)")
     parser.add_argument("--threshold", choices=THRESHOLD_MODES, help="exact: solved per candidate; sampled: Optuna samples it")
@@ -116,7 +119,7 @@ def run(args: argparse.Namespace) -> int | None:
     prepared = prepare_search(
         source, args.target, max_drop, space, candidates=candidates, storage=args.storage,
         study_name=args.study_name, pareto=args.pareto, calibration=args.calibration, split_seed=args.split_seed,
-        guarantee=args.guarantee, bound=args.bound, sqlite_wal=True,
+        guarantee=args.guarantee, bound=args.bound, sqlite_wal=True, selection=args.selection,
         latency_ms=_latency(source, args) if args.cost == "latency" else None,
     )
     if args.workers > 1:
@@ -174,7 +177,7 @@ def _run_workers(args: argparse.Namespace, prepared: Any, seed: int) -> tuple[An
                  for command in commands]
     show = not args.json and sys.stderr.isatty()
     try:
-        with StudyProgress(study, prepared.spec, None, show and prepared.spec.exact) as bar:
+        with StudyProgress(study, prepared.spec, None, show and prepared.spec.exact, prepared.work) as bar:
             while any(p.poll() is None for p in processes):
                 bar.update()
                 time.sleep(0.2)
@@ -183,10 +186,10 @@ def _run_workers(args: argparse.Namespace, prepared: Any, seed: int) -> tuple[An
             process.wait()
         raise SearchInterrupted(prepared.interrupted_message(study)) from None
     errors = [(p.returncode, p.stderr.read().strip()) for p in processes if p.returncode]
-    if errors:
+    if errors:  # this process finishes what the failed workers left (nothing, if the others did it all)
         for line in dict.fromkeys(text.splitlines()[-1] for _, text in errors if text):
             print(line, file=sys.stderr)
-        print(f"error: {len(errors)} of {args.workers} workers failed; rerun the same command to resume the study",
+        print(f"warning: {len(errors)} of {args.workers} workers failed; this process finished the study",
               file=sys.stderr)
-        return None, 2
+        prepared.run()
     return summarise(study, seconds=time.perf_counter() - started, storage=prepared.storage_label), 0

@@ -180,6 +180,35 @@ class Frontier:
         return int(scored.size)
 
 
+LEVELS_PER_BUDGET = 64  # risk levels per budget's worth of errors on a frontier
+RISK_SPAN = 2.5  # levels reach this many budgets: far enough past the point the certification stops at
+
+
+def learning_frontier(prefix: tuple[Members, ...], options: StageOptions, rows: np.ndarray, allowed: int,
+                      alpha: float | None, certification_images: int) -> Frontier:
+    """A family's frontier on the selection images: one level at ``allowed`` extra errors (plug-in, ``alpha`` None),
+    or risk levels from ``-allowed`` to ``RISK_SPAN x allowed`` for a path that a test at ``alpha`` on
+    ``certification_images`` images will certify."""
+    if alpha is None:
+        return Frontier.plug_in(prefix, options, rows, allowed)
+    unit = max(allowed, 1)
+    weight = risk_weight(alpha, options.confidence.shape[1], certification_images)
+    return Frontier(prefix, options, rows, int((RISK_SPAN + 1) * LEVELS_PER_BUDGET) + 1, unit / LEVELS_PER_BUDGET,
+                    weight, -float(unit))
+
+
+def budget_level(frontier: Frontier) -> int:
+    """The last level within the budget: the level a structure is ranked at."""
+    return 0 if frontier.levels == 1 else LEVELS_PER_BUDGET
+
+
+def structure_scores(frontier: Frontier) -> np.ndarray:
+    """Per structure of a frontier, its cheapest cascade within the budget (inf: none)."""
+    if frontier.cost.shape[0] == 0:
+        return np.zeros(0)
+    return frontier.cost[:, :budget_level(frontier) + 1].min(axis=1)
+
+
 def risk_weight(alpha: float, selection_images: int, certification_images: int) -> float:
     """How many standard errors a certification test at ``alpha`` adds to a drop, in selection images per
     sqrt(discordant selection image): ``sqrt(2 log(1 / alpha) n_sel / n_cert)`` (the Bernstein-like width of the

@@ -20,7 +20,9 @@ from saver_search.cascade import (
     CascadeSpec, StageOutputs, ThresholdCurve, allowed_errors, cascade_answers, path_curve,
 )
 from saver_search.committees import stage_outputs
-from saver_search.frontier import Frontier, Prefix, StageOptions, own_gmacs, risk_weight
+from saver_search.frontier import (
+    Frontier, Prefix, StageOptions, budget_level, learning_frontier, own_gmacs, structure_scores,
+)
 from saver_search.results import Figures, Outcome, TargetInfo
 from saver_search.scores import DEFAULT_SCORE, fit_temperature, get_score
 from saver_search.sources import PredictionSource
@@ -58,10 +60,6 @@ class _Candidate:
     curve: ThresholdCurve
     certified: int | None
     curve_stored: bool = field(default=False)
-
-
-LEVELS_PER_BUDGET = 64  # risk levels per budget's worth of errors on a frontier
-RISK_SPAN = 2.5  # levels reach this many budgets: far enough past the point the certification stops at
 
 
 def take_samples(model: ModelPredictions, indices: np.ndarray) -> ModelPredictions:
@@ -166,18 +164,9 @@ class CascadeObjective:
         return allowed_errors(self.max_drop, int(self.labels["sel"].size))
 
     def new_frontier(self, prefix: tuple[tuple[str, ...], ...], options: StageOptions, rows: np.ndarray) -> Frontier:
-        """A family's frontier: one level at the budget (plug-in), or with a guarantee the risk levels from
-        ``-allowed`` to ``RISK_SPAN x allowed`` (see :mod:`saver_search.frontier`)."""
-        if self.guarantee is None:
-            return Frontier.plug_in(prefix, options, rows, self.allowed)
-        unit = max(self.allowed, 1)
-        weight = risk_weight(test_level(self.guarantee), int(self.labels["sel"].size), int(self.labels["cert"].size))
-        return Frontier(prefix, options, rows, int((RISK_SPAN + 1) * LEVELS_PER_BUDGET) + 1, unit / LEVELS_PER_BUDGET,
-                        weight, -float(unit))
-
-    def budget_level(self, frontier: Frontier) -> int:
-        """The last level within the budget: the level a structure is ranked at."""
-        return 0 if frontier.levels == 1 else LEVELS_PER_BUDGET
+        """A family's frontier (see :func:`~saver_search.frontier.learning_frontier`)."""
+        alpha = None if self.guarantee is None else test_level(self.guarantee)
+        return learning_frontier(prefix, options, rows, self.allowed, alpha, int(self.labels["cert"].size))
 
     def options(self, score_name: str) -> StageOptions:
         """Every stage option on the selection images: each candidate, then (with committees) each committee of the
@@ -216,7 +205,7 @@ class CascadeObjective:
             frontier = self.new_frontier((), options, rows)
             frontier.extend(Prefix.empty(self.labels["sel"].size), options.gmacs.copy(), self._target_right(),
                             self.target_info.gmacs)
-            score = frontier_scores(frontier, self.budget_level(frontier))
+            score = structure_scores(frontier)
             self._ranking[key] = sorted(rows.tolist(), key=lambda i: (score[i], options.gmacs[i], options.members[i]))
         return self._ranking[key]
 
@@ -352,14 +341,14 @@ class CascadeObjective:
             cost = own_gmacs(members, prefix[:depth], self.gmacs)
             starts = [start.then(options, index[members], t, cost, gain[index[members]]) for start in starts for t in grid]
         for start in starts:  # plug-in: only the family's best counts; with a guarantee, whole paths up to the target
-            bar = self.target_info.gmacs if self.guarantee is not None else float(frontier_scores(frontier, 0).min())
+            bar = self.target_info.gmacs if self.guarantee is not None else float(structure_scores(frontier).min())
             frontier.extend(start, own, target_right, self.target_info.gmacs, bar)
         return frontier
 
     def _report(self, trial: optuna.Trial, frontier: Frontier, score_name: str) -> tuple[Outcome, float]:
         """The family's best structure: its outcome at the budget and, with a guarantee, its path kept with the trial."""
-        level = self.budget_level(frontier)
-        scores = frontier_scores(frontier, level)
+        level = budget_level(frontier)
+        scores = structure_scores(frontier)
         if scores.size == 0 or not np.isfinite(scores.min()):  # nothing of the family keeps the budget
             return self.outcome(CascadeSpec(((self.target,),), (), score_name), False, "sel"), 1.0
         row = min(range(scores.size), key=lambda r: (scores[r], frontier.stages(r)))
@@ -476,13 +465,6 @@ class Certified:
     passed: int
     points: int
     structure: str
-
-
-def frontier_scores(frontier: Frontier, level: int) -> np.ndarray:
-    """Per structure of a frontier, its cheapest cascade at ``level`` or below (inf: none)."""
-    if frontier.cost.shape[0] == 0:
-        return np.zeros(0)
-    return frontier.cost[:, :level + 1].min(axis=1)
 
 
 def target_alone_outcome(target: TargetInfo, calibration_images: int, test_images: int) -> Outcome:

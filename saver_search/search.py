@@ -23,7 +23,7 @@ import optuna
 
 from saver_search import __version__
 from saver_search.calibration import (
-    DEFAULT_BOUND, DEFAULT_FRACTION, DEFAULT_LEVEL, BoundName, SplitInfo, check_bound,
+    DEFAULT_BOUND, DEFAULT_FRACTION, DEFAULT_LEVEL, DEFAULT_SELECTION, BoundName, SplitInfo, check_bound,
     check_fraction, check_level, check_seed, make_split,
 )
 from saver_search.errors import InvalidParameter, SaverSearchError
@@ -38,10 +38,6 @@ from saver_search.study import (
 )
 
 DEFAULT_SAMPLED_TRIALS = 300  # a sampled pair search's trials
-# Learn-then-Test: the share of the calibration images that select the cascade and its path; the rest certify it.
-# Measured on the simulated default (convnextv2_huge, 0.5 points, test GMACs): pairs 71.4 / 61.9 / 64.7 and 3 stages
-# none / 30.4 / 37.0 at 0.3 / 0.5 / 0.7 (at 0.3 the 3-stage path failed its first test).
-DEFAULT_SELECTION = 0.5
 CERTIFIED_ATTR = "saver_search:certified"
 N_ALTERNATIVES = 5
 COSTS = ("gmacs", "latency")

@@ -292,3 +292,42 @@ def test_a_study_resumed_with_other_stages_is_refused(tmp_path):
     in_sample(SearchSpace(), source, storage=storage, study_name="s")
     with pytest.raises(StudyMismatch, match="stages"):
         in_sample(SearchSpace(min_stages=2, max_stages=3), source, storage=storage, study_name="s")
+
+
+def _store(path, source: ArraySource) -> PredictionStore:
+    n = source.labels.size
+    store = PredictionStore.create(path, [f"i{i}" for i in range(n)], source.labels, n_classes=N_CLASSES)
+    for name in source.model_names():
+        model = source.model(name)
+        store.add_model(name, model.classes, model.probs, gmacs=model.gmacs, source="synthetic")
+    return store
+
+
+def test_the_same_answer_with_one_or_two_workers_and_after_a_kill_and_resume(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    store = _store(tmp_path / "store", logit_source(n=3000, seed=4))
+    common = ["--data", str(tmp_path / "store"), "--target", "big", "--max-drop", "2", "--stages", "2..4",
+              "--committee", "2", "--json"]
+    alone = run_cli(*common)
+    two = run_cli(*common, "--workers", "2", "--storage", str(tmp_path / "two.journal"))
+    assert alone.returncode == 0 and two.returncode == 0, (alone.stderr, two.stderr)
+    journal = tmp_path / "killed.journal"
+    command = [sys.executable, "-m", "saver_search", *map(str, common), "--storage", str(journal)]
+    worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while worker.poll() is None and (not journal.exists() or journal.read_text().count('"state":1,') < 3):
+        time.sleep(0.01)  # until three trials are complete (a journal record setting state COMPLETE), then kill
+    worker.send_signal(signal.SIGKILL)
+    assert worker.wait() == -signal.SIGKILL
+    resumed = run_cli(*common, "--storage", str(journal))
+    assert resumed.returncode == 0, resumed.stderr
+    answers = [json.loads(p.stdout)["best"] for p in (alone, two, resumed)]
+    assert all(a["stages"] == answers[0]["stages"] and a["thresholds"] == answers[0]["thresholds"] for a in answers)
+    from saver_search.search import load_study
+
+    for path in (tmp_path / "two.journal", journal):  # every family complete exactly once
+        complete = [trial_work(t) for t in load_study(str(path)).trials if t.state == TrialState.COMPLETE]
+        assert len(complete) == len(set(complete)) == 4 + 1 + 4 + 10 + 6 + 28  # pairs, committee pairs, 3 and 4 stages
