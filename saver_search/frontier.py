@@ -4,7 +4,7 @@ Why: a search that samples its space finds far less than the space holds (a 3-st
 stood 29 % above the enumeration of the same grid), and certifying each sampled shape against every cascade it
 could have chosen erases what cascades gain. Here the family is enumerated on the *selection* images and reduced
 to one path of cascades, safest first, which the certification images then test in fixed sequence
-(:mod:`saver_search.certify`): the guarantee costs the same whatever the size of the space.
+(:meth:`saver_search.objective.CascadeObjective.certify_paths`): the guarantee costs the same whatever the size of the space.
 
 The family of one prefix: a cascade ``prefix -> B -> target`` where the prefix (0..2 stages, each with a grid
 threshold) is fixed and ``B`` runs over a batch of stage options (single models or committees), its threshold
@@ -15,10 +15,11 @@ sums. Cost: O(options x n) per prefix, O(prefixes x options x n) in all, with on
 front. On the simulated default (251 candidates, 50,000 images) the 3-stage family over the 40 best first stages
 (20 grid thresholds each, every costlier second stage: 34,020 curves) takes 14 s where sorting per curve took 87 s.
 
-A point's *gap* is how many more selection images the cascade gets wrong than the target: the frontier keeps,
-for every gap in ``[low, high]``, the cheapest cascade whose gap is at most that (gaps below ``low`` count as
-``low``). With ``low == high`` it is the plug-in search at one budget, and a prefix whose cheapest possible cost
-(its stages' own GMACs on the images that reach them, the target free) cannot beat the frontier is skipped.
+A point's *gap* is how many more selection images the cascade gets wrong than the target; its *risk* adds the
+width the certification test will put on it (:class:`Frontier`). Per structure the frontier keeps the cheapest
+cascade at each risk level: the structure's path, safest first. With one level at the budget it is the plug-in
+search, and a prefix whose cheapest possible cost (its stages' own GMACs on the images that reach them, the target
+free) cannot beat the family's best is skipped.
 """
 
 from __future__ import annotations
