@@ -111,10 +111,6 @@ class Frontier:
     def stages(self, row: int) -> tuple[Members, ...]:
         return (*self.prefix, self.options.members[int(self.rows[row])])
 
-    def best_cost(self) -> np.ndarray:
-        """Per structure, its cheapest cascade at any level (inf: none yet)."""
-        return self.cost.min(axis=1)
-
     def path(self, row: int) -> list[Point]:
         """Structure ``row``'s cascades, safest first, each cheaper than the one before."""
         out: list[Point] = []
