@@ -141,11 +141,13 @@ def check_level(level: float | str | None) -> float | None:
 
 
 def check_seed(seed: object) -> int:
-    """The split seed: an integer."""
+    """The split seed: an integer >= 0 (NumPy seeds are non-negative)."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        if isinstance(seed, str) and seed.strip().lstrip("-").isdigit():
-            return int(seed)
-        raise InvalidParameter("split_seed", f"must be an integer, got {seed!r}")
+        if not (isinstance(seed, str) and seed.strip().lstrip("-").isdigit()):
+            raise InvalidParameter("split_seed", f"must be an integer, got {seed!r}")
+        seed = int(seed)
+    if seed < 0:
+        raise InvalidParameter("split_seed", f"must be an integer >= 0, got {seed}")
     return int(seed)
 
 

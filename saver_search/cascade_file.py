@@ -112,8 +112,14 @@ class CascadeFile:
         if not isinstance(models, dict):
             raise SaverSearchError(f"{where}: 'models' must be an object: model tag -> {{gmacs, provenance}}")
         described = {name: _model(entry, f"{where}: model '{name}'") for name, entry in models.items()}
+        expected, study = data.get("expected") or {}, data.get("study")
+        if not isinstance(expected, dict):
+            raise SaverSearchError(f"{where}: 'expected' must be an object (the figures the search expects), got "
+                                   f"{type(expected).__name__}")
+        if study is not None and not isinstance(study, str):
+            raise SaverSearchError(f"{where}: 'study' must be the study's name or null, got {study!r}")
         try:
-            return cls(cascade=cascade, models=described, expected=dict(data.get("expected") or {}), study=data.get("study"))
+            return cls(cascade=cascade, models=described, expected=dict(expected), study=study)
         except SaverSearchError as err:  # a stage naming a model the file does not describe
             raise SaverSearchError(f"{where}: {err}") from None
 
@@ -134,6 +140,14 @@ def _cascade(data: Any, where: str) -> CascadeSpec:
             isinstance(s, list) and s and all(isinstance(m, str) for m in s) for s in stages):
         raise SaverSearchError(f"{where}: cascade 'stages' must be a non-empty list of stages, each a non-empty list "
                                "of model tags, the target last")
+    if len(stages[-1]) != 1:
+        raise SaverSearchError(f"{where}: the last stage must be one model, the target (it answers every image that "
+                               f"reaches it), got a committee of {len(stages[-1])}")
+    seen = [tuple(sorted(stage)) for stage in stages]
+    repeated = next((stage for index, stage in enumerate(seen) if stage in seen[:index]), None)
+    if repeated is not None:
+        raise SaverSearchError(f"{where}: stage {' + '.join(repeated)} appears twice: a stage run again answers no "
+                               "image the first did not; remove one")
     score_name = data.get("score", "maxprob")
     if score_name not in SCORES:
         raise SaverSearchError(f"{where}: score {score_name!r} is not one of {', '.join(SCORES)}")
@@ -145,7 +159,7 @@ def _cascade(data: Any, where: str) -> CascadeSpec:
                                f"{len(thresholds) if isinstance(thresholds, list) else thresholds!r}")
     low, high = (0.0, 1.0) if score.higher_is_surer else (0.0, float("inf"))
     for index, threshold in enumerate(thresholds):
-        if not (isinstance(threshold, (int, float)) and low <= threshold <= high):
+        if isinstance(threshold, bool) or not (isinstance(threshold, (int, float)) and low <= threshold <= high):
             raise SaverSearchError(f"{where}: stage {index + 1} of {len(stages)} needs a threshold in [{low:g}, {high:g}] "
                                    f"(the {score.describe} beyond which it answers), got {threshold!r}")
     temperatures = data.get("temperatures") or {}
@@ -156,12 +170,16 @@ def _cascade(data: Any, where: str) -> CascadeSpec:
 
 
 def _model(data: Any, at: str) -> ModelFile:
-    if not isinstance(data, dict) or not isinstance(data.get("gmacs"), (int, float)) or data["gmacs"] < 0:
+    if not isinstance(data, dict) or isinstance(data.get("gmacs"), bool) or \
+            not isinstance(data.get("gmacs"), (int, float)) or not data["gmacs"] >= 0:
         raise SaverSearchError(f"{at} must be an object with its own 'gmacs' (a number >= 0) and its provenance")
     _no_unknown(data, tuple(ModelFile.__dataclass_fields__), at)
     provenance = data.get("provenance") or {}
     if not isinstance(provenance, dict) or set(provenance) - set(Provenance.__dataclass_fields__):
         raise SaverSearchError(f"{at}: provenance must be an object with {', '.join(Provenance.__dataclass_fields__)}")
+    if not isinstance(provenance.get("data_config") or {}, dict):
+        raise SaverSearchError(f"{at}: provenance data_config must be an object of timm data config fields (input_size, "
+                               f"crop_pct, interpolation, mean, std, ...) or null, got {provenance['data_config']!r}")
     if provenance.get("weights") not in (*WEIGHTS, None):
         raise SaverSearchError(f"{at}: weights must be one of {', '.join(WEIGHTS)} or null, got {provenance.get('weights')!r}")
     if provenance.get("weights") == "checkpoint" and not provenance.get("checkpoint"):

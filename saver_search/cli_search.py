@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int | None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the CLI prints its own summary
 
-    max_drop = check_max_drop(args.max_drop)
+    max_drop = check_max_drop(args.max_drop, text=True)
     space = _space(args)
     if args.workers > 1 and args.storage is None:
         raise InvalidParameter("workers", "needs --storage: a database or journal file that the workers share")

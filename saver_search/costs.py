@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from saver_search.errors import InvalidParameter
+from saver_search.errors import InvalidParameter, SaverSearchError
 from saver_search.files import atomic_write_text
 
 TABLE_PATH = Path(__file__).parent / "data" / "costs.csv"
@@ -149,8 +149,12 @@ def update_cache(section: str, key: str, value: Any) -> None:
     cache = read_cache()
     cache[section][key] = value
     path = cache_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(cache, indent=1, sort_keys=True))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(cache, indent=1, sort_keys=True))
+    except OSError as err:
+        raise SaverSearchError(f"cannot write the cost cache {path}: {err.strerror or err}; point SAVER_SEARCH_CACHE "
+                               "at a folder you can write to") from err
 
 
 def _stored_fields(cost: ModelCost) -> dict[str, Any]:

@@ -60,7 +60,14 @@ def read_labels_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Sample ids and labels from a ``file_name,label`` CSV."""
     path = Path(path)
     rows = _read_csv(path, ("file_name", "label"))
-    return np.array(rows["file_name"], dtype=str), _parse_numbers(rows["label"], int, path, "label")
+    ids = np.array(rows["file_name"], dtype=str)
+    unique, first, counts = np.unique(ids, return_index=True, return_counts=True)
+    if unique.size != ids.size:
+        twice = unique[counts > 1]
+        rows_of = np.flatnonzero(ids == twice[0]) + 2  # CSV rows, the header being row 1
+        raise SaverSearchError(f"{path} names {twice.size} file(s) more than once (first: {str(twice[0])!r} in rows "
+                               f"{', '.join(map(str, rows_of))}); every image needs one label row")
+    return ids, _parse_numbers(rows["label"], int, path, "label")
 
 
 def read_predictions_csv(path: str | Path) -> Predictions:
@@ -77,6 +84,8 @@ def _load_numpy(path: Path) -> np.lib.npyio.NpzFile | np.ndarray:
         return np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise SaverSearchError(f"file not found: {path}") from None
+    except EOFError:
+        raise SaverSearchError(f"{path} is empty: not a NumPy .npy/.npz file") from None
     except (OSError, ValueError) as err:
         raise SaverSearchError(f"{path} is not a readable NumPy .npy/.npz file ({npy_problem(err)})") from err
 
@@ -207,6 +216,10 @@ def import_predictions(
 
     A first import that fails leaves nothing behind: the store it created is removed again.
     """
+    for parameter, path in (("predictions_path", predictions_path), ("labels_path", labels_path)):
+        if path is not None and not Path(path).is_file():
+            raise InvalidParameter(parameter, f"{path} is {'a folder' if Path(path).is_dir() else 'not a file'}: "
+                                   "give a file")
     predictions = read_predictions(predictions_path, exit_index)
     store_path = Path(store_path)
     if (store_path / "dataset.json").exists():

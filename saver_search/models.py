@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from saver_search.compat import import_timm
-from saver_search.errors import SaverSearchError, first_line
+from saver_search.errors import InvalidParameter, SaverSearchError, UnknownModel, first_line
 
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
@@ -41,7 +41,10 @@ def resolve_device(device: str | None) -> torch.device:
     """The torch device for ``device`` ("cpu", "cuda", "cuda:1"); None means CUDA when available."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    target = torch.device(device)
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidParameter("device", f"must be cpu, cuda or cuda:N, got {device!r}") from None
     if target.type == "cuda" and not torch.cuda.is_available():
         raise SaverSearchError("<device=cuda> was asked for but CUDA is not available here (torch "
                                f"{torch.__version__}); use <device=cpu> or a CUDA build of torch")
@@ -67,6 +70,9 @@ def load_model(name: str, weights: Weights) -> torch.nn.Module:
                 f"check the network or the Hugging Face cache, or pass a local <checkpoint> file for {name}"
             ) from err
         return model.eval()
+    if not timm.is_model(name):
+        raise UnknownModel(name, f"timm has no architecture '{name}' ({timm.__version__}): give a timm model tag, "
+                           "e.g. resnet50.a1_in1k (python -m saver_search costs --list 'resnet*')")
     with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
         torch.manual_seed(0)  # random init is the same in every run, so resumed and sharded runs agree
         model = timm.create_model(name, pretrained=False)

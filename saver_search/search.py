@@ -96,9 +96,11 @@ def check_selection(selection: Any) -> float:
     return value
 
 
-def check_max_drop(max_drop: Any) -> float:
-    """Validate the accuracy-drop budget (top-1 points)."""
+def check_max_drop(max_drop: Any, *, text: bool = False) -> float:
+    """Validate the accuracy-drop budget (top-1 points): a number (with ``text``, as the CLI reads it: a string)."""
     try:
+        if isinstance(max_drop, bool) or not (isinstance(max_drop, (int, float, np.integer, np.floating)) or (text and isinstance(max_drop, str))):
+            raise TypeError
         value = float(max_drop)
     except (TypeError, ValueError):
         raise InvalidParameter("max_drop", f"must be a number of top-1 points such as 0.5, got {max_drop!r}") from None
@@ -110,7 +112,10 @@ def check_max_drop(max_drop: Any) -> float:
 def select_candidates(source: PredictionSource, target: str, space: SearchSpace, explicit: Sequence[str] | None) -> list[str]:
     """First-stage candidates: the explicit list (resolved) or the space's filter and cost ceiling."""
     if explicit:
-        names = [source.resolve(name) for name in explicit]
+        try:
+            names = [source.resolve(name) for name in explicit]
+        except SaverSearchError as err:
+            raise InvalidParameter("candidates", f"names a model the data does not have: {err}") from None
         names = [n for n in dict.fromkeys(names) if n != target]
         if not names:
             raise InvalidParameter("candidates", "names only the target; give at least one other model")
@@ -118,12 +123,13 @@ def select_candidates(source: PredictionSource, target: str, space: SearchSpace,
     ceiling = space.candidates.max_relative_cost * source.gmacs(target)
     matching = [n for n in source.model_names() if n != target and space.candidates.matches(n)]
     names = [n for n in matching if source.gmacs(n) <= ceiling]
+    if not matching:
+        raise InvalidParameter("space", f"{space.source} matches no model of {source.description} but the target: "
+                               "widen candidates.include / exclude, or pass <candidates>")
     if not names:
-        raise SaverSearchError(
-            f"empty candidate set: {len(matching)} models of {source.description} match the patterns of "
-            f"{space.source} and none costs <= {space.candidates.max_relative_cost:g} x the target "
-            f"({ceiling:.3g} GMACs); widen candidates.include / max_relative_cost or pass <candidates>"
-        )
+        raise InvalidParameter("space", f"{space.source}: none of the {len(matching)} models it matches costs <= "
+                               f"{space.candidates.max_relative_cost:g} x the target ({ceiling:.3g} GMACs): raise "
+                               "candidates.max_relative_cost, or pass <candidates>")
     return names
 
 
@@ -199,7 +205,11 @@ class PreparedSearch:
 
     def open(self) -> optuna.Study:
         """Create the study (queueing the work) or join it, checking that its spec matches."""
-        study, _ = create_or_load(self.storage, self.study_name, self.spec, self.info, self.sampler, self.work)
+        try:
+            study, _ = create_or_load(self.storage, self.study_name, self.spec, self.info, self.sampler, self.work)
+        except OSError as err:
+            raise SaverSearchError(f"cannot write to storage {self.storage_label}: {err.strerror or err}; free space "
+                                   "(or give a storage you can write to) and rerun the same command") from err
         return study
 
     def run(self, progress: bool = False) -> SearchResult:
@@ -214,6 +224,10 @@ class PreparedSearch:
                 self.certify(study)
             except KeyboardInterrupt:
                 raise SearchInterrupted(self.interrupted_message(study)) from None
+            except OSError as err:  # the storage's disk is full or gone: what was written is kept
+                raise SaverSearchError(f"cannot write to storage {self.storage_label}: {err.strerror or err}; the "
+                                       "trials written so far are kept: free space and rerun the same command to "
+                                       "resume") from err
         return summarise(study, seconds=time.perf_counter() - started, storage=self.storage_label)
 
     def certify(self, study: optuna.Study) -> None:
@@ -306,9 +320,17 @@ def prepare_search(
                                "its space once (see enumeration in the space YAML for how far it reaches)")
     if space.cascades:
         check_score_inputs(source, names, space.scores)
+    if len(names) < space.min_stages - 1:
+        raise InvalidParameter("stages", f"asks for {space.min_stages} stages, which need at least {space.min_stages - 1} candidates "
+                               f"before the target, and there {'is' if len(names) == 1 else 'are'} {len(names)}: "
+                               "give fewer stages or more <candidates>")
     learn_then_test = level is not None and space.threshold_mode == "exact" and not pareto
     split = make_split(np.asarray(source.labels), fraction, split_seed, selection if learn_then_test else None)
     objective = CascadeObjective(source, target, names, max_drop, space, pareto, split, level, bound, latency_ms)
+    if max_drop >= objective.target_info.accuracy:
+        raise InvalidParameter("max_drop", f"is {max_drop:g} top-1 points, at least the target's own top-1 "
+                               f"({objective.target_info.accuracy:.1f} %): any cascade keeps such a budget; it is "
+                               "given in top-1 points, e.g. 0.5")
     cost = "gmacs" if latency_ms is None else "latency"
     spec = StudySpec(
         target=target, max_drop=max_drop, cost=cost, threshold_mode=space.threshold_mode,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from saver_search.errors import SaverSearchError
+from saver_search.errors import InvalidParameter, SaverSearchError
 from saver_search.naming import split_name
 from saver_search.scores import DEFAULT_SCORE, SCORES
 
@@ -86,13 +86,28 @@ class SearchSpace:
     def with_overrides(self, **changes: Any) -> "SearchSpace":
         """A copy with the given fields replaced, skipping those given as None."""
         space = replace(self, **{k: v for k, v in changes.items() if v is not None})
-        _check_space(space, "command line")
+        try:
+            _check_space(space, "overrides")
+        except _SpaceKeyError as err:  # an override is a parameter: name it so (the CLI shows its flag)
+            raise InvalidParameter(OVERRIDE_PARAMETERS.get(err.key, err.key), err.problem) from None
         return space
+
+
+class _SpaceKeyError(SaverSearchError):
+    """A key of a space with a bad value; ``key`` as the YAML names it."""
+
+    def __init__(self, where: str, key: str, problem: str) -> None:
+        self.key, self.problem = key, problem
+        super().__init__(f"{where}: key '{key}' {problem}")
+
+
+# a YAML key -> the parameter of with_overrides that sets it
+OVERRIDE_PARAMETERS = {"committees.members": "committee_members", "score": "scores", "threshold.mode": "threshold_mode"}
 
 
 def _expect(condition: bool, where: str, key: str, message: str) -> None:
     if not condition:
-        raise SaverSearchError(f"{where}: key '{key}' {message}")
+        raise _SpaceKeyError(where, key, message)
 
 
 def _patterns(value: Any, where: str, key: str) -> tuple[str, ...]:
@@ -278,9 +293,11 @@ def load_space(path: str | Path | None = None) -> SearchSpace:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise SaverSearchError(f"search space file not found: {path}") from None
+        raise InvalidParameter("space", f"file not found: {path}") from None
+    except UnicodeDecodeError:
+        raise InvalidParameter("space", f"{path} is not a text file: give a search space YAML file") from None
     except OSError as err:
-        raise SaverSearchError(f"cannot read search space {path}: {err}") from err
+        raise InvalidParameter("space", f"cannot read {path}: {err.strerror or err}") from err
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -109,7 +109,8 @@ def _save_array(folder: Path, name: str, array: np.ndarray) -> None:
     np.save(folder / name, np.ascontiguousarray(array), allow_pickle=False)
 
 
-DATASET_FILES = {"labels.npy": "labels", "sample_ids.npy": "sample ids", "dataset.json": "description"}
+DATASET_FILES = {"labels.npy": "labels", "sample_ids.npy": "sample ids", "dataset.json": "dataset description",
+                 "models": "models folder"}
 
 
 def npy_problem(err: Exception) -> str:
@@ -123,7 +124,7 @@ def npy_problem(err: Exception) -> str:
 def _damaged(path: Path, problem: str) -> CorruptStore:
     """A store file that cannot be read: the fix depends on whether it belongs to the dataset or to one model."""
     if path.name in DATASET_FILES:
-        fix = f"the store's {DATASET_FILES[path.name]} are damaged: restore the store from a copy or rebuild it"
+        fix = f"the store's {DATASET_FILES[path.name]} belong to the whole store: restore the store from a copy or rebuild it"
     else:
         fix = f"re-import model '{path.parent.name}' (<overwrite=True>) or restore it from a copy"
     return CorruptStore(path, f"corrupt store file {path} ({problem}); {fix}")
@@ -132,17 +133,64 @@ def _damaged(path: Path, problem: str) -> CorruptStore:
 def _load_array(path: Path) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError as err:
+        raise _damaged(path, "missing") from err
+    except EOFError as err:
+        raise _damaged(path, "empty") from err
     except (OSError, ValueError) as err:
         raise _damaged(path, npy_problem(err)) from err
 
 
 def _read_json(path: Path) -> dict:
+    """A JSON object from a store file (raises FileNotFoundError when there is none)."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         raise
     except (OSError, ValueError) as err:
         raise _damaged(path, str(err).splitlines()[0]) from err
+    if not isinstance(data, dict):
+        raise _damaged(path, f"a JSON object is expected, got {type(data).__name__}")
+    return data
+
+
+def _field(data: dict, key: str, path: Path, kind: type | tuple[type, ...], check=None, expect: str = "",
+           default: Any = ...) -> Any:
+    """``data[key]`` of a store file, typed and ranged; one line naming the file and the field otherwise."""
+    if key not in data:
+        if default is not ...:
+            return default
+        raise _damaged(path, f"field '{key}' is missing")
+    value = data[key]
+    bad_type = isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))
+    if bad_type or not isinstance(value, kind) or (check is not None and not check(value)):
+        raise _damaged(path, f"field '{key}' must be {expect or getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+def _model_meta(data: dict, path: Path) -> "ModelMeta":
+    """A model's meta.json, every field typed and ranged."""
+    known = set(ModelMeta.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise _damaged(path, f"unknown field '{unknown[0]}'")
+    optional_int = lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0)  # noqa: E731
+    provenance = _field(data, "provenance", path, (dict, type(None)), expect="an object or null", default=None)
+    try:
+        provenance = Provenance.from_dict(provenance)
+    except TypeError as err:
+        raise _damaged(path, f"field 'provenance' has unknown keys: {err}") from err
+    return ModelMeta(
+        name=_field(data, "name", path, str, lambda v: bool(v), "a model name"),
+        gmacs=float(_field(data, "gmacs", path, (int, float), lambda v: np.isfinite(v) and v > 0, "a number > 0")),
+        k=_field(data, "k", path, int, lambda v: v >= 1, "an integer >= 1"),
+        source=_field(data, "source", path, str, default=""),
+        created=_field(data, "created", path, str, default=""),
+        arch=_field(data, "arch", path, (str, type(None)), expect="a timm architecture or null", default=None),
+        img_size=_field(data, "img_size", path, (int, type(None)), optional_int, "an integer > 0 or null", None),
+        has_logits=_field(data, "has_logits", path, bool, expect="true or false", default=False),
+        provenance=provenance,
+    )
 
 
 @contextmanager
@@ -219,22 +267,27 @@ class PredictionStore:
                 f"no prediction store at {self.path}: create one with `python -m saver_search import` or "
                 "`python -m saver_search cache`, or leave out <data> to use the simulated default"
             )
+        description = self.path / "dataset.json"
         try:
-            info = _read_json(self.path / "dataset.json")
+            info = _read_json(description)
         except FileNotFoundError:
             raise SaverSearchError(f"{self.path} is not a prediction store (no dataset.json)") from None
         if info.get("format") != FORMAT:
             raise SaverSearchError(f"{self.path}/dataset.json has format {info.get('format')!r}, expected {FORMAT!r}")
-        self.n_classes: int = int(info["n_classes"])
+        self.n_classes: int = _field(info, "n_classes", description, int, lambda v: v >= 1, "an integer >= 1")
+        self.n_samples: int = _field(info, "n_samples", description, int, lambda v: v >= 1, "an integer >= 1")
         self.source: str = str(info.get("source", ""))
         self.sample_ids = _load_array(self.path / "sample_ids.npy")
         self.labels: np.ndarray = _load_array(self.path / "labels.npy")
-        self.n_samples = int(info["n_samples"])
         if self.sample_ids.shape != (self.n_samples,) or self.labels.shape != (self.n_samples,):
             raise SaverSearchError(
                 f"corrupt store {self.path}: dataset.json says {self.n_samples} samples but sample_ids/labels "
                 f"have {self.sample_ids.shape}/{self.labels.shape}"
             )
+        if not np.issubdtype(self.labels.dtype, np.integer) or self.labels.min() < 0 or self.labels.max() >= self.n_classes:
+            raise _damaged(self.path / "labels.npy", f"labels must be class indices in 0..{self.n_classes - 1}")
+        if not (self.path / "models").is_dir():
+            raise _damaged(self.path / "models", "the models folder is missing or not a folder")
         self._models: dict[str, ModelPredictions] = {}
 
     @classmethod
@@ -288,6 +341,8 @@ class PredictionStore:
     def model_names(self) -> list[str]:
         """Names of the complete models in the store (temporary folders are not models)."""
         folder = self.path / "models"
+        if not folder.is_dir():
+            raise _damaged(folder, "the models folder is missing or not a folder")
         return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and (p / "meta.json").exists())
 
     def has_model(self, name: str) -> bool:
@@ -301,11 +356,7 @@ class PredictionStore:
         path = self.path / "models" / name / "meta.json"
         if not path.exists():
             self.resolve(name)  # raises with suggestions
-        try:
-            data = _read_json(path)
-            return ModelMeta(**{**data, "provenance": Provenance.from_dict(data.get("provenance"))})
-        except TypeError as err:
-            raise _damaged(path, f"fields do not match: {err}") from err
+        return _model_meta(_read_json(path), path)
 
     def gmacs(self, name: str) -> float:
         return self.model(name).gmacs if name in self._models else self.meta(name).gmacs
@@ -322,6 +373,11 @@ class PredictionStore:
                     f"corrupt store: model '{name}' has arrays {classes.shape}/{probs.shape}, expected "
                     f"({meta.k}, {self.n_samples}); re-import it with <overwrite=True>"
                 )
+            if not np.issubdtype(classes.dtype, np.integer) or classes.min() < 0 or classes.max() >= self.n_classes:
+                raise _damaged(folder / "classes.npy", f"classes must be class indices in 0..{self.n_classes - 1}")
+            if not np.issubdtype(probs.dtype, np.floating) or not (
+                    np.isfinite(probs).all() and probs.min() >= 0 and probs.max() <= 1 + PROBABILITY_TOLERANCE):
+                raise _damaged(folder / "probs.npy", "probabilities must be finite numbers in [0, 1]")
             self._models[name] = ModelPredictions(meta, classes, probs)
         return self._models[name]
 

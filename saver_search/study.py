@@ -43,7 +43,7 @@ from optuna.exceptions import DuplicatedStudyError, UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from saver_search.errors import InvalidParameter, SaverSearchError, StudyMismatch
+from saver_search.errors import InvalidParameter, SaverSearchError, StudyMismatch, first_line
 from saver_search.store import Provenance
 
 SPEC_FORMAT = 2  # 1: the flat attributes written before there was a spec (read, never resumed)
@@ -61,6 +61,7 @@ POLL_S = 0.25
 SPEC_WAIT_S = 60.0  # how long a creator on another host may take to write a study's spec and queue
 ADOPT_AFTER_S = 3.0  # a study still empty after this long lost its creator between its first two writes
 SCHEMA_RETRIES = 12
+SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 RACE_MARKERS = ("already exists", "unique constraint", "duplicate key", "database is locked", "alembic_version")
 LEGACY_ATTRS = ("target", "max_drop", "candidates")
 
@@ -239,20 +240,60 @@ def open_storage(storage: str | BaseStorage | None, *, sqlite_wal: bool = False)
     storage = str(storage)
     if "://" in storage:
         return _open_rdb(storage, sqlite_wal)
+    path = Path(storage)
+    if path.exists() and not path.is_file():
+        raise InvalidParameter("storage", f"{storage} is not a regular file: give a journal file path or an RDB URL")
+    if path.suffix in SQLITE_SUFFIXES and (not path.exists() or path.read_bytes()[:16] == b"SQLite format 3\x00"):
+        raise InvalidParameter("storage", f"{storage} names an SQLite database by its file name: pass "
+                               f"sqlite:///{storage} (a plain path is a journal file; give it another suffix, e.g. .journal)")
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     try:
+        _drop_torn_record(storage)
         return JournalStorage(JournalFileBackend(storage, lock_obj=FlockLock(storage)))  # type: ignore[arg-type]
     except OSError as err:
         raise SaverSearchError(f"cannot open journal file {storage}: {err.strerror or err}") from err
-    except ValueError as err:  # it replays the file at once: a file of another kind fails to parse
-        raise SaverSearchError(f"{storage} is not an Optuna storage (a journal file holds one JSON record a line: "
-                               f"{str(err).splitlines()[0]}); pass the storage the search was run with") from err
+    except (ValueError, AssertionError, KeyError, TypeError) as err:  # replayed at once: a damaged file fails
+        raise SaverSearchError(f"{storage} is not an Optuna storage this version can read (a journal file holds one "
+                               f"JSON record of a known kind a line: {first_line(err)}); pass the storage the search "
+                               "was run with") from err
+
+
+def _drop_torn_record(path: str) -> None:
+    """Cut a journal's last line when a writer was killed (or ran out of disk) halfway through it.
+
+    Optuna skips a torn last line, but the next record is appended to it and both become one unreadable line,
+    after which the journal cannot be read at all. Writers append under the journal's lock, so under the lock a
+    line without its newline is no longer being written: it was never a record, and nothing complete is lost."""
+    if not Path(path).is_file() or Path(path).stat().st_size == 0:
+        return
+    lock = FlockLock(path)
+    lock.acquire()
+    try:
+        with open(path, "rb+") as file:
+            size = file.seek(0, os.SEEK_END)
+            file.seek(max(size - 1, 0))
+            if file.read(1) == b"\n":
+                return
+            keep = size
+            while keep > 0:
+                start = max(keep - 65536, 0)
+                file.seek(start)
+                newline = file.read(keep - start).rfind(b"\n")
+                if newline >= 0:
+                    keep = start + newline + 1
+                    break
+                keep = start
+            file.truncate(keep)
+    finally:
+        lock.release()
 
 
 def _open_rdb(url: str, sqlite_wal: bool) -> BaseStorage:
-    """An RDB storage; schema creation is retried while other processes race to create the same tables."""
+    """An RDB storage; schema creation is retried while other processes race to create the same tables. A new
+    SQLite file that could not be made a storage (a full disk, a read-only folder) is removed, not left half-made."""
     engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    new_file = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") and not storage_exists(url) else None
     for attempt in range(SCHEMA_RETRIES):
         try:
             rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
@@ -267,6 +308,8 @@ def _open_rdb(url: str, sqlite_wal: bool) -> BaseStorage:
             if attempt + 1 < SCHEMA_RETRIES and any(marker in text for marker in RACE_MARKERS):
                 time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))
                 continue
+            if new_file is not None:
+                new_file.unlink(missing_ok=True)
             raise SaverSearchError(f"cannot open storage {url}: {str(err).splitlines()[0]}") from err
     if sqlite_wal and url.startswith("sqlite"):
         _sqlite_wal(rdb)
@@ -330,11 +373,15 @@ def create_or_load(storage: BaseStorage, study_name: str, spec: StudySpec, info:
     Returns the study and whether this call created (or adopted) it.
     """
     directions = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]
-    try:
-        storage.create_new_study(directions=directions, study_name=study_name)
-        created = True
-    except DuplicatedStudyError:
+    try:  # a resume must not write: a journal records even a refused creation
+        storage.get_study_id_from_name(study_name)
         created = False
+    except KeyError:
+        try:
+            storage.create_new_study(directions=directions, study_name=study_name)
+            created = True
+        except DuplicatedStudyError:
+            created = False
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
     if created:
         _write_creation(study, spec, info, queue)
