@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
-from typing import Callable, NoReturn, Sequence
+import threading
+from typing import Any, Callable, NoReturn, Sequence
 
 from saver_search.errors import SaverSearchError, StudyMismatch
 
@@ -77,15 +80,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(args_list)
     args.argv = args_list[1:]
     run: Callable[[argparse.Namespace], int | None] = args.func
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _interrupt_once)
     try:
         code = run(args)
     except SaverSearchError as err:
         print(f"error: {cli_message(err)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as interrupt:
-        print(str(interrupt) or "interrupted: finished work is kept; rerun the same command to resume.", file=sys.stderr)
+        print(str(interrupt) or "interrupted: finished work is kept; rerun the same command to go on.", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # the reader stopped early (`costs --list '*' | head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     sys.exit(code or 0)
+
+
+def _interrupt_once(signum: int, frame: Any) -> None:
+    """Ctrl-C: interrupt once, then ignore further Ctrl-C while the interrupted work is put back in order (a second
+    one would break off the cleanup that queues the interrupted trial again)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 # Python parameters (and study keys) that are not named like the flag that sets them.

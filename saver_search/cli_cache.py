@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     mine = names[index - 1 :: count]
     dataset = images.list_images(args.images, args.labels)
     device = models.resolve_device(args.device)
+    models.check_before_caching(mine, checkpoints, args.num_classes)
     scan_workers = min(8, os.cpu_count() or 1) if args.workers is None else args.workers
     setup = images.open_or_create_store(
         args.data, dataset, limit=args.limit, skip_unreadable=args.on_corrupt == "skip", workers=scan_workers,

@@ -116,12 +116,15 @@ def run(args: argparse.Namespace) -> int | None:
     candidates = [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates is not None else None
     if candidates == []:
         raise SaverSearchError("--candidates is empty; give comma-separated model names or leave it out")
-    prepared = prepare_search(
-        source, args.target, max_drop, space, candidates=candidates, storage=args.storage,
-        study_name=args.study_name, pareto=args.pareto, calibration=args.calibration, split_seed=args.split_seed,
-        guarantee=args.guarantee, bound=args.bound, sqlite_wal=True, selection=args.selection,
-        latency_ms=_latency(source, args) if args.cost == "latency" else None,
-    )
+    try:
+        prepared = prepare_search(
+            source, args.target, max_drop, space, candidates=candidates, storage=args.storage,
+            study_name=args.study_name, pareto=args.pareto, calibration=args.calibration, split_seed=args.split_seed,
+            guarantee=args.guarantee, bound=args.bound, sqlite_wal=True, selection=args.selection,
+            latency_ms=_latency(source, args) if args.cost == "latency" else None,
+        )
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt("interrupted before the search started: nothing was stored") from None
     if args.workers > 1:
         result, code = _run_workers(args, prepared, space.seed)
         if code:

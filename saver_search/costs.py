@@ -127,7 +127,7 @@ def read_cache() -> dict[str, Any]:
     path = cache_path()
     try:
         data = json.loads(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # none yet (a folder that is a file fails when written)
         return _empty_cache()
     except (OSError, ValueError) as err:
         warnings.warn(f"ignoring unreadable cost cache {path} ({err}); it will be rewritten", stacklevel=3)

@@ -81,6 +81,24 @@ def load_model(name: str, weights: Weights) -> torch.nn.Module:
     return model.eval()
 
 
+def check_before_caching(names: list[str], checkpoints: dict[str, Path], n_classes: int) -> None:
+    """What would make a cache fail after its store exists, checked before: an unknown architecture, a model
+    whose classes do not fit the store's ``n_classes`` (from its pretrained config, or its checkpoint's head),
+    a checkpoint that does not load into its model."""
+    timm = import_timm()
+    for name in names:
+        if not timm.is_model(name):
+            raise UnknownModel(name, f"timm has no architecture '{name}' ({timm.__version__}): give a timm model tag, "
+                               "e.g. resnet50.a1_in1k (python -m saver_search costs --list 'resnet*')")
+        if name in checkpoints:
+            classes = int(getattr(load_model(name, Weights(checkpoint=checkpoints[name])), "num_classes", 0) or 0)
+        else:
+            classes = int(timm.models.get_pretrained_cfg_value(name, "num_classes") or 0)
+        if classes > n_classes:
+            raise InvalidParameter("n_classes", f"is {n_classes}, but {name} predicts {classes} classes: give the "
+                                   f"number of classes its predictions index (e.g. <n_classes={classes}>)")
+
+
 def load_checkpoint(model: torch.nn.Module, name: str, path: Path) -> None:
     """Load a state dict (plain, or under state_dict/model/EMA keys) into ``model``; every tensor must fit."""
     timm = import_timm()

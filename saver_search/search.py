@@ -215,7 +215,11 @@ class PreparedSearch:
     def run(self, progress: bool = False) -> SearchResult:
         """Run this worker's share of the study, certify the learned path once all work is done, and summarise the
         whole study."""
-        study = self.open()
+        try:
+            study = self.open()
+        except KeyboardInterrupt:
+            raise SearchInterrupted("interrupted while opening the study: no trial ran; rerun the same command to "
+                                    "start (it finishes a half-made study)") from None
         started = time.perf_counter()
         with StudyProgress(study, self.spec, self.n_trials, progress, self.work) as bar:
             worker = StudyWorker(study, self.storage, self.spec, self.objective, on_change=bar.update, work=self.work)

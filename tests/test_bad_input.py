@@ -101,6 +101,9 @@ RESUME = ("--data", "{w}/store", "--target", "big.t", "--max-drop", "5", "--stor
           "--study-name", "s")
 PREDICT = ("predict", "--cascade", "{w}/cascade.json", "--images", "{w}/images", "--out", "{w}/out.csv")
 
+CACHE = ("cache", "--data", "{w}/new_store", "--images", "{w}/images", "--labels", "{w}/labels.csv", "--models",
+         "resnet10t.c3_in1k", "--no-pretrained")
+
 # id -> (damage, argv, fragments the one line must contain)
 CASES = {
     "negative split seed": (nothing, (*SEARCH, "--split-seed", "-1"), ["--split-seed"]),
@@ -166,6 +169,9 @@ CASES = {
                                            (*PREDICT, "--labels", "{w}/labels.csv"), ["im0.png"]),
     "costs cache a file": (write("cachefile", "x"), ("costs", "resnet10t.c3_in1k", "--img-size", "96"),
                            ["SAVER_SEARCH_CACHE"]),
+    "cache more classes than --num-classes": (nothing, (*CACHE, "--num-classes", "10"), ["--num-classes", "1000"]),
+    "cache a damaged checkpoint": (write("ckpt.pth", b"not a checkpoint"),
+                                   (*CACHE, "--checkpoint", "resnet10t.c3_in1k={w}/ckpt.pth"), ["ckpt.pth"]),
 }
 ENV = {"costs cache a file": {"SAVER_SEARCH_CACHE": "{w}/cachefile"}}
 
@@ -185,3 +191,35 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(world, tmp_path, monke
     assert "Traceback" not in err
     assert all(f in lines[0] for f in fragments), lines[0]
     assert snapshot(w) == before
+
+
+def test_the_library_refuses_a_budget_given_as_text(world):
+    from saver_search.errors import InvalidParameter
+    from saver_search.search import run_search
+    from saver_search.store import PredictionStore
+
+    with pytest.raises(InvalidParameter, match="max_drop must be a number"):
+        run_search(PredictionStore(world / "store"), "big.t", "0.5")
+
+
+def test_a_journal_torn_by_a_kill_mid_write_loses_its_partial_record_only(world, tmp_path):
+    journal = tmp_path / "study.journal"
+    shutil.copy(world / "study.journal", journal)
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join(lines) + lines[-1][: len(lines[-1]) // 2])  # a record cut halfway
+    code, _, err = _main("--data", world / "store", "--target", "big.t", "--max-drop", "5", "--storage", journal,
+                         "--study-name", "s", "--stages", "2")
+    assert code == 0, err
+    assert journal.read_bytes().startswith(b"".join(lines))  # every complete record kept
+
+
+def test_a_reader_that_stops_early_ends_the_listing_quietly():
+    import subprocess
+    import sys
+
+    listing = subprocess.Popen([sys.executable, "-m", "saver_search", "costs", "--list", "*"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    listing.stdout.readline()
+    listing.stdout.close()  # as `| head -1` does
+    err = listing.stderr.read().decode()
+    assert listing.wait() in (0, 141) and "Traceback" not in err, err

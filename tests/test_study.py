@@ -306,3 +306,35 @@ def test_a_killed_lock_holder_leaves_no_stale_journal_lock(tmp_path):
     holder.wait()
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free at once: the kernel dropped the dead holder's lock
     os.close(fd)
+
+
+def test_a_double_ctrl_c_still_prints_one_line_and_keeps_the_study_resumable(store, tmp_path):
+    storage = str(tmp_path / "double.journal")
+    for _ in range(8):
+        process = start_cli(*search_args(store, storage))
+        landed = False
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None and not landed:
+            try:
+                running = optuna.load_study(study_name="s", storage=open_storage(storage)).get_trials(
+                    deepcopy=False, states=(TrialState.RUNNING,))
+            except (KeyError, ValueError):  # not created yet, or a record half-written as we read
+                running = []
+            if running:  # the second Ctrl-C lands while the first one's cleanup fails and requeues the trial
+                process.send_signal(signal.SIGINT)
+                while process.poll() is None and trials_of(storage)[running[0].number].state == TrialState.RUNNING:
+                    pass
+                landed = process.poll() is None
+                if landed:
+                    process.send_signal(signal.SIGINT)
+                break
+            time.sleep(0.005)
+        _, stderr = process.communicate()
+        if landed and process.returncode == 130:
+            break
+    else:
+        pytest.fail("no double Ctrl-C landed inside a trial in 8 tries")
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted: ") and "Traceback" not in stderr, stderr
+    assert run_cli(*search_args(store, storage)).returncode == 0
+    assert complete_per_candidate(trials_of(storage)) == Counter(CANDIDATES)
