@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"error: {cli_message(err)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as interrupt:
-        print(str(interrupt) or "interrupted: finished work is kept; rerun the same command to go on.", file=sys.stderr)
+        print(str(interrupt) or "interrupted: finished work is kept; rerun the same command to resume.", file=sys.stderr)
         sys.exit(130)
     except BrokenPipeError:  # the reader stopped early (`costs --list '*' | head`): nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

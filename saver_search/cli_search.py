@@ -16,6 +16,7 @@ from saver_search.sources import open_source
 from saver_search.space import SAMPLERS, THRESHOLD_MODES, SearchSpace, load_space
 
 WORKER_FLAG = "--as-worker"
+LARGE_DROP = 10.0  # top-1 points; a budget above it is more likely a share typed as points than meant
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -109,6 +110,9 @@ def run(args: argparse.Namespace) -> int | None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the CLI prints its own summary
 
     max_drop = check_max_drop(args.max_drop, text=True)
+    if max_drop > LARGE_DROP and not args.as_worker:
+        print(f"note: --max-drop is in top-1 points: {max_drop:g} lets the cascade lose {max_drop:g} points of the "
+              f"target's top-1 (did you mean {max_drop / 100:g}?)", file=sys.stderr)
     space = _space(args)
     if args.workers > 1 and args.storage is None:
         raise InvalidParameter("workers", "needs --storage: a database or journal file that the workers share")

@@ -223,3 +223,8 @@ def test_a_reader_that_stops_early_ends_the_listing_quietly():
     listing.stdout.close()  # as `| head -1` does
     err = listing.stderr.read().decode()
     assert listing.wait() in (0, 141) and "Traceback" not in err, err
+
+
+def test_a_budget_that_looks_like_a_share_typed_as_points_gets_a_note(world):
+    code, _, err = _main("--data", world / "store", "--target", "big.t", "--max-drop", "50")
+    assert code == 0 and "note: --max-drop is in top-1 points: 50 lets the cascade lose 50 points" in err, err

@@ -61,7 +61,7 @@ def test_empty_candidate_set(store, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("candidates:\n  include: ['zzz*']\n")
     assert_user_error(run_cli("--data", str(store.path), "--space", str(space), "--target", "big.b", "--max-drop", "1"),
-                      "empty candidate set")
+                      "--space", "matches no model")
 
 
 @pytest.mark.parametrize("text, fragments", [
@@ -229,7 +229,7 @@ def test_garbage_and_truncated_numpy_files_say_what_is_wrong(tmp_path):
     labels = store.path / "labels.npy"
     labels.write_bytes(labels.read_bytes()[:90])
     proc = run_cli("--data", store.path, "--target", "b.x", "--max-drop", "1")
-    assert_user_error(proc, "labels.npy", "the store's labels are damaged: restore the store from a copy")
+    assert_user_error(proc, "labels.npy", "the store's labels belong to the whole store: restore the store from a copy")
     assert "re-import" not in proc.stderr
 
 

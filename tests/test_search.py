@@ -162,7 +162,7 @@ def test_explicit_candidates_override(store):
 
 
 def test_empty_candidate_set_is_an_error(store):
-    with pytest.raises(SaverSearchError, match="empty candidate set"):
+    with pytest.raises(SaverSearchError, match="matches no model"):
         run_search(store, "big_t.x", 1.0, SearchSpace(candidates=CandidateFilter(include=("nothing*",))))
 
 
