@@ -110,9 +110,6 @@ def run(args: argparse.Namespace) -> int | None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the CLI prints its own summary
 
     max_drop = check_max_drop(args.max_drop, text=True)
-    if max_drop > LARGE_DROP and not args.as_worker:
-        print(f"note: --max-drop is in top-1 points: {max_drop:g} lets the cascade lose {max_drop:g} points of the "
-              f"target's top-1 (did you mean {max_drop / 100:g}?)", file=sys.stderr)
     space = _space(args)
     if args.workers > 1 and args.storage is None:
         raise InvalidParameter("workers", "needs --storage: a database or journal file that the workers share")
@@ -129,6 +126,9 @@ def run(args: argparse.Namespace) -> int | None:
         )
     except KeyboardInterrupt:
         raise KeyboardInterrupt("interrupted before the search started: nothing was stored") from None
+    if max_drop > LARGE_DROP and not args.as_worker:  # once the inputs are known good
+        print(f"note: --max-drop is in top-1 points: {max_drop:g} lets the cascade lose {max_drop:g} points of the "
+              f"target's top-1 (did you mean {max_drop / 100:g}?)", file=sys.stderr)
     if args.workers > 1:
         result, code = _run_workers(args, prepared, space.seed)
         if code:
