@@ -32,7 +32,7 @@ import optuna
 from saver_search.cascade import StageOutputs, allowed_errors, path_curve
 from saver_search.search import prepare_search, run_search, select_candidates
 from saver_search.simulate import SimulatedZoo
-from saver_search.space import SearchSpace, load_space
+from saver_search.space import load_space
 
 FIRST_STAGES = 40
 GRID = 20

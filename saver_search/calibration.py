@@ -99,13 +99,8 @@ class Split:
     test: np.ndarray
     blocks: np.ndarray
     info: SplitInfo
-    selection: np.ndarray | None = None
-    certification: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        if self.selection is None:
-            object.__setattr__(self, "selection", self.calibration)
-            object.__setattr__(self, "certification", self.calibration)
+    selection: np.ndarray
+    certification: np.ndarray
 
     @property
     def in_sample(self) -> bool:

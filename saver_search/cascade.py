@@ -43,6 +43,16 @@ class StageOutputs:
     gmacs: float
 
 
+def new_members(stages: Sequence[Sequence[str]]) -> list[tuple[str, ...]]:
+    """Per stage, the members no earlier stage ran: what the stage costs (a model runs once per image)."""
+    seen: set[str] = set()
+    out = []
+    for members in stages:
+        out.append(tuple(m for m in members if m not in seen))
+        seen.update(members)
+    return out
+
+
 @dataclass(frozen=True)
 class CascadeSpec:
     """One cascade, the one type from the objective to the JSON: stages first to last (each a tuple of member
@@ -83,12 +93,7 @@ class CascadeSpec:
 
     def new_members(self) -> list[tuple[str, ...]]:
         """Per stage, the members no earlier stage ran (what the stage costs)."""
-        seen: set[str] = set()
-        out = []
-        for members in self.stages:
-            out.append(tuple(m for m in members if m not in seen))
-            seen.update(members)
-        return out
+        return new_members(self.stages)
 
     def stage_gmacs(self, gmacs: Mapping[str, float] | Any) -> list[float]:
         """Each stage's own cost: the GMACs of its new members (``gmacs``: a mapping or a callable per model)."""

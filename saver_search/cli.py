@@ -104,7 +104,8 @@ def _interrupt_once(signum: int, frame: Any) -> None:
 
 
 # Python parameters (and study keys) that are not named like the flag that sets them.
-FLAGS = {"overwrite": "--force", "force": "--force", "labels_path": "--labels", "predictions_path": "--predictions", "labels_csv": "--labels",
+FLAGS = {"overwrite": "--force", "force": "--force", "labels_path": "--labels", "labels_csv": "--labels",
+         "predictions_path": "--predictions",
          "root": "--images", "path": "--data", "store_path": "--data", "skip_unreadable": "--on-corrupt skip",
          "n_classes": "--num-classes", "exit_index": "--exit", "checkpoints": "--checkpoint NAME=FILE", "threshold_mode": "--threshold", "objectives": "--pareto", "directions": "--pareto",
          "scores": "--score", "committee_members": "--committee"}

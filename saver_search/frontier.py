@@ -24,7 +24,7 @@ free) cannot beat the family's best is skipped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -239,11 +239,4 @@ class Prefix:
         return Prefix((*self.stages, options.members[option]), (*self.thresholds, float(threshold)),
                       self.reach & ~exits, self.plus + int((gain[exits] == 1).sum()),
                       self.minus + int((gain[exits] == -1).sum()), self.exited_cost + cost * int(exits.sum()), cost)
-
-
-def own_gmacs(members: Members, earlier: Sequence[Members], gmacs: dict[str, float]) -> float:
-    """A stage's own cost: its members that no earlier stage ran."""
-    seen = {m for stage in earlier for m in stage}
-    return float(sum(gmacs[m] for m in members if m not in seen))
-
 

@@ -61,7 +61,7 @@ def read_labels_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     rows = _read_csv(path, ("file_name", "label"))
     ids = np.array(rows["file_name"], dtype=str)
-    unique, first, counts = np.unique(ids, return_index=True, return_counts=True)
+    unique, counts = np.unique(ids, return_counts=True)
     if unique.size != ids.size:
         twice = unique[counts > 1]
         rows_of = np.flatnonzero(ids == twice[0]) + 2  # CSV rows, the header being row 1

@@ -70,9 +70,7 @@ def load_model(name: str, weights: Weights) -> torch.nn.Module:
                 f"check the network or the Hugging Face cache, or pass a local <checkpoint> file for {name}"
             ) from err
         return model.eval()
-    if not timm.is_model(name):
-        raise UnknownModel(name, f"timm has no architecture '{name}' ({timm.__version__}): give a timm model tag, "
-                           "e.g. resnet50.a1_in1k (python -m saver_search costs --list 'resnet*')")
+    check_architecture(name)
     with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
         torch.manual_seed(0)  # random init is the same in every run, so resumed and sharded runs agree
         model = timm.create_model(name, pretrained=False)
@@ -81,15 +79,21 @@ def load_model(name: str, weights: Weights) -> torch.nn.Module:
     return model.eval()
 
 
+def check_architecture(name: str) -> None:
+    """Raise unless timm can build ``name`` (a tag or a bare architecture)."""
+    timm = import_timm()
+    if not timm.is_model(name):
+        raise UnknownModel(name, f"timm has no architecture '{name}' ({timm.__version__}): give a timm model tag, "
+                           "e.g. resnet50.a1_in1k (python -m saver_search costs --list 'resnet*')")
+
+
 def check_before_caching(names: list[str], checkpoints: dict[str, Path], n_classes: int) -> None:
     """What would make a cache fail after its store exists, checked before: an unknown architecture, a model
     whose classes do not fit the store's ``n_classes`` (from its pretrained config, or its checkpoint's head),
     a checkpoint that does not load into its model."""
     timm = import_timm()
     for name in names:
-        if not timm.is_model(name):
-            raise UnknownModel(name, f"timm has no architecture '{name}' ({timm.__version__}): give a timm model tag, "
-                               "e.g. resnet50.a1_in1k (python -m saver_search costs --list 'resnet*')")
+        check_architecture(name)
         if name in checkpoints:
             classes = int(getattr(load_model(name, Weights(checkpoint=checkpoints[name])), "num_classes", 0) or 0)
         else:

@@ -17,11 +17,11 @@ from saver_search.calibration import (
     DEFAULT_LEVEL, BoundName, Split, bootstrap_interval, certify, leading_passes, test_level,
 )
 from saver_search.cascade import (
-    CascadeSpec, StageOutputs, ThresholdCurve, allowed_errors, cascade_answers, path_curve,
+    CascadeSpec, StageOutputs, ThresholdCurve, allowed_errors, cascade_answers, new_members, path_curve,
 )
 from saver_search.committees import stage_outputs
 from saver_search.frontier import (
-    Frontier, Prefix, StageOptions, budget_level, learning_frontier, own_gmacs, structure_scores,
+    Frontier, Prefix, StageOptions, budget_level, learning_frontier, structure_scores,
 )
 from saver_search.results import Figures, Outcome, TargetInfo
 from saver_search.scores import DEFAULT_SCORE, fit_temperature, get_score
@@ -333,17 +333,21 @@ class CascadeObjective:
             return frontier
         target_right = self._target_right()
         gain = target_right.astype(np.int8) - options.right
-        own = np.array([own_gmacs(options.members[i], prefix, self.gmacs) for i in rows])
+        own = np.array([self._own_gmacs((*prefix, options.members[i])) for i in rows])
         score = get_score(score_name)
         grid = [score.oriented(self.grid_threshold(score_name, step)) for step in range(1, self.space.threshold_grid + 1)]
         starts = [Prefix.empty(self.labels["sel"].size)]
         for depth, members in enumerate(prefix):
-            cost = own_gmacs(members, prefix[:depth], self.gmacs)
+            cost = self._own_gmacs(prefix[:depth + 1])
             starts = [start.then(options, index[members], t, cost, gain[index[members]]) for start in starts for t in grid]
         for start in starts:  # plug-in: only the family's best counts; with a guarantee, whole paths up to the target
             bar = self.target_info.gmacs if self.guarantee is not None else float(structure_scores(frontier).min())
             frontier.extend(start, own, target_right, self.target_info.gmacs, bar)
         return frontier
+
+    def _own_gmacs(self, stages: Sequence[tuple[str, ...]]) -> float:
+        """The last of ``stages``'s own GMACs: its members that no earlier stage ran."""
+        return float(sum(self.gmacs[m] for m in new_members(stages)[-1]))
 
     def _report(self, trial: optuna.Trial, frontier: Frontier, score_name: str) -> tuple[Outcome, float]:
         """The family's best structure: its outcome at the budget and, with a guarantee, its path kept with the trial."""

@@ -34,7 +34,7 @@ from saver_search.space import SearchSpace
 from saver_search.sources import PredictionSource
 from saver_search.study import (
     Progress, StudyInfo, StudySpec, StudyWorker, candidate_progress, create_or_load, data_fingerprint, open_storage,
-    ModelInfo, read_info, read_spec, storage_exists, trial_work, work_key, work_progress,
+    ModelInfo, read_info, read_spec, storage_exists, trial_work, work_progress,
 )
 
 DEFAULT_SAMPLED_TRIALS = 300  # a sampled pair search's trials
@@ -98,12 +98,14 @@ def check_selection(selection: Any) -> float:
 
 def check_max_drop(max_drop: Any, *, text: bool = False) -> float:
     """Validate the accuracy-drop budget (top-1 points): a number (with ``text``, as the CLI reads it: a string)."""
+    kinds = (int, float, np.integer, np.floating, *((str,) if text else ()))
+    not_a_number = InvalidParameter("max_drop", f"must be a number of top-1 points such as 0.5, got {max_drop!r}")
+    if isinstance(max_drop, bool) or not isinstance(max_drop, kinds):
+        raise not_a_number
     try:
-        if isinstance(max_drop, bool) or not (isinstance(max_drop, (int, float, np.integer, np.floating)) or (text and isinstance(max_drop, str))):
-            raise TypeError
         value = float(max_drop)
-    except (TypeError, ValueError):
-        raise InvalidParameter("max_drop", f"must be a number of top-1 points such as 0.5, got {max_drop!r}") from None
+    except ValueError:
+        raise not_a_number from None
     if not math.isfinite(value) or value < 0 or value > 100:
         raise InvalidParameter("max_drop", f"must be between 0 and 100 top-1 points (e.g. 0.5), got {max_drop}")
     return value

@@ -222,6 +222,28 @@ def validate_labels(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return labels.astype(np.int32)
 
 
+def topk_problem(classes: np.ndarray, probs: np.ndarray, n_classes: int) -> tuple[str, str] | None:
+    """What is wrong with top-k arrays ``(k, n)``, as (``"classes"`` or ``"probs"``, the problem): classes not
+    integers or not below ``n_classes``, probabilities not finite or outside [0, 1]; None when nothing is."""
+    if not np.issubdtype(classes.dtype, np.integer):
+        return "classes", f"predicted classes must be integers, got {classes.dtype}"
+    bad = np.flatnonzero(((classes < 0) | (classes >= n_classes)).any(axis=0))
+    if bad.size:
+        return "classes", f"{bad.size} predicted classes are outside 0..{n_classes - 1} (first at sample {bad[0]})"
+    if not np.issubdtype(probs.dtype, np.floating):
+        return "probs", f"probabilities must be floating-point numbers, got {probs.dtype}"
+    for problem, mask in (
+        ("NaN or infinite", ~np.isfinite(probs)),
+        ("negative", probs < 0),
+        ("greater than 1", probs > 1 + PROBABILITY_TOLERANCE),
+    ):
+        where = np.flatnonzero(mask.any(axis=0))
+        if where.size:
+            return "probs", (f"{where.size} probabilities are {problem} (first at sample {where[0]}); confidences "
+                             "must be softmax probabilities in [0, 1] (pass logits as an .npy to have them converted)")
+    return None
+
+
 def validate_topk(classes: np.ndarray, probs: np.ndarray, n_samples: int, n_classes: int, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Check a model's top-k arrays (rank-major ``(k, n)``) and return them as int32 / float32."""
     classes = np.atleast_2d(np.asarray(classes))
@@ -233,24 +255,9 @@ def validate_topk(classes: np.ndarray, probs: np.ndarray, n_samples: int, n_clas
             f"model '{name}' has predictions for {classes.shape[1]} samples but the data has {n_samples}; "
             "every model must cover the same samples in the same order"
         )
-    if not np.issubdtype(classes.dtype, np.integer):
-        raise SaverSearchError(f"model '{name}': predicted classes must be integers, got {classes.dtype}")
-    bad = np.flatnonzero(((classes < 0) | (classes >= n_classes)).any(axis=0))
-    if bad.size:
-        raise SaverSearchError(
-            f"model '{name}': {bad.size} predicted classes are outside 0..{n_classes - 1} (first at sample {bad[0]})"
-        )
-    for problem, mask in (
-        ("NaN or infinite", ~np.isfinite(probs)),
-        ("negative", probs < 0),
-        ("greater than 1", probs > 1 + PROBABILITY_TOLERANCE),
-    ):
-        where = np.flatnonzero(mask.any(axis=0))
-        if where.size:
-            raise SaverSearchError(
-                f"model '{name}': {where.size} probabilities are {problem} (first at sample {where[0]}); "
-                "confidences must be softmax probabilities in [0, 1] (pass logits as an .npy to have them converted)"
-            )
+    problem = topk_problem(classes, probs, n_classes)
+    if problem is not None:
+        raise SaverSearchError(f"model '{name}': {problem[1]}")
     return classes.astype(np.int32), np.clip(probs, 0.0, 1.0).astype(np.float32)
 
 
@@ -341,8 +348,6 @@ class PredictionStore:
     def model_names(self) -> list[str]:
         """Names of the complete models in the store (temporary folders are not models)."""
         folder = self.path / "models"
-        if not folder.is_dir():
-            raise _damaged(folder, "the models folder is missing or not a folder")
         return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and (p / "meta.json").exists())
 
     def has_model(self, name: str) -> bool:
@@ -373,11 +378,9 @@ class PredictionStore:
                     f"corrupt store: model '{name}' has arrays {classes.shape}/{probs.shape}, expected "
                     f"({meta.k}, {self.n_samples}); re-import it with <overwrite=True>"
                 )
-            if not np.issubdtype(classes.dtype, np.integer) or classes.min() < 0 or classes.max() >= self.n_classes:
-                raise _damaged(folder / "classes.npy", f"classes must be class indices in 0..{self.n_classes - 1}")
-            if not np.issubdtype(probs.dtype, np.floating) or not (
-                    np.isfinite(probs).all() and probs.min() >= 0 and probs.max() <= 1 + PROBABILITY_TOLERANCE):
-                raise _damaged(folder / "probs.npy", "probabilities must be finite numbers in [0, 1]")
+            problem = topk_problem(classes, probs, self.n_classes)
+            if problem is not None:
+                raise _damaged(folder / f"{problem[0]}.npy", problem[1])
             self._models[name] = ModelPredictions(meta, classes, probs)
         return self._models[name]
 

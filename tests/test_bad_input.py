@@ -8,7 +8,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Callable

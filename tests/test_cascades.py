@@ -309,7 +309,7 @@ def test_the_same_answer_with_one_two_or_four_workers_and_after_a_kill_and_resum
     import sys
     import time
 
-    store = _store(tmp_path / "store", logit_source(n=3000, seed=4))
+    _store(tmp_path / "store", logit_source(n=3000, seed=4))
     common = ["--data", str(tmp_path / "store"), "--target", "big", "--max-drop", "2", "--stages", "2..4",
               "--committee", "2", "--json"]
     alone = run_cli(*common)

@@ -9,7 +9,6 @@ import signal
 from collections import Counter
 
 import numpy as np
-import optuna
 import pytest
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.trial import TrialState
