@@ -84,6 +84,16 @@ class SplitInfo:
         """Every image calibrates and there is no test part: figures are optimistic."""
         return self.fraction is None
 
+    @property
+    def trial_images(self) -> str:
+        """The images every trial's own figures are measured on (the ones that chose its thresholds)."""
+        if self.in_sample:
+            return f"all {self.calibration_images:,} images, in-sample" if self.calibration_images else \
+                "all images, in-sample"
+        if self.selection is not None:
+            return f"{self.selection_images:,} selection images"
+        return f"{self.calibration_images:,} calibration images"
+
 
 @dataclass(frozen=True)
 class Split:

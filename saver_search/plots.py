@@ -2,8 +2,9 @@
 
 Each ``plot_*`` function returns a :class:`~matplotlib.figure.Figure`, which a notebook shows inline;
 :func:`save_report_figures` writes the report's PNGs. Titles end in "(simulated)" for simulated data.
-Trials are searched on calibration images, so trial plots say so on their axes; the best cascade's
-held-out test figures are drawn and labelled as such.
+Trials are scored on the images that choose thresholds (calibration images, or under Learn-then-Test their
+selection part), so trial plots name them on their axes; the study's answer (the certified cascade under
+Learn-then-Test) is given with its held-out test figures, labelled as such.
 """
 
 from __future__ import annotations
@@ -86,13 +87,15 @@ def _scatter_trials(ax: Axes, outcomes: Sequence[Outcome], x: Callable[[Outcome]
             ax.scatter([x(o) for o in chosen], [y(o) for o in chosen], **style)
 
 
-def _held_out_note(ax: Axes, trace: SearchTrace, best: Outcome) -> None:
-    """The best cascade's held-out test figures (with their bootstrap interval), as a note in the corner."""
+def _held_out_note(ax: Axes, trace: SearchTrace) -> None:
+    """The study's answer (what the search command prints) with its held-out test figures and their bootstrap
+    interval, as a note in the corner."""
+    best = trace.result.best
     if best.test is None:
         ax.text(0.01, 0.99, "in-sample figures (optimistic): no held-out test images", transform=ax.transAxes,
                 va="top", fontsize="small", color="0.3")
         return
-    text = f"best on {best.test.images:,} held-out test images: {best.test.gmacs:.3g} GMACs"
+    text = f"answer on {best.test.images:,} held-out test images: {best.test.gmacs:.3g} GMACs"
     if best.interval is not None:
         text += f" [{best.interval.gmacs[0]:.3g}, {best.interval.gmacs[1]:.3g}]"
     text += f", drop {best.test.drop:+.2f} pts"
@@ -116,8 +119,8 @@ def plot_trials(trace: SearchTrace) -> Figure:
     if best:
         ax.scatter([best[0].calibration.gmacs], [best[0].calibration.accuracy], s=180, facecolor="none",
                    edgecolor="black", lw=1.5, zorder=6,
-                   label=f"best: {best[0].first} first, {best[0].calibration.gmacs:.3g} GMACs")
-        _held_out_note(ax, trace, best[0])
+                   label=f"best trial: {best[0].first} first, {best[0].calibration.gmacs:.3g} GMACs")
+    _held_out_note(ax, trace)
     _zoom_on_budget(ax, trace)
     ax.set(xlabel=f"{GMACS} ({trace.images_label})", ylabel=f"{ACCURACY} ({trace.images_label})",
            title=f"{trace.spec.target}: {len(trace.outcomes)} cascades tried{trace.tag}")
@@ -129,10 +132,12 @@ def plot_candidates(trace: SearchTrace, top: int = TOP_BARS) -> Figure:
     """The cheapest cascade within budget per first-stage candidate: calibration GMACs (which rank them) as bars,
     held-out test GMACs as dots, compute saved on the test images as text."""
     best = best_per_candidate(trace)[:top]
-    fig, (ax,) = _figure(height=1.6 + 0.35 * max(len(best), 2))
-    names = [" -> ".join(o.stages[:-1]) for o in best][::-1]
+    pairs = all(len(o.stages) == 2 for o in best)
+    extra_lines = sum(len(o.stages) - 2 for o in best)  # a line per stage before the target: long names fit
+    fig, (ax,) = _figure(height=1.6 + 0.35 * max(len(best), 2) + 0.15 * extra_lines)
+    names = [" ->\n".join(o.stages[:-1]) for o in best][::-1]
     ax.barh(names, [o.calibration.gmacs for o in best][::-1], height=0.6, color="tab:blue", alpha=0.8,
-            label=f"GMACs on {trace.images_label} (ranks the candidates)")
+            label=f"GMACs on {trace.images_label} (ranks them)")
     tested = [(name, o) for name, o in zip(names, best[::-1]) if o.test is not None]
     if tested:
         ax.scatter([o.test.gmacs for _, o in tested], [name for name, _ in tested], color="black", s=20, zorder=3,
@@ -140,16 +145,19 @@ def plot_candidates(trace: SearchTrace, top: int = TOP_BARS) -> Figure:
     for name, outcome in zip(names, best[::-1]):
         shown = outcome.reported
         where = "test" if outcome.test is not None else "in-sample"
-        ax.annotate(f" {shown.reduction:.1f} % saved ({where}; threshold {', '.join(f'{t:.3f}' for t in outcome.thresholds)})",
+        ax.annotate(f" {shown.reduction:.1f} % saved ({where}; threshold{'s' * (len(outcome.thresholds) > 1)} "
+                    f"{', '.join(f'{t:.3f}' for t in outcome.thresholds)})",
                     (max(shown.gmacs, outcome.calibration.gmacs), name), va="center", fontsize="small")
     _target_gmacs_line(ax, trace, vertical=True)
     ax.set_xlim(0, 1.1 * max([trace.info.target_gmacs, *(1.6 * o.calibration.gmacs for o in best)]))
     n_feasible = len({tuple(o.stages) for o in trace.outcomes if o.feasible})
-    fig.suptitle(f"Best cascade per first-stage candidate, max drop {trace.spec.max_drop:g} pts{trace.tag}")
+    per = "first-stage candidate" if pairs else "set of stages"
+    fig.suptitle(f"Best cascade per {per}, max drop {trace.spec.max_drop:g} pts{trace.tag}")
     shown_count = "all" if len(best) == n_feasible else f"cheapest {len(best)} of the"
-    ax.set_title(f"{shown_count} {n_feasible} candidates with a trial within budget "
-                 f"({len(trace.spec.candidates)} in the space)", fontsize="small")
-    ax.set(xlabel=GMACS, ylabel="first-stage candidate")
+    ax.set_title(f"{shown_count} {n_feasible} {'candidates' if pairs else 'sets of stages'} within budget; "
+                 f"{len(trace.spec.candidates)} candidates in the space", fontsize="small", loc="right")
+    ax.set(xlabel=GMACS, ylabel=per)
+    ax.tick_params(axis="y", labelsize="x-small" if not pairs else "medium")
     _legend_below(fig)
     return fig
 

@@ -35,8 +35,11 @@ def split_line(result: SearchResult) -> str:
     if split.in_sample:
         return f"{IN_SAMPLE}: all {split.calibration_images:,} images choose the thresholds and give the figures"
     kind = "stratified by class" if split.stratified else "not stratified: a class has a single image"
-    return (f"{split.calibration_images:,} calibration images choose the thresholds, {split.test_images:,} held-out "
-            f"test images give the figures ({kind}, seed {split.seed})")
+    choose = "choose the thresholds" if split.selection is None else (
+        f"choose the cascade ({split.selection_images:,} selection images learn it and its path of thresholds, "
+        f"{split.calibration_images - split.selection_images:,} certify that path)")
+    return (f"{split.calibration_images:,} calibration images {choose}, {split.test_images:,} held-out test images "
+            f"give the figures ({kind}, seed {split.seed})")
 
 
 def guarantee_line(result: SearchResult) -> str:
@@ -150,7 +153,8 @@ def _header(result: SearchResult, outcomes: list[Outcome]) -> list[str]:
     if result.cost == "latency":
         header.append("ms/image")
     if not result.split.in_sample:
-        header += ["cal. drop", "cal. GMACs"]
+        part = "cal." if result.split.selection is None else "sel."
+        header += [f"{part} drop", f"{part} GMACs"]
     return header
 
 
@@ -229,8 +233,13 @@ def _best_lines(result: SearchResult) -> list[str]:
 
 
 def _progress_line(result: SearchResult) -> str:
-    line = (f"{len(result.evaluated)} of {result.n_candidates} candidates evaluated, {result.n_trials} trials "
-            f"in {result.seconds:.1f} s (threshold {result.threshold_mode}, sampler {result.sampler}, space {result.space})")
+    if result.ran_here is not None and result.ran_here < result.n_trials:
+        trials = (f"{result.n_trials} trials, {result.ran_here} of them run now in {result.seconds:.1f} s, the others "
+                  "stored before")
+    else:
+        trials = f"{result.n_trials} trials in {result.seconds:.1f} s"
+    line = (f"{len(result.evaluated)} of {result.n_candidates} candidates evaluated, {trials} (threshold "
+            f"{result.threshold_mode}, sampler {result.sampler}, space {result.space})")
     if result.running:
         line += f"; still running in other workers: {', '.join(result.running[:5])}"
     if result.missing:
@@ -260,7 +269,9 @@ def to_text(result: SearchResult) -> str:
     what = f"figures on {figures_label(result)}"
     if result.alternatives:
         per = "other candidate" if _pairs_only(result.alternatives) else "other set of stages"
-        lines += ["", f"next best (best thresholds per {per}; {what}):",
+        chosen = "" if result.split.selection is None else \
+            f" on the {result.split.trial_images}, not certified: the guarantee covers the best cascade alone"
+        lines += ["", f"next best (best thresholds per {per}{chosen}; {what}):",
                   *text_table(_header(result, result.alternatives),
                               [_row(result, o, latency) for o in result.alternatives])]
     if result.pareto:

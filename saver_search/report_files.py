@@ -10,7 +10,6 @@ from pathlib import Path
 
 from saver_search.errors import SaverSearchError
 from saver_search.results import Outcome
-from saver_search.search import guarantee_tests
 from saver_search.trace import SearchTrace, best_per_candidate
 
 
@@ -35,9 +34,10 @@ def write_report(storage: str, study_name: str | None, out: Path) -> list[Path]:
 
 
 FIGURE_CAPTIONS = {
-    "trials": "Every trial on the calibration images: GMACs vs top-1, the Pareto front, the target and the budget line",
+    "trials": "Every trial on the images that chose its thresholds: GMACs vs top-1, the Pareto front, the target and "
+              "the budget line",
     "candidates": "Best cascade per first-stage candidate (calibration GMACs rank them; dots: held-out test GMACs)",
-    "curves": "Threshold curves of the best candidates on the calibration images, chosen thresholds marked",
+    "curves": "Threshold curves of the best candidates on the images that chose the thresholds, chosen thresholds marked",
     "history": "Optimisation history: best GMACs within budget so far",
 }
 
@@ -45,8 +45,9 @@ FIGURE_CAPTIONS = {
 def _table(trace: SearchTrace, outcomes: list[Outcome]) -> list[str]:
     """Per candidate: the threshold and the reported (test, or in-sample) figures, calibration beside them."""
     where = "in-sample" if trace.in_sample else "test"
+    part = "cal." if trace.spec.selection is None else "sel."
     header = ["stages before the target", "thresholds", f"exit % ({where})", f"top-1 % ({where})", f"drop ({where})",
-              f"GMACs ({where})", f"saved % ({where})", "drop (cal.)", "GMACs (cal.)", "trial"]
+              f"GMACs ({where})", f"saved % ({where})", f"drop ({part})", f"GMACs ({part})", "trial"]
     rows = []
     for outcome in outcomes:
         shown, cal = outcome.reported, outcome.calibration
@@ -57,10 +58,12 @@ def _table(trace: SearchTrace, outcomes: list[Outcome]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
-def _best_lines(trace: SearchTrace, best: list[Outcome]) -> list[str]:
-    if not best:
-        return ["No trial found a cascade within the budget; raise --max-drop or --trials."]
-    top = best[0]
+def _best_lines(trace: SearchTrace) -> list[str]:
+    """The study's answer (what the search command prints): its stages, thresholds and figures."""
+    result = trace.result
+    top = result.best
+    if top.target_alone:
+        return [f"Serve the target alone{': ' + result.note if result.note else ''}."]
     shown = top.reported
     where = "held-out test images" if top.test is not None else "images (in-sample, optimistic)"
     lines = [
@@ -76,6 +79,8 @@ def _best_lines(trace: SearchTrace, best: list[Outcome]) -> list[str]:
                      f"[{top.interval.gmacs[0]:.3f}, {top.interval.gmacs[1]:.3f}].")
     if top.test is not None:
         lines.append(f"On the calibration images: {top.calibration.gmacs:.3f} GMACs, drop {top.calibration.drop:+.2f} points.")
+    if result.note:
+        lines.append(f"\nNote: {result.note}.")
     if shown.shares(len(top.stages))[-1] == 0:
         lines.append("\nThe target is not needed at this budget: the stages before it answer every image.")
     if shown.reduction <= 0:
@@ -84,17 +89,9 @@ def _best_lines(trace: SearchTrace, best: list[Outcome]) -> list[str]:
 
 
 def _setting_lines(trace: SearchTrace) -> list[str]:
-    spec, info = trace.spec, trace.info
-    if trace.in_sample:
-        split = "in-sample (optimistic): every image chooses the thresholds and gives the figures"
-    else:
-        split = (f"{info.calibration_images:,} calibration images choose the thresholds; {info.test_images:,} "
-                 f"held-out test images give the figures (split seed {spec.split_seed}"
-                 f"{', stratified by class' if info.stratified else ', not stratified'})")
-    guarantee = "none (plug-in choice on the calibration images)" if spec.guarantee is None else (
-        f"true drop <= {spec.max_drop:g} points with probability >= {spec.guarantee:.0%} ({spec.bound} bound, "
-        f"{guarantee_tests(spec):,} {'cascades' if spec.cascades else 'candidates'} covered)")
-    return [f"- **split:** {split}", f"- **guarantee:** {guarantee}"]
+    from saver_search.report import guarantee_line, split_line
+
+    return [f"- **split:** {split_line(trace.result)}", f"- **guarantee:** {guarantee_line(trace.result)}"]
 
 
 def summary_markdown(trace: SearchTrace, storage: str, figures: dict[str, Path]) -> str:
@@ -119,8 +116,11 @@ def summary_markdown(trace: SearchTrace, storage: str, figures: dict[str, Path])
         f"candidates; threshold {'pareto (sampled)' if spec.pareto else spec.threshold_mode}, "
         f"sampler {spec.sampler}, space {info.space}",
         f"- **study:** `{trace.study_name}` in `{storage}`",
-        "", "## Best cascade", "", *_best_lines(trace, best), "",
+        "", "## Best cascade", "", *_best_lines(trace), "",
         "## Best cascade per candidate", "",
+        *([] if spec.selection is None else [
+            f"Each row's thresholds were chosen on the {trace.images_label} and are not certified: the guarantee "
+            "covers the best cascade above alone.", ""]),
     ]
     if best:
         lines += _table(trace, best)

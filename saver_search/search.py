@@ -50,7 +50,8 @@ class SearchResult:
 
     ``best`` is the target alone (one stage) when no cascade saves compute within the budget; ``note`` says why.
     ``evaluated``/``running``/``missing``: candidates with a complete trial, with one still running in some
-    worker, and with neither (exact mode; sampled mode lists no missing ones).
+    worker, and with neither (exact mode; sampled mode lists no missing ones). ``ran_here``: how many of the
+    ``n_trials`` this call ran in its ``seconds`` (None: not known, e.g. a summary of a stored study).
     """
 
     data: str
@@ -76,6 +77,7 @@ class SearchResult:
     cost: str = "gmacs"
     note: str | None = None
     models: dict[str, ModelInfo] = field(default_factory=dict)
+    ran_here: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -234,7 +236,8 @@ class PreparedSearch:
                 raise SaverSearchError(f"cannot write to storage {self.storage_label}: {err.strerror or err}; the "
                                        "trials written so far are kept: free space and rerun the same command to "
                                        "resume") from err
-        return summarise(study, seconds=time.perf_counter() - started, storage=self.storage_label)
+        return summarise(study, seconds=time.perf_counter() - started, storage=self.storage_label,
+                         ran_here=worker.completed)
 
     def certify(self, study: optuna.Study) -> None:
         """Certify the best learned path of the complete work on the certification images and keep the answer with
@@ -485,7 +488,8 @@ def study_outcomes(study: optuna.Study) -> list[Outcome]:
             if is_outcome(t.user_attrs)]
 
 
-def summarise(study: optuna.Study, *, seconds: float = 0.0, storage: str | None = None) -> SearchResult:
+def summarise(study: optuna.Study, *, seconds: float = 0.0, storage: str | None = None,
+              ran_here: int | None = None) -> SearchResult:
     """The best cascade, the best alternative per other candidate, the front (multi-objective) and progress."""
     spec, info = read_study(study)
     trials = study.get_trials(deepcopy=False)
@@ -540,6 +544,6 @@ def summarise(study: optuna.Study, *, seconds: float = 0.0, storage: str | None 
         best=best, alternatives=[o for o in ranked if o.stages != best.stages][:N_ALTERNATIVES], pareto=front,
         n_trials=len(outcomes), n_candidates=len(spec.candidates), evaluated=state.evaluated, running=state.running,
         missing=state.missing, seconds=seconds, study_name=study.study_name, storage=storage, space=info.space,
-        cost=spec.cost, note=note, models=info.models,
+        cost=spec.cost, note=note, models=info.models, ran_here=ran_here,
     )
 

@@ -15,7 +15,7 @@ import optuna
 
 from saver_search.errors import SaverSearchError
 from saver_search.results import Outcome, rank_outcomes
-from saver_search.search import read_study, study_outcomes
+from saver_search.search import SearchResult, read_study, study_outcomes, summarise
 from saver_search.study import StudyInfo, StudySpec, trial_candidate
 
 if TYPE_CHECKING:
@@ -35,13 +35,15 @@ class ThresholdCurve:
 
 @dataclass(frozen=True)
 class SearchTrace:
-    """A study's spec and info, its complete trials in order, and one threshold curve per evaluated candidate."""
+    """A study's spec and info, its complete trials in order, one threshold curve per evaluated candidate, and its
+    summary (``result``: the answer the search command prints, the certified one under Learn-then-Test)."""
 
     study_name: str
     spec: StudySpec
     info: StudyInfo
     outcomes: list[Outcome]
     curves: dict[str, ThresholdCurve]
+    result: SearchResult
 
     @property
     def min_accuracy(self) -> float:
@@ -60,10 +62,7 @@ class SearchTrace:
     @property
     def images_label(self) -> str:
         """Which images the trial figures are measured on."""
-        if self.in_sample:
-            return "all images, in-sample" if not self.info.calibration_images else \
-                f"all {self.info.calibration_images:,} images, in-sample"
-        return f"{self.info.calibration_images:,} calibration images"
+        return self.result.split.trial_images
 
 
 def load_trace(study: optuna.Study) -> SearchTrace:
@@ -79,7 +78,8 @@ def load_trace(study: optuna.Study) -> SearchTrace:
         candidate = trial_candidate(trial)  # pair searches store each candidate's curve once
         if "curve" in trial.user_attrs and candidate not in curves:
             curves[candidate] = ThresholdCurve(candidate=candidate, **trial.user_attrs["curve"])
-    return SearchTrace(study_name=study.study_name, spec=spec, info=info, outcomes=outcomes, curves=curves)
+    return SearchTrace(study_name=study.study_name, spec=spec, info=info, outcomes=outcomes, curves=curves,
+                       result=summarise(study))
 
 
 def best_per_candidate(trace: SearchTrace) -> list[Outcome]:

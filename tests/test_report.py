@@ -12,7 +12,7 @@ from saver_search.plots import REPORT_FIGURES, plot_budget_sweep
 from saver_search.search import load_study, run_search, summarise
 from saver_search.study import open_storage
 from saver_search.simulate import SimulatedZoo
-from saver_search.space import SearchSpace
+from saver_search.space import CandidateFilter, SearchSpace
 from saver_search.store import PredictionStore
 from saver_search.trace import best_per_candidate, best_so_far, load_trace, pareto_front, trials_frame
 
@@ -185,3 +185,26 @@ def test_report_tells_untried_candidates_from_infeasible_ones(tmp_path):
     assert f"{len(candidates) - len(tried)} of {len(candidates)} candidates were not tried." in summary
     assert f"of the {len(tried)} candidates tried have no trial within budget" in summary or all(
         o.feasible for o in trace.outcomes)
+
+
+def test_a_learn_then_test_report_gives_the_certified_answer_and_names_the_selection_images(tmp_path):
+    """Under Learn-then-Test the trials are scored on the selection images and the answer is the certified point of
+    the learned path: the report and the search command name the same cascade and figures."""
+    from saver_search.report import to_text
+    from saver_search.report_files import write_report
+
+    zoo = SimulatedZoo()
+    space = SearchSpace(min_stages=2, max_stages=3, committee_members=2,
+                        candidates=CandidateFilter(include=("tf_efficientnet_b[0-4].ns_jft_in1k", "convnext_*in12k*")))
+    storage = str(tmp_path / "ltt.journal")
+    result = run_search(zoo, "convnextv2_huge", 0.5, space, storage=storage, study_name="ltt")
+    assert result.split.selection == 0.5 and not result.best.target_alone
+    write_report(storage, "ltt", tmp_path / "report")
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    answer = result.best
+    assert f"**{' -> '.join(answer.stages)}**" in summary and f"**{answer.test.gmacs:.3f} GMACs / image**" in summary
+    selection = f"{result.split.selection_images:,} selection images"
+    assert f"chosen on the {selection} and are not certified" in summary and "GMACs (sel.)" in summary
+    assert load_trace(load_study(storage, "ltt")).images_label == selection
+    text = to_text(result)
+    assert f"{selection} learn it and its path of thresholds" in text and "sel. GMACs" in text
