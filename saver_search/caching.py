@@ -213,6 +213,7 @@ def cache_model(
         if not acquired:
             return CacheSummary(name, "busy")
         if store.has_model(name) and not options.force:
+            shutil.rmtree(partial_root / name, ignore_errors=True)  # a kill between storing and cleaning left it
             return CacheSummary(name, "already cached")
         return _run(store, root, cost, weights, options, partial_root / name)
 

@@ -6,6 +6,8 @@ candidate its threshold curve.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 from saver_search.errors import SaverSearchError
@@ -23,14 +25,19 @@ def write_report(storage: str, study_name: str | None, out: Path) -> list[Path]:
     from saver_search.trace import load_trace
 
     trace = load_trace(load_study(storage, study_name))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        figures = save_report_figures(trace, out)
-        summary = out / "summary.md"
-        summary.write_text(summary_markdown(trace, storage, figures))
+    written: list[Path] = []
+    try:  # written in a sibling folder, then moved in file by file: a failure leaves no half-written file behind
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.tmp-") as folder:
+            figures = save_report_figures(trace, Path(folder))
+            (Path(folder) / "summary.md").write_text(summary_markdown(trace, storage, figures))
+            out.mkdir(exist_ok=True)
+            for name in ["summary.md", *(path.name for path in figures.values())]:
+                os.replace(Path(folder) / name, out / name)
+                written.append(out / name)
     except OSError as err:
-        raise SaverSearchError(f"cannot write the report to {out}: {err}") from err
-    return [summary, *figures.values()]
+        raise SaverSearchError(f"cannot write the report to {out}: {err.strerror or err}") from err
+    return written
 
 
 FIGURE_CAPTIONS = {

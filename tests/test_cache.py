@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import json
 import re
 import signal
@@ -422,3 +423,24 @@ def test_loading_a_random_model_leaves_the_global_random_state_alone() -> None:
     assert torch.equal(torch.rand(3), expected)  # not reseeded to 0 by the load
     second = load_model("test_vit.r160_in1k", Weights(checkpoint=None, pretrained=False))
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+
+
+def test_chunks_left_by_a_kill_after_the_model_was_stored_are_cleaned_up(photos: Path, tmp_path: Path, capsys,
+                                                                          monkeypatch) -> None:
+    common = ["--data", tmp_path / "store", "--images", photos, "--models", "test_vit", "--no-pretrained",
+              "--workers", 0]
+    cleanup = shutil.rmtree
+
+    def killed_before_cleaning(path, *args, **kwargs):  # the model is stored; the process dies before the cleanup
+        if Path(path).parent.name == ".partial":
+            raise KeyboardInterrupt
+        cleanup(path, *args, **kwargs)
+
+    monkeypatch.setattr(caching.shutil, "rmtree", killed_before_cleaning)
+    assert cache(capsys, *common)[0] == 130
+    stale = tmp_path / "store" / ".partial" / "test_vit.r160_in1k"
+    assert PredictionStore(tmp_path / "store").model_names() == ["test_vit.r160_in1k"] and stale.is_dir()
+    monkeypatch.setattr(caching.shutil, "rmtree", cleanup)
+    code, out, err = cache(capsys, *common)
+    assert code == 0 and "already in the store, skipped" in out, err
+    assert not stale.exists()

@@ -8,6 +8,7 @@ import optuna
 import pytest
 
 from conftest import make_store, run_cli
+from saver_search.errors import SaverSearchError
 from saver_search.plots import REPORT_FIGURES, plot_budget_sweep
 from saver_search.search import load_study, run_search, summarise
 from saver_search.study import open_storage
@@ -208,3 +209,24 @@ def test_a_learn_then_test_report_gives_the_certified_answer_and_names_the_selec
     assert load_trace(load_study(storage, "ltt")).images_label == selection
     text = to_text(result)
     assert f"{selection} learn it and its path of thresholds" in text and "sel. GMACs" in text
+
+
+def test_a_report_that_cannot_be_written_leaves_no_folder_or_half_written_file(store, tmp_path, monkeypatch):
+    import errno
+
+    from saver_search import plots
+    from saver_search.report_files import write_report
+
+    storage = str(tmp_path / "study.log")
+    run_search(store, TARGET, 1.0, SAMPLED, storage=storage, study_name="s1", **PLUG_IN)
+    save = plots.save_report_figures
+
+    def disk_full_after_the_first_figures(trace, out):
+        save(trace, out)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(plots, "save_report_figures", disk_full_after_the_first_figures)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(SaverSearchError, match="cannot write the report to .*: No space left on device"):
+        write_report(storage, "s1", tmp_path / "report")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no report folder, no temporary one
