@@ -10,6 +10,7 @@ from typing import Any
 
 from saver_search.cli import non_negative_int, positive_int
 from saver_search.errors import SaverSearchError
+from saver_search.tables import percent
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -99,12 +100,12 @@ def summary(run_: Any, cascade_file: Any, layout: str, labelled: bool) -> str:
     reaching = [sum(stage >= i for stage in run_.exit_stage) / n for i in range(len(labels))]
     gmacs = sum(cost * share for cost, share in zip(own_gmacs, reaching))
     target_gmacs = cascade_file.models[cascade_file.cascade.target].gmacs
-    shares = ", ".join(f"{label} {100 * sum(s == i for s in run_.exit_stage) / n:.1f} %" for i, label in enumerate(labels))
+    shares = ", ".join(f"{label} {percent(sum(s == i for s in run_.exit_stage) / n)} %" for i, label in enumerate(labels))
     where = f"{expected.get('images', '?')} images{', SIMULATED' if expected.get('simulated') else ''}"
     lines = [f"cascade: {' -> '.join(labels)}; {n} images of {layout}",
              f"exit shares: {shares}"]
     if "exit_share" in expected and len(labels) > 1:
-        lines[-1] += f"  (search expected {100 * expected['exit_share']:.1f} % before the target, on {where})"
+        lines[-1] += f"  (search expected {percent(expected['exit_share'])} % before the target, on {where})"
     if labelled:
         top1 = 100 * sum(p == y for p, y in zip(run_.predicted, run_.labels)) / n
         target_top1 = 100 * sum(p == y for p, y in zip(run_.target_predicted, run_.labels)) / n

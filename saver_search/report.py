@@ -14,7 +14,7 @@ from typing import Any
 from saver_search.results import Figures, Outcome
 from saver_search.scores import get_score
 from saver_search.search import SearchResult
-from saver_search.tables import text_table
+from saver_search.tables import percent, text_table
 
 SIMULATED_NOTE = (
     "SIMULATED: predictions simulated from timm's published top-1 accuracies, not measured on images. "
@@ -134,7 +134,7 @@ def _row(result: SearchResult, outcome: Outcome, latency: bool) -> list[str]:
         f"{own:.3g}" if rows and not math.isnan(own) else "-",  # NaN: a model the study has no cost for
         str(sizes.pop()) if len(sizes) == 1 and None not in sizes else "-",
         ", ".join(f"{t:.4f}" for t in outcome.thresholds) or "-",
-        f"{100 * shown.exit_ratio:.1f}",
+        percent(shown.exit_ratio),
         f"{shown.accuracy:.2f}",
         f"{shown.drop:+.2f}",
         _cost(shown),
@@ -167,7 +167,7 @@ def _figures_rows(result: SearchResult, best: Outcome) -> list[str]:
         if interval and best.interval is not None:
             drop += f" [{best.interval.drop[0]:+.2f}, {best.interval.drop[1]:+.2f}]"
             gmacs += f" [{best.interval.gmacs[0]:.3f}, {best.interval.gmacs[1]:.3f}]"
-        return [label, f"{figures.images:,}", f"{100 * figures.exit_ratio:.1f}", f"{figures.accuracy:.2f}", drop,
+        return [label, f"{figures.images:,}", percent(figures.exit_ratio), f"{figures.accuracy:.2f}", drop,
                 gmacs, f"{figures.reduction:.1f}"]
 
     rows = []
@@ -210,7 +210,7 @@ def _best_lines(result: SearchResult) -> list[str]:
             f"committee: mean of {len(members)} models' probabilities; {stage['own_gmacs']:.3g} GMACs/image not run before"
         rule = "the rest" if last else score.rule(stage["threshold"])
         rows.append(["target" if last else f"stage {i + 1}", " + ".join(members), size, rule,
-                     f"{100 * (stage['exit_share'] or 0.0):.1f}"])
+                     percent(stage['exit_share'] or 0.0)])
     thresholds = ", ".join(f"{t:.4f}" for t in best.thresholds)
     temperatures = "".join(f", T({m}) = {t:.3f}" for m, t in best.cascade.temperatures.items())
     lines = [f"best cascade: {' -> '.join(best.stages)}, score {score.name}, threshold{'s' * (len(best.thresholds) > 1)} "
@@ -222,7 +222,7 @@ def _best_lines(result: SearchResult) -> list[str]:
     if shares[-1] == 0:
         lines.append(f"  the target is not needed at this budget: every one of the {where} left before it")
     lines.append(
-        f"  {100 * shown.exit_ratio:.1f} % of {where} answered before the target; "
+        f"  {percent(shown.exit_ratio)} % of {where} answered before the target; "
         f"{shown.gmacs:.3f} vs {target.gmacs:.3f} GMACs/image ({shown.reduction:.1f} % less compute), "
         f"top-1 {shown.accuracy:.2f} % ({shown.drop:+.2f} points)"
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from saver_search.errors import SaverSearchError
 from saver_search.results import Outcome
+from saver_search.tables import percent
 from saver_search.trace import SearchTrace, best_per_candidate
 
 
@@ -59,7 +60,7 @@ def _table(trace: SearchTrace, outcomes: list[Outcome]) -> list[str]:
     for outcome in outcomes:
         shown, cal = outcome.reported, outcome.calibration
         rows.append([" -> ".join(f"`{stage}`" for stage in outcome.stages[:-1]),
-                     ", ".join(f"{t:.4f}" for t in outcome.thresholds), f"{100 * shown.exit_ratio:.1f}",
+                     ", ".join(f"{t:.4f}" for t in outcome.thresholds), percent(shown.exit_ratio),
                      f"{shown.accuracy:.2f}", f"{shown.drop:+.2f}", f"{shown.gmacs:.3f}", f"{shown.reduction:.1f}",
                      f"{cal.drop:+.2f}", f"{cal.gmacs:.3f}", str(outcome.trial)])
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
@@ -76,7 +77,7 @@ def _best_lines(trace: SearchTrace) -> list[str]:
     lines = [
         f"**{' -> '.join(top.stages)}**, score {top.cascade.score}, threshold{'s' * (len(top.thresholds) > 1)} "
         f"{', '.join(f'{t:.4f}' for t in top.thresholds)} (chosen on the calibration images): on the {shown.images:,} "
-        f"{where}, {100 * shown.exit_ratio:.1f} % answered before the target; "
+        f"{where}, {percent(shown.exit_ratio)} % answered before the target; "
         f"**{shown.gmacs:.3f} GMACs / image** vs {trace.info.target_gmacs:.3f} (**{shown.reduction:.1f} % less "
         f"compute**), top-1 {shown.accuracy:.2f} % ({shown.drop:+.2f} points drop).",
     ]

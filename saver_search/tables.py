@@ -14,3 +14,9 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: Colle
         return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     return [line(header), *([line(["-" * w for w in widths])] if rule else []), *(line(row) for row in rows)]
+
+
+def percent(fraction: float) -> str:
+    """A share of images in percent, one decimal. The share is rounded to 9 digits first, so the same share
+    computed two ways (a stage's share, one minus the rest) prints the same (0.6505 is 65.0 in every table)."""
+    return f"{100 * round(fraction, 9):.1f}"

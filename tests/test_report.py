@@ -230,3 +230,10 @@ def test_a_report_that_cannot_be_written_leaves_no_folder_or_half_written_file(s
     with pytest.raises(SaverSearchError, match="cannot write the report to .*: No space left on device"):
         write_report(storage, "s1", tmp_path / "report")
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no report folder, no temporary one
+
+
+def test_a_share_computed_two_ways_prints_the_same_in_every_table():
+    from saver_search.tables import percent
+
+    assert f"{100 * (1 - 0.3495):.1f}" != f"{100 * 0.6505:.1f}"  # plain formatting disagrees
+    assert percent(1 - 0.3495) == percent(0.6505) == "65.0"
