@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import json
 import re
@@ -321,6 +322,45 @@ def test_hub_weights_unreachable_is_a_clear_error(photos: Path, tmp_path: Path) 
     assert "cannot load the pretrained weights of resnet10t.c3_in1k" in line
     assert "pass a local --checkpoint file for resnet10t.c3_in1k" in line
     assert PredictionStore(tmp_path / "store").model_names() == []
+
+
+def test_hub_weights_in_the_local_cache_load_without_the_network(photos: Path, tmp_path: Path) -> None:
+    """A Hugging Face cache holding a tag's weights (laid out as huggingface_hub writes it) is enough offline, with
+    no retry and no HF_HUB_OFFLINE: the store equals one made from the same weights given as a checkpoint."""
+    from safetensors.torch import save_file
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        state = timm.create_model("resnet10t", pretrained=False).state_dict()
+    repo = tmp_path / "hf-home" / "hub" / "models--timm--resnet10t.c3_in1k"
+    (repo / "snapshots" / "0123abcd").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(repo / "snapshots" / "0123abcd" / "model.safetensors"))
+    torch.save(state, tmp_path / "same.pth")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"} | {"HF_HOME": str(tmp_path / "hf-home")}
+    common = ["--images", photos, "--models", "resnet10t", "--workers", "0"]
+    hub = subprocess.run([sys.executable, "-m", "saver_search", "cache", "--data", tmp_path / "hub", *map(str, common)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert hub.returncode == 0 and "Retrying" not in hub.stderr, hub.stderr
+    assert run_cli("cache", "--data", tmp_path / "file", *common, "--checkpoint", f"resnet10t={tmp_path / 'same.pth'}",
+                   "--no-pretrained").returncode == 0
+    assert_same_predictions(PredictionStore(tmp_path / "hub"), PredictionStore(tmp_path / "file"), "resnet10t.c3_in1k")
+
+
+def test_hub_weights_offline_and_not_cached_fail_at_once(photos: Path, tmp_path: Path) -> None:
+    """Without HF_HUB_OFFLINE too: one line naming the host, no retry lines, nothing stored."""
+    from saver_search.models import _hub_reachable
+
+    if _hub_reachable():
+        pytest.skip("this machine resolves the Hugging Face hub: the offline path cannot be seen here")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"} | {"HF_HOME": str(tmp_path / "hf-home")}
+    result = subprocess.run([sys.executable, "-m", "saver_search", "cache", "--data", str(tmp_path / "store"),
+                             "--images", str(photos), "--models", "resnet10t", "--workers", "0"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2 and "Retrying" not in result.stderr, result.stderr
+    assert "cannot be reached from here and the Hugging Face cache has no copy" in error_line(result.stderr)
+    assert not (tmp_path / "store").exists() or PredictionStore(tmp_path / "store").model_names() == []
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
