@@ -15,6 +15,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from saver_search.calibration import make_split
 from saver_search.cascade import CascadeSpec
 from saver_search.errors import SaverSearchError
 from saver_search.files import atomic_write_text
@@ -122,6 +125,20 @@ class CascadeFile:
             return cls(cascade=cascade, models=described, expected=dict(expected), study=study)
         except SaverSearchError as err:  # a stage naming a model the file does not describe
             raise SaverSearchError(f"{where}: {err}") from None
+
+
+def test_sample_ids(cascade_file: CascadeFile, store: Any, where: str) -> np.ndarray:
+    """The held-out test images of the study that made ``cascade_file``, as sample ids of ``store`` (the prediction
+    store the search ran on): its split is made again from the fraction and seed the file records."""
+    split = cascade_file.expected.get("split")
+    if not isinstance(split, dict) or not all(key in split for key in ("fraction", "seed", "images")):
+        raise SaverSearchError(f"{where} records no calibration/test split (written in-sample, or by an earlier "
+                               "version): export it again from its study, or predict on all images")
+    if store.n_samples != split["images"]:
+        raise SaverSearchError(f"store {store.path} has {store.n_samples} images but the study split "
+                               f"{split['images']}: pass the store the search ran on")
+    test = make_split(np.asarray(store.labels), float(split["fraction"]), int(split["seed"])).test
+    return np.asarray(store.sample_ids)[test]
 
 
 def _no_unknown(data: dict, known: tuple[str, ...], at: str) -> None:
@@ -232,5 +249,8 @@ def cascade_from_result(result: Any) -> CascadeFile:
         "target_top1": result.target.reported_accuracy / 100, "target_gmacs": result.target.gmacs,
         "max_drop": result.max_drop / 100, "simulated": result.simulated,
         "guarantee": None if result.guarantee is None else result.guarantee.level, "data": result.data,
+        "split": None if result.split.in_sample else {
+            "fraction": result.split.fraction, "seed": result.split.seed,
+            "images": result.split.calibration_images + result.split.test_images},
     }
     return CascadeFile(cascade=best.cascade, models=models, expected=expected, study=result.study_name)

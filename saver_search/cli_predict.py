@@ -26,6 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--images", required=True, type=Path, help="folder of images")
     parser.add_argument("--labels", type=Path, metavar="CSV", help="file_name,label CSV, file names relative to --images")
     parser.add_argument("--out", required=True, type=Path, help="CSV of per-image predictions to write")
+    parser.add_argument("--split", choices=("all", "test"), default="all",
+                        help="test: only the study's held-out test images (made again from --data and the split the "
+                        "cascade file records), so the figures compare with the search's (default: all images)")
+    parser.add_argument("--data", type=Path, metavar="STORE", help="with --split test: the store the search ran on")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=FILE",
                         help="weights file of a stage's model, overriding the cascade file's (repeatable)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1... (default: CUDA when available)")
@@ -40,14 +44,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     import sys
 
-    from saver_search.cascade_file import CascadeFile
+    from saver_search.cascade_file import CascadeFile, test_sample_ids
     from saver_search.files import atomic_write_text
-    from saver_search.images import UNLABELLED, list_any_images
+    from saver_search.images import UNLABELLED, list_any_images, restrict
     from saver_search.runtime import CascadeClassifier, run_on_folder
+    from saver_search.store import PredictionStore
 
+    if (args.split == "test") != (args.data is not None):
+        raise SaverSearchError("--split test and --data STORE go together: the store the search ran on makes its "
+                               "split again")
     cascade_file = CascadeFile.load(args.cascade)
     checkpoints = _checkpoints(args.checkpoint, list(cascade_file.models))
     dataset = list_any_images(args.images, args.labels)
+    if args.split == "test":
+        ids = test_sample_ids(cascade_file, PredictionStore(args.data), str(args.cascade))
+        dataset = restrict(dataset, ids, "held-out test images of the study")
     cascade = CascadeClassifier.from_file(cascade_file, checkpoints=checkpoints, device=args.device, amp=args.amp)
     run_ = run_on_folder(cascade, dataset.root, [str(i) for i in dataset.sample_ids], dataset.labels.tolist(),
                          batch_size=args.batch_size, workers=args.workers, skip_unreadable=args.on_corrupt == "skip",

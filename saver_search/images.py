@@ -173,6 +173,18 @@ def open_or_create_store(
     return StoreSetup(store, True, unreadable, len(dataset) - store.n_samples)
 
 
+def restrict(dataset: ImageDataset, sample_ids: np.ndarray, what: str) -> ImageDataset:
+    """The images of ``dataset`` that ``sample_ids`` name (``what`` they are, for the layout and errors); every one
+    must be there."""
+    keep = np.isin(dataset.sample_ids, sample_ids)
+    missing = np.setdiff1d(sample_ids, dataset.sample_ids)
+    if missing.size:
+        raise SaverSearchError(f"{missing.size} of the {len(sample_ids)} {what} are not in {dataset.layout} (first: "
+                               f"{str(missing[0])!r}); pass the <root> the store was made from")
+    return ImageDataset(dataset.root, dataset.sample_ids[keep], dataset.labels[keep],
+                        f"{dataset.layout}, the {int(keep.sum())} {what}")
+
+
 def _open_existing(path: Path, dataset: ImageDataset) -> StoreSetup:
     """Open the store at ``path``; every stored sample must be in ``dataset`` with the same label."""
     store = PredictionStore(path)

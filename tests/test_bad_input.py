@@ -164,6 +164,9 @@ CASES = {
     "cascade unknown architecture": (lambda w: (w / "cascade.json").write_text(
         (w / "cascade.json").read_text().replace("resnet10t", "notanarch")), PREDICT, ["notanarch"]),
     "predict device foo": (nothing, (*PREDICT, "--device", "foo"), ["--device"]),
+    "predict test split without its store": (nothing, (*PREDICT, "--split", "test"), ["--split test", "--data"]),
+    "predict test split of a file without one": (nothing, (*PREDICT, "--split", "test", "--data", "{w}/store"),
+                                                 ["records no calibration/test split"]),
     "predict labels naming a file twice": (write("labels.csv", "file_name,label\nim0.png,1\nim1.png,2\nim0.png,1\n"),
                                            (*PREDICT, "--labels", "{w}/labels.csv"), ["im0.png"]),
     "costs cache a file": (write("cachefile", "x"), ("costs", "resnet10t.c3_in1k", "--img-size", "96"),

@@ -17,6 +17,7 @@ from saver_search.cascade_file import CascadeFile, ModelFile
 from saver_search.committees import stage_outputs
 from saver_search.compat import import_timm
 from saver_search.scores import get_score
+from saver_search.tables import percent
 from saver_search.store import PredictionStore, Provenance
 
 timm = import_timm()
@@ -146,6 +147,18 @@ def test_real_weights_same_answer_offline_and_online(photos: Path, tmp_path: Pat
     assert f"top-1: cascade {100 * result['best']['calibration']['accuracy']:.2f} %" in predicted.stdout
     assert f"search expected {100 * cascade.expected['exit_share']:.1f} % before the target" in predicted.stdout
     assert "images/s vs target alone" in predicted.stdout and "GMACs predict" in predicted.stdout
+
+    # held out: the search chooses on half the images; predict --split test runs the other half, the search's test part
+    held_out = run_cli("--data", store_path, "--target", target, "--max-drop", "20", "--guarantee", "none",
+                       "--save-cascade", tmp_path / "held-out.json", "--json")
+    assert held_out.returncode == 0, held_out.stderr
+    test_figures = json.loads(held_out.stdout)["best"]["test"]
+    on_test = run_cli("predict", "--cascade", tmp_path / "held-out.json", "--images", photos, "--labels", labels,
+                      "--out", tmp_path / "test.csv", "--split", "test", "--data", store_path)
+    assert on_test.returncode == 0, on_test.stderr
+    assert len(read_predictions(tmp_path / "test.csv")) == test_figures["images"] == 32
+    assert f"top-1: cascade {100 * test_figures['accuracy']:.2f} %" in on_test.stdout
+    assert f"{first} {percent(test_figures['exit_ratio'])} %" in on_test.stdout
 
 
 def test_random_weights_three_stages_same_answer_offline_and_online(photos: Path, tmp_path: Path) -> None:
