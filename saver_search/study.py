@@ -403,11 +403,12 @@ def create_or_load(storage: BaseStorage, study_name: str, spec: StudySpec, info:
 
 def _write_creation(study: optuna.Study, spec: StudySpec, info: StudyInfo, queue: Sequence[dict[str, Any]],
                     **attrs: Any) -> None:
-    study.set_user_attr(CREATOR_ATTR, {**_identity(), "time": time.time()})
-    study.set_user_attr(INFO_ATTR, info.to_json())
-    study.set_user_attr(SPEC_ATTR, spec.to_json())
-    enqueue_work(study, queue, **attrs)
-    study.set_user_attr(READY_ATTR, len(queue))
+    with _in_progress(("study", study.study_name)):
+        study.set_user_attr(CREATOR_ATTR, {**_identity(), "time": time.time()})
+        study.set_user_attr(INFO_ATTR, info.to_json())
+        study.set_user_attr(SPEC_ATTR, spec.to_json())
+        enqueue_work(study, queue, **attrs)
+        study.set_user_attr(READY_ATTR, len(queue))
 
 
 def _wait_for_spec(study: optuna.Study) -> StudySpec | None:
@@ -425,7 +426,7 @@ def _wait_for_spec(study: optuna.Study) -> StudySpec | None:
             )
         waited = time.monotonic() - started
         creator = attrs.get(CREATOR_ATTR)
-        creator_gone = waited > ADOPT_AFTER_S if creator is None else not _creator_alive(creator)
+        creator_gone = waited > ADOPT_AFTER_S if creator is None else not _creator_alive(creator, study.study_name)
         if set(attrs) <= {CREATOR_ATTR, INFO_ATTR} and not study.get_trials(deepcopy=False):
             if creator_gone:
                 return None
@@ -441,16 +442,20 @@ def _wait_for_queue(study: optuna.Study) -> None:
     """Wait while the study's creator is still queueing its work (a creator that died leaves the rest to the
     workers' reconciliation). Studies created before :data:`READY_ATTR` wrote their spec after the queue."""
     while READY_ATTR not in (attrs := study.user_attrs) and CREATOR_ATTR in attrs:
-        if not _creator_alive(attrs[CREATOR_ATTR]):
+        if not _creator_alive(attrs[CREATOR_ATTR], study.study_name):
             return
         time.sleep(POLL_S)
 
 
-def _creator_alive(creator: dict[str, Any]) -> bool:
-    """Whether the process that created a study may still be writing it: on this host, whether it runs; elsewhere,
-    for :data:`SPEC_WAIT_S` after it started creating."""
+def _creator_alive(creator: dict[str, Any], study_name: str) -> bool:
+    """Whether the process that created a study may still be writing it: on this host, whether it runs (this very
+    process only while it is creating it: a creation of its own that failed, e.g. on a full disk, is over);
+    elsewhere, for :data:`SPEC_WAIT_S` after it started creating."""
     if creator.get("host") == HOST:
-        return _process_alive(int(creator["pid"]), str(creator.get("started", "")))
+        pid = int(creator["pid"])
+        if pid == os.getpid():
+            return _is_in_progress(("study", study_name))
+        return _process_alive(pid, str(creator.get("started", "")))
     return time.time() - float(creator.get("time", 0.0)) < SPEC_WAIT_S
 
 
@@ -513,6 +518,28 @@ def _progress(trials: Sequence[FrozenTrial], keys: Sequence[str], key_of: Callab
 # ------------------------------------------------------------------------------------------------ workers
 
 
+_IN_PROGRESS: set[tuple[str, Any]] = set()  # what this process is creating or running now: ("study", name), ("trial", id)
+_IN_PROGRESS_LOCK = threading.Lock()
+
+
+@contextmanager
+def _in_progress(key: tuple[str, Any]) -> Iterator[None]:
+    """Mark a study creation or a trial as going on in this process, so that this process (one of its threads,
+    or a later call after a failure) can tell its own live work from work a failed call left behind."""
+    with _IN_PROGRESS_LOCK:
+        _IN_PROGRESS.add(key)
+    try:
+        yield
+    finally:
+        with _IN_PROGRESS_LOCK:
+            _IN_PROGRESS.discard(key)
+
+
+def _is_in_progress(key: tuple[str, Any]) -> bool:
+    with _IN_PROGRESS_LOCK:
+        return key in _IN_PROGRESS
+
+
 def _boot_id() -> str:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
@@ -567,6 +594,8 @@ def worker_is_dead(trial: FrozenTrial, now: float | None = None) -> bool:
         started = trial.datetime_start
         return started is not None and (datetime.now() - started).total_seconds() > GRACE_S
     if worker.get("host") == HOST:
+        if int(worker["pid"]) == os.getpid():  # this process: dead unless it is running the trial now
+            return not _is_in_progress(("trial", trial._trial_id))
         return not _process_alive(int(worker["pid"]), str(worker.get("started", "")))
     return (time.time() if now is None else now) - float(worker["heartbeat"]) > GRACE_S
 
@@ -760,7 +789,8 @@ class StudyWorker:
         """While this worker owns a running trial: on an error or Ctrl-C, fail it and queue it again (unless another
         worker reclaimed it meanwhile), then let the exception go on."""
         try:
-            yield
+            with _in_progress(("trial", trial_id)):
+                yield
         except UpdateFinishedTrialError:
             return  # another worker judged this one dead and queued the trial again
         except BaseException:

@@ -230,3 +230,39 @@ def test_a_reader_that_stops_early_ends_the_listing_quietly():
 def test_a_budget_that_looks_like_a_share_typed_as_points_gets_a_note(world):
     code, _, err = _main("--data", world / "store", "--target", "big.t", "--max-drop", "50")
     assert code == 0 and "note: --max-drop is in top-1 points: 50 lets the cascade lose 50 points" in err, err
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 96 KiB tmpfs (root only: skipped where it cannot be mounted), unmounted afterwards."""
+    import subprocess
+
+    folder = tmp_path / "full"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("a small tmpfs cannot be mounted here (needs root): the full-disk paths are not exercised")
+    yield folder
+    subprocess.run(["umount", "--lazy", str(folder)], check=True)  # this process may still hold a storage open
+
+
+def test_a_full_disk_is_one_line_leaves_nothing_half_made_and_the_journal_resumes_elsewhere(world, full_disk, tmp_path):
+    search = ("--data", world / "store", "--target", "big.t", "--max-drop", "5", "--study-name", "full")
+    fillers = []
+    try:  # fill the disk in 4 KiB files, then free half a finished journal's size: it starts, it cannot finish
+        while True:
+            fillers.append(full_disk / f"filler{len(fillers)}")
+            fillers[-1].write_bytes(b"x" * 4096)
+    except OSError:
+        pass
+    for filler in fillers[:max(1, (world / "study.journal").stat().st_size // 2 // 4096)]:
+        filler.unlink(missing_ok=True)
+    code, _, err = _main(*search, "--storage", full_disk / "study.journal")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "No space left on device" in lines[0], err
+    code, _, err = _main(*search, "--storage", f"sqlite:///{full_disk / 'study.db'}")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and not (full_disk / "study.db").exists(), err
+    moved = tmp_path / "study.journal"  # what the full disk kept, torn last record and all, resumes on another disk
+    shutil.copy(full_disk / "study.journal", moved)
+    code, out, err = _main(*search, "--storage", moved, "--json")
+    assert code == 0, err
+    assert json.loads(out)["missing"] == []

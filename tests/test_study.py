@@ -267,11 +267,22 @@ def test_dead_workers_are_told_from_live_ones():
     import subprocess
     import sys
 
+    from saver_search.study import _in_progress
+
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     now = time.time()
-    assert not worker_is_dead(running_trial({"host": HOST, "pid": os.getpid(), "heartbeat": now}))
+    try:
+        assert not worker_is_dead(running_trial({"host": HOST, "pid": live.pid, "heartbeat": now}))
+    finally:
+        live.communicate(b"")
     assert worker_is_dead(running_trial({"host": HOST, "pid": child.pid, "heartbeat": now}))
+    # this very process: alive while it runs the trial, dead once that call is over (it failed, e.g. a full disk)
+    mine = running_trial({"host": HOST, "pid": os.getpid(), "heartbeat": now})
+    with _in_progress(("trial", mine._trial_id)):
+        assert not worker_is_dead(mine)
+    assert worker_is_dead(mine)
     assert not worker_is_dead(running_trial({"host": "elsewhere", "pid": 1, "heartbeat": now - GRACE_S / 2}))
     assert worker_is_dead(running_trial({"host": "elsewhere", "pid": 1, "heartbeat": now - 2 * GRACE_S}))
     assert not worker_is_dead(running_trial(None))  # just claimed: its worker is writing its record
