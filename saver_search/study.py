@@ -61,6 +61,7 @@ POLL_S = 0.25
 SPEC_WAIT_S = 60.0  # how long a creator on another host may take to write a study's spec and queue
 ADOPT_AFTER_S = 3.0  # a study still empty after this long lost its creator between its first two writes
 SCHEMA_RETRIES = 12
+SQLITE_TIMEOUT_S = 60.0  # how long an SQLite connection waits for another's lock
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 RACE_MARKERS = ("already exists", "unique constraint", "duplicate key", "database is locked", "alembic_version")
 LEGACY_ATTRS = ("target", "max_drop", "candidates")
@@ -297,10 +298,13 @@ def _drop_torn_record(path: str) -> None:
 def _open_rdb(url: str, sqlite_wal: bool) -> BaseStorage:
     """An RDB storage; schema creation is retried while other processes race to create the same tables. A new
     SQLite file that could not be made a storage (a full disk, a read-only folder) is removed, not left half-made."""
-    engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    new_file = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") and not storage_exists(url) else None
+    engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {}
+    sqlite_path = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+    new_file = sqlite_path if sqlite_path is not None and not storage_exists(url) else None
     for attempt in range(SCHEMA_RETRIES):
         try:
+            if sqlite_wal and sqlite_path is not None:
+                _sqlite_wal_file(sqlite_path)
             rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
             break
         except ModuleNotFoundError as err:
@@ -315,20 +319,45 @@ def _open_rdb(url: str, sqlite_wal: bool) -> BaseStorage:
                 continue
             if new_file is not None:
                 new_file.unlink(missing_ok=True)
+                Path(f"{new_file}-wal").unlink(missing_ok=True)
+                Path(f"{new_file}-shm").unlink(missing_ok=True)
             raise SaverSearchError(f"cannot open storage {url}: {str(err).splitlines()[0]}") from err
     if sqlite_wal and url.startswith("sqlite"):
-        _sqlite_wal(rdb)
+        _sqlite_synchronous_normal(rdb)
     return rdb
 
 
-def _sqlite_wal(rdb: optuna.storages.RDBStorage) -> None:
-    """Write-ahead logging without an fsync per commit: a trial makes a few small commits, each ~0.1 s with
-    fsync. A killed process loses nothing; only an OS crash may lose the last trials, never the database."""
+def _sqlite_wal_file(path: Path) -> None:
+    """Put the SQLite file in write-ahead logging (a setting stored in the file) before any table is made.
+
+    Why here and not on each connection: switching the journal mode takes an exclusive lock, and when a
+    connection that holds a shared lock meets another one's pending lock SQLite answers "database is locked"
+    at once, without waiting its busy timeout. Eight workers started at one barrier hit that in CI when every
+    new pooled connection asked for WAL while others created the schema in rollback mode. Here the switch
+    happens once, before the schema, and a lost race is retried until ``SQLITE_TIMEOUT_S``."""
+    import sqlite3
+
+    deadline = time.monotonic() + SQLITE_TIMEOUT_S
+    while True:
+        connection = sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.01, 0.1))
+        finally:
+            connection.close()
+
+
+def _sqlite_synchronous_normal(rdb: optuna.storages.RDBStorage) -> None:
+    """No fsync per commit (a per-connection setting): a trial makes a few small commits, each ~0.1 s with
+    fsync. In WAL a killed process loses nothing; only an OS crash may lose the last trials, never the database."""
     from sqlalchemy import event
 
     def on_connect(connection: Any, _record: Any) -> None:
         cursor = connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
