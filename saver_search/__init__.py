@@ -12,7 +12,7 @@ Searching::
 Sources: :class:`ArraySource` (your arrays), :class:`PredictionStore` (a folder), :class:`SimulatedZoo` (the
 embedded default), :func:`open_source`; :class:`PredictionSource` is the contract. Studies and traces:
 :func:`load_study`, :func:`summarise`, :func:`load_trace`, :func:`open_storage`. Cascades: :class:`CascadeSpec`,
-:func:`evaluate_cascade`, :func:`threshold_curve`, :func:`path_curve`; scores: :data:`SCORES`, :func:`get_score`. Costs: :func:`get_cost`. Every error is a :class:`SaverSearchError`.
+:func:`evaluate_cascade`, :func:`threshold_curve`, :func:`path_curve`; scores: :data:`SCORES`, :func:`get_score`. Costs: :func:`get_cost`; which models to cache: :func:`plan_caching`. Every error is a :class:`SaverSearchError`.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ _EXPORTS = {
     # studies and traces
     "load_study": "search", "summarise": "search", "open_storage": "study", "StudySpec": "study",
     "load_trace": "trace", "SearchTrace": "trace", "trials_frame": "trace", "write_report": "report_files",
+    # caching at scale
+    "plan_caching": "plan", "CachingPlan": "plan",
     # deploying
     "CascadeFile": "cascade_file", "CascadeClassifier": "runtime",
     # costs
@@ -71,6 +73,7 @@ if TYPE_CHECKING:  # noqa: F401 (for type checkers and IDEs; at run time names l
     from saver_search.scores import SCORES, get_score
     from saver_search.costs import ModelCost, get_cost
     from saver_search.errors import CorruptStore, InvalidParameter, SaverSearchError, StudyMismatch, UnknownModel
+    from saver_search.plan import CachingPlan, plan_caching
     from saver_search.results import Figures, GuaranteeInfo, Outcome, TargetInfo
     from saver_search.search import (
         SearchInterrupted, SearchResult, load_study, prepare_search, run_search, summarise,

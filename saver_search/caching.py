@@ -20,9 +20,9 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -51,10 +51,11 @@ def default_workers(device: torch.device) -> int:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How to run the models; ``device``/``amp`` None pick CUDA with bf16 where available, else CPU in fp32."""
+    """How to run the models; ``device``/``amp`` None pick CUDA with bf16 where available, else CPU in fp32;
+    ``workers`` (image decoding processes) None: :func:`default_workers` of the device."""
 
     batch_size: int = 64
-    workers: int = 0
+    workers: int | None = 0
     device: str | None = None
     amp: str | None = None
     logits: bool = False
@@ -194,17 +195,142 @@ def _exclusive(lock_path: Path) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class ModelRunner:
+    """One model loaded on one device, predicting the top-k of any of a store's images: what the local engine runs
+    in this process and what each Ray actor runs in its own (:mod:`saver_search.ray_engine`)."""
+
+    def __init__(self, name: str, weights: Weights, options: RunOptions, n_classes: int, store_label: str) -> None:
+        timm = import_timm()
+        self.name, self.options = name, options
+        self.device = resolve_device(options.device)
+        self.amp = resolve_amp(options.amp, self.device)
+        model = load_model(name, weights)
+        if model.num_classes != n_classes:
+            raise SaverSearchError(
+                f"{name} predicts {model.num_classes} classes but store {store_label} has {n_classes}; "
+                "use a model with the store's classes (or a store made with <n_classes> to match)"
+            )
+        self.config = DataConfig.from_dict(timm.data.resolve_model_data_config(model))
+        self.arch = model.pretrained_cfg.get("architecture")
+        self.k = min(TOP_K, n_classes)
+        self.workers = default_workers(self.device) if options.workers is None else options.workers
+        self.model = model.to(self.device, memory_format=torch.channels_last)
+
+    @property
+    def facts(self) -> "ModelFacts":
+        amp = {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp]
+        return ModelFacts(self.config, self.device.type, amp, str(self.amp), self.arch)
+
+    def parts(self, root: Path, sample_ids: np.ndarray, indices: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
+        """The top-k of the images ``indices`` (positions in ``sample_ids``), one batch at a time, in order."""
+        options = self.options
+        images = _Images(root, sample_ids, indices, self.config)
+        workers = min(self.workers, -(-indices.size // options.batch_size))
+        loader = DataLoader(images, batch_size=options.batch_size, shuffle=False, num_workers=workers,
+                            pin_memory=self.device.type == "cuda")
+        autocast = torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None else contextlib.nullcontext()
+        with torch.inference_mode(), _cudnn_autotune(self.device):
+            for batch, batch_indices, errors in loader:
+                bad = next((i for i, error in enumerate(errors) if error), None)
+                if bad is not None:
+                    raise SaverSearchError(
+                        f"cannot read {root / str(sample_ids[int(batch_indices[bad])])} ({errors[bad]}); it was readable "
+                        "when the store was created: restore the file, or make a new store (<path>) with <skip_unreadable=True>"
+                    )
+                x = normalize(batch.to(self.device, non_blocking=True), self.config)
+                with autocast:
+                    logits = self.model(x.contiguous(memory_format=torch.channels_last)).float()
+                probs, classes = logits.softmax(dim=1).topk(self.k, dim=1)
+                part = {"indices": batch_indices.numpy(), "classes": classes.T.int().cpu().numpy(),
+                        "probs": probs.T.cpu().numpy()}
+                if options.logits:
+                    part["logits"] = logits.half().cpu().numpy()
+                yield part
+
+    def chunk(self, root: Path, sample_ids: np.ndarray, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """The top-k of the images ``indices`` as one chunk."""
+        return concat_parts(list(self.parts(root, sample_ids, indices)))
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a loaded model's run records: its timm data config, device kind, autocast as stored (``amp``) and as
+    keyed in the resumable settings (``amp_key``), and its architecture."""
+
+    config: DataConfig
+    device: str
+    amp: str
+    amp_key: str
+    arch: str | None
+
+
+class CacheEngine:
+    """Where the models run. The contract: ``load`` makes model ``name`` ready for the store's images under ``root``
+    (in this process, or in every worker of a cluster) and returns its facts; ``predict`` computes the top-k of the
+    images ``todo`` and hands each finished chunk to ``partial.write``, in any order but each image exactly once,
+    in this process (which alone writes the store); ``close`` frees the workers. Every engine cuts ``todo`` into
+    the same batches (whole batches per chunk, in order), so every engine stores the same bytes."""
+
+    def load(self, name: str, weights: Weights, options: RunOptions, store: PredictionStore, root: Path) -> ModelFacts:
+        raise NotImplementedError
+
+    def predict(self, todo: np.ndarray, partial: "_Partial", bar: tqdm) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Nothing to free by default."""
+
+
+class LocalEngine(CacheEngine):
+    """Runs the model in this process, writing a chunk every ``chunk_size`` images (rounded up to whole batches)."""
+
+    def __init__(self) -> None:
+        self.runner: ModelRunner | None = None
+        self.images: tuple[Path, np.ndarray] | None = None
+
+    def load(self, name: str, weights: Weights, options: RunOptions, store: PredictionStore, root: Path) -> ModelFacts:
+        self.runner = ModelRunner(name, weights, options, store.n_classes, str(store.path))
+        self.images = (root, np.asarray(store.sample_ids))
+        return self.runner.facts
+
+    def predict(self, todo: np.ndarray, partial: "_Partial", bar: tqdm) -> None:
+        assert self.runner is not None and self.images is not None, "load() first"
+        buffer: list[dict[str, np.ndarray]] = []
+        buffered = 0
+        chunk_size = aligned_chunk_size(self.runner.options)
+        try:
+            for part in self.runner.parts(*self.images, todo):
+                buffer.append(part)
+                buffered += len(part["indices"])
+                if buffered >= chunk_size:
+                    chunk, buffer, buffered = concat_parts(buffer), [], 0
+                    partial.write(chunk)
+                bar.update(len(part["indices"]))
+        finally:  # also on Ctrl-C or an unreadable image: keep the batches finished since the last chunk
+            if buffer:
+                partial.write(concat_parts(buffer))
+        self.runner = None
+
+
+def aligned_chunk_size(options: RunOptions) -> int:
+    """``chunk_size`` rounded up to whole batches, so a chunk never splits a batch (every engine runs the same
+    batches, hence stores the same bytes)."""
+    return -(-options.chunk_size // options.batch_size) * options.batch_size
+
+
 def cache_model(
     store: PredictionStore,
     root: Path,
     cost: ModelCost,
     weights: Weights,
     options: RunOptions,
+    engine: CacheEngine | None = None,
 ) -> CacheSummary:
     """Run model ``cost.name`` over the store's images (under ``root``) and add its predictions to the store.
 
     Skips a model the store already has (unless ``options.force``) or that another process is
-    working on; resumes from the model's partial chunks when the settings match.
+    working on; resumes from the model's partial chunks when the settings match. ``engine``: where the model runs
+    (default: this process; :class:`saver_search.ray_engine.RayEngine` for a Ray cluster).
     """
     name = cost.name
     partial_root = store.path / ".partial"
@@ -215,45 +341,38 @@ def cache_model(
         if store.has_model(name) and not options.force:
             shutil.rmtree(partial_root / name, ignore_errors=True)  # a kill between storing and cleaning left it
             return CacheSummary(name, "already cached")
-        return _run(store, root, cost, weights, options, partial_root / name)
+        return _run(store, root, cost, weights, options, partial_root / name, engine or LocalEngine())
 
 
 def _run(
-    store: PredictionStore, root: Path, cost: ModelCost, weights: Weights, options: RunOptions, folder: Path
+    store: PredictionStore, root: Path, cost: ModelCost, weights: Weights, options: RunOptions, folder: Path,
+    engine: CacheEngine,
 ) -> CacheSummary:
-    timm = import_timm()
-    device = resolve_device(options.device)
-    amp = resolve_amp(options.amp, device)
-    model = load_model(cost.name, weights)
-    if model.num_classes != store.n_classes:
-        raise SaverSearchError(
-            f"{cost.name} predicts {model.num_classes} classes but store {store.path} has {store.n_classes}; "
-            "use a model with the store's classes (or a store made with <n_classes> to match)"
-        )
-    config = DataConfig.from_dict(timm.data.resolve_model_data_config(model))
+    facts = engine.load(cost.name, weights, options, store, root)
     settings = {
         "name": cost.name, "weights": weights.source, "checkpoint_sha256": file_sha256(weights.checkpoint),
-        "data_config": config.to_dict(),
+        "data_config": facts.config.to_dict(),
         "n_samples": store.n_samples, "k": TOP_K, "logits": options.logits,
-        "device": device.type, "amp": str(amp),
+        "device": facts.device, "amp": facts.amp_key,
     }
     partial = _Partial(folder, settings)
     todo = np.setdiff1d(np.arange(store.n_samples), partial.done())
     start = time.perf_counter()
     if todo.size:
-        model = model.to(device, memory_format=torch.channels_last)
-        with _cudnn_autotune(device):
-            _predict(model, store, root, todo, config, device, amp, options, partial)
+        bar = tqdm(total=store.n_samples, initial=store.n_samples - todo.size, unit="img", desc=facts.arch or cost.name,
+                   smoothing=0.05)
+        with bar:
+            engine.predict(todo, partial, bar)
     seconds = time.perf_counter() - start
     arrays = partial.assemble(store.n_samples, options.logits)
     store.add_model(
         cost.name, arrays["classes"], arrays["probs"], gmacs=cost.gmacs, source=weights.source,
-        arch=model.pretrained_cfg.get("architecture"), img_size=config.input_size[1],
+        arch=facts.arch, img_size=facts.config.input_size[1],
         logits=arrays.get("logits"), overwrite=options.force,
         provenance=Provenance(
             weights=weights.kind, checkpoint=None if weights.checkpoint is None else str(weights.checkpoint),
-            checkpoint_sha256=settings["checkpoint_sha256"], data_config=config.to_dict(),
-            amp={None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp], device=device.type),
+            checkpoint_sha256=settings["checkpoint_sha256"], data_config=facts.config.to_dict(),
+            amp=facts.amp, device=facts.device),
     )
     shutil.rmtree(folder, ignore_errors=True)
     top1 = 100.0 * float(np.mean(arrays["classes"][0] == np.asarray(store.labels)))
@@ -272,60 +391,100 @@ def _cudnn_autotune(device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.benchmark = previous
 
 
-def _predict(
-    model: torch.nn.Module,
-    store: PredictionStore,
-    root: Path,
-    todo: np.ndarray,
-    config: DataConfig,
-    device: torch.device,
-    amp: torch.dtype | None,
-    options: RunOptions,
-    partial: _Partial,
-) -> None:
-    """Predict the samples ``todo`` in order, writing a chunk every ``options.chunk_size`` images."""
-    sample_ids = np.asarray(store.sample_ids)
-    images = _Images(root, sample_ids, todo, config)
-    workers = min(options.workers, -(-todo.size // options.batch_size))
-    loader = DataLoader(
-        images, batch_size=options.batch_size, shuffle=False, num_workers=workers,
-        pin_memory=device.type == "cuda",
-    )
-    autocast = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-    k = min(TOP_K, store.n_classes)
-    buffer: list[dict[str, np.ndarray]] = []
-    buffered = 0
-    done = store.n_samples - todo.size
-    bar = tqdm(total=store.n_samples, initial=done, unit="img", desc=model.pretrained_cfg["architecture"], smoothing=0.05)
-    try:
-        with torch.inference_mode(), bar:
-            for batch, indices, errors in loader:
-                bad = next((i for i, error in enumerate(errors) if error), None)
-                if bad is not None:
-                    raise SaverSearchError(
-                        f"cannot read {root / str(sample_ids[int(indices[bad])])} ({errors[bad]}); it was readable "
-                        "when the store was created: restore the file, or make a new store (<path>) with <skip_unreadable=True>"
-                    )
-                x = normalize(batch.to(device, non_blocking=True), config)
-                with autocast:
-                    logits = model(x.contiguous(memory_format=torch.channels_last)).float()
-                probs, classes = logits.softmax(dim=1).topk(k, dim=1)
-                part = {"indices": indices.numpy(), "classes": classes.T.int().cpu().numpy(), "probs": probs.T.cpu().numpy()}
-                if options.logits:
-                    part["logits"] = logits.half().cpu().numpy()
-                buffer.append(part)
-                buffered += len(indices)
-                if buffered >= options.chunk_size:
-                    chunk, buffer, buffered = _concat(buffer), [], 0
-                    partial.write(chunk)
-                bar.update(len(indices))
-    finally:  # also on Ctrl-C or an unreadable image: keep the batches finished since the last chunk
-        if buffer:
-            partial.write(_concat(buffer))
-
-
-def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def concat_parts(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Batches' parts as one chunk: indices and logits joined on rows, classes and probs (rank-major) on columns."""
     axes = {"indices": 0, "classes": 1, "probs": 1, "logits": 0}
     return {key: np.concatenate([part[key] for part in parts], axis=axes[key]) for key in parts[0]}
 
 
+def cache_models(
+    store: PredictionStore,
+    root: Path,
+    models: Sequence[tuple[ModelCost, Weights]],
+    options: RunOptions,
+    *,
+    devices: Sequence[str] | None = None,
+    engine: CacheEngine | None = None,
+) -> Iterator[CacheSummary]:
+    """Cache every model in turn, yielding what each did as it finishes.
+
+    ``devices`` (e.g. ``["cuda:0", "cuda:1"]``): one process per device, each walking the whole list and taking
+    the next model no other holds (the per-model lock), so a fast device is never idle while models remain, and
+    a failed or killed worker leaves its model to a rerun while the others go on. Why processes, not threads: each
+    device then has its own Python, DataLoader and CUDA context. ``engine``: where the models run without
+    ``devices`` (default: this process)."""
+    if not devices:
+        for cost, weights in models:
+            yield cache_model(store, root, cost, weights, options, engine)
+        return
+    for device in devices:
+        resolve_device(device)  # every device exists before any worker starts
+    yield from _on_devices(store, root, list(models), options, list(devices))
+
+
+def _on_devices(store: PredictionStore, root: Path, models: list[tuple[ModelCost, Weights]], options: RunOptions,
+                devices: list[str]) -> Iterator[CacheSummary]:
+    import multiprocessing
+    import queue as queues
+
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter per device: no forked CUDA state
+    messages = context.Queue()
+    on_cpu = sum(resolve_device(device).type == "cpu" for device in devices)
+    threads = max(1, (os.cpu_count() or 1) // on_cpu) if on_cpu else None  # CPU workers share the cores
+    workers = [context.Process(target=_device_worker, daemon=True,
+                               args=(messages, slot, store.path, root, models, replace(options, device=device), threads))
+               for slot, device in enumerate(devices)]
+    for worker in workers:
+        worker.start()
+    other: dict[str, CacheSummary] = {}
+    cached: set[str] = set()
+    errors: list[str] = []
+    finished = 0
+    try:
+        while finished < len(workers):
+            try:
+                kind, slot, payload = messages.get(timeout=0.5)
+            except queues.Empty:
+                if all(worker.exitcode is not None for worker in workers) and messages.empty():
+                    break
+                continue
+            if kind == "summary":
+                if payload.status == "cached":
+                    cached.add(payload.name)
+                    yield payload
+                elif payload.status == "already cached" or payload.name not in other:
+                    other[payload.name] = payload
+            elif kind == "error":
+                errors.append(f"{devices[slot]}: {payload}")
+            else:
+                finished += 1
+    finally:
+        for worker in workers:
+            worker.join()
+    for name in dict.fromkeys(cost.name for cost, _ in models):
+        if name not in cached and name in other:
+            yield other[name]
+    killed = [f"{device}: its worker was killed (exit code {worker.exitcode})"
+              for device, worker in zip(devices, workers) if worker.exitcode not in (0, None)]
+    if errors or killed:
+        raise SaverSearchError(f"{'; '.join(errors + killed)}; what finished is kept: fix that and rerun to resume")
+
+
+def _device_worker(messages: Any, slot: int, store_path: Path, root: Path, models: list[tuple[ModelCost, Weights]],
+                   options: RunOptions, cpu_threads: int | None) -> None:
+    """One device's process of :func:`cache_models`: walks the list, reports each model, then ``done``."""
+    os.environ["TQDM_POSITION"] = str(slot)  # this process's own progress line
+    if cpu_threads is not None and resolve_device(options.device).type == "cpu":
+        torch.set_num_threads(cpu_threads)
+    try:
+        store = PredictionStore(store_path)
+        for cost, weights in models:
+            messages.put(("summary", slot, cache_model(store, root, cost, weights, options)))
+    except SaverSearchError as err:  # the message template, so the CLI still names its flags
+        messages.put(("error", slot, err.args[0] if err.args else str(err)))
+    except KeyboardInterrupt:
+        messages.put(("error", slot, "interrupted"))
+    except Exception as err:  # reported by the parent in one line
+        messages.put(("error", slot, f"{type(err).__name__}: {err}"))
+    finally:
+        messages.put(("done", slot, None))

@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, str] = {
     "search": "saver_search.cli_search",
     "import": "saver_search.cli_import",
     "costs": "saver_search.cli_costs",
+    "plan": "saver_search.cli_plan",
     "cache": "saver_search.cli_cache",
     "report": "saver_search.cli_report",
     "export": "saver_search.cli_export",
@@ -154,6 +155,7 @@ def _overview() -> str:
         "  (none) | search  find the cheapest cascade: --target NAME --max-drop PTS [--data STORE]\n"
         "  import           add a model's predictions to a store from CSV / .npz / .npy\n"
         "  costs            GMACs, GFLOPs and parameters of timm models at their real resolution\n"
+        "  plan             which models to cache for a target, and the GPU-hours it takes (an estimate)\n"
         "  cache            run timm models over an image folder and store their predictions\n"
         "  report           plots and a Markdown summary of a stored search\n"
         "  export           the best cascade of a stored search as cascade.json\n"

@@ -26,7 +26,9 @@ def register(subparsers: Any) -> None:
     add("--data", required=True, type=Path, metavar="STORE", help="prediction store folder (created on first use)")
     add("--images", required=True, type=Path, metavar="PATH",
         help="image folder: class subfolders (ImageNet synsets or class indices), or any layout with --labels")
-    add("--models", required=True, metavar="A,B,...", help="timm models: full tags, or architectures (their default tag)")
+    add("--models", required=True, metavar="A,B,...|@FILE",
+        help="timm models: full tags, or architectures (their default tag); @FILE reads one per line (# comments), "
+             "e.g. the file `plan` writes")
     add("--labels", type=Path, metavar="CSV", help="file_name,label CSV, file names relative to --images")
     add("--checkpoint", action="append", default=[], metavar="NAME=FILE",
         help="load model NAME from a local state dict instead of the hub (repeatable)")
@@ -35,7 +37,16 @@ def register(subparsers: Any) -> None:
     add("--workers", type=non_negative_int, default=None, metavar="N",
         help="image decoding processes; 0 decodes in the main process (default: one per core, at most 8, on cuda; "
              "on cpu, whose cores run the model, 0 up to 4 cores, else a quarter of them)")
-    add("--device", choices=("cpu", "cuda"), help="where to run (default cuda when available)")
+    add("--device", help="where to run: cpu, cuda or cuda:N (default cuda when available)")
+    add("--devices", metavar="D1,D2,...",
+        help="one worker process per device on this machine (e.g. cuda:0,cuda:1), each taking the next model no "
+             "other worker holds; instead of --device")
+    add("--engine", choices=("local", "ray"), default="local",
+        help="local: this machine (default); ray: one actor per GPU (per CPU slot without GPUs) of a Ray cluster, "
+             "this process writing the store (needs the extra: pip install 'saver_search[ray]')")
+    add("--ray-address", metavar="ADDR",
+        help="with --engine ray: a running cluster (auto, HOST:6379, ray://HOST:10001); default RAY_ADDRESS, else "
+             "a local cluster started for this run")
     add("--amp", choices=("bf16", "fp16", "none"), help="autocast precision (default bf16 on cuda, none on cpu)")
     add("--limit", type=positive_int, metavar="N", help="when creating the store: only the first N images (sorted by path)")
     add("--logits", action="store_true", help="also store every model's full logits (float16)")
@@ -55,12 +66,19 @@ def run(args: argparse.Namespace) -> int:
     from saver_search import caching, costs, images, models
     from saver_search.naming import resolve_timm_name
 
+    devices = _devices(args)
     names = _model_names(args.models, resolve_timm_name)
     checkpoints = _checkpoints(args.checkpoint, names, resolve_timm_name)
     index, count = args.shard
     mine = names[index - 1 :: count]
     dataset = images.list_images(args.images, args.labels)
-    device = models.resolve_device(args.device)
+    if args.engine == "ray":  # before the store is made
+        from saver_search.ray_engine import check_ray
+
+        check_ray()
+    else:
+        for device in devices or [args.device]:
+            models.resolve_device(device)
     models.check_before_caching(mine, checkpoints, args.num_classes)
     scan_workers = min(8, os.cpu_count() or 1) if args.workers is None else args.workers
     setup = images.open_or_create_store(
@@ -78,18 +96,57 @@ def run(args: argparse.Namespace) -> int:
         return 0
     model_costs = [costs.get_cost(name) for name in mine]
     options = caching.RunOptions(
-        batch_size=args.batch_size, workers=caching.default_workers(device) if args.workers is None else args.workers,
-        device=str(device), amp=args.amp, logits=args.logits, chunk_size=args.chunk_size, force=args.force,
+        batch_size=args.batch_size, workers=args.workers, device=args.device, amp=args.amp, logits=args.logits,
+        chunk_size=args.chunk_size, force=args.force,
     )
-    for cost in model_costs:
-        weights = models.Weights(checkpoint=checkpoints.get(cost.name), pretrained=not args.no_pretrained)
-        print(caching.cache_model(store, dataset.root, cost, weights, options).line(), flush=True)
+    jobs = [(cost, models.Weights(checkpoint=checkpoints.get(cost.name), pretrained=not args.no_pretrained))
+            for cost in model_costs]
+    engine = None
+    if args.engine == "ray":
+        from saver_search.ray_engine import RayEngine
+
+        engine = RayEngine(args.ray_address)
+    try:
+        for summary in caching.cache_models(store, dataset.root, jobs, options, devices=devices, engine=engine):
+            print(summary.line(), flush=True)
+    finally:
+        if engine is not None:
+            engine.close()
     return 0
 
 
+def _devices(args: argparse.Namespace) -> list[str] | None:
+    """``--devices`` as a list, checked against the options it replaces or cannot go with."""
+    if args.ray_address is not None and args.engine != "ray":
+        raise SaverSearchError("--ray-address needs --engine ray")
+    if args.devices is None:
+        return None
+    if args.device is not None:
+        raise SaverSearchError("--devices and --device both given: --devices runs one worker per device; keep one")
+    if args.engine == "ray":
+        raise SaverSearchError("--devices is for one machine; with --engine ray the cluster's GPUs are used: drop --devices")
+    devices = [part.strip() for part in args.devices.split(",") if part.strip()]
+    if not devices:
+        raise SaverSearchError("--devices is empty: give devices such as cuda:0,cuda:1")
+    return devices
+
+
 def _model_names(text: str, resolve: Any) -> list[str]:
-    """Resolved, de-duplicated model tags in the order given."""
-    names = [resolve(part.strip()) for part in text.split(",") if part.strip()]
+    """Resolved, de-duplicated model tags in the order given (``@FILE``: one per line, ``#`` starts a comment)."""
+    if text.startswith("@"):
+        path = Path(text[1:])
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else "not a text file"
+            raise SaverSearchError(f"--models {text}: cannot read {path} ({reason}); give a models file, e.g. the one "
+                                   "`python -m saver_search plan` writes") from None
+        parts = [line.split("#", 1)[0] for line in lines]
+        if not any(part.strip() for part in parts):
+            raise SaverSearchError(f"--models {text}: {path} names no model; write one timm model per line")
+    else:
+        parts = text.split(",")
+    names = [resolve(part.strip()) for part in parts if part.strip()]
     if not names:
         raise SaverSearchError("--models is empty: name at least one timm model, e.g. --models resnet50,mobilenetv3_small_100")
     return list(dict.fromkeys(names))

@@ -44,10 +44,15 @@ def resolve_device(device: str | None) -> torch.device:
     try:
         target = torch.device(device)
     except (RuntimeError, TypeError):
-        raise InvalidParameter("device", f"must be cpu, cuda or cuda:N, got {device!r}") from None
+        target = None
+    if target is None or target.type not in ("cpu", "cuda") or (target.type == "cpu" and target.index):
+        raise InvalidParameter("device", f"must be cpu, cuda or cuda:N, got {device!r}")
     if target.type == "cuda" and not torch.cuda.is_available():
         raise SaverSearchError("<device=cuda> was asked for but CUDA is not available here (torch "
                                f"{torch.__version__}); use <device=cpu> or a CUDA build of torch")
+    if target.index is not None and target.type == "cuda" and target.index >= torch.cuda.device_count():
+        raise InvalidParameter("device", f"is {device}, but this machine has {torch.cuda.device_count()} CUDA "
+                               f"devices (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
     return target
 
 

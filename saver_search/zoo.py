@@ -17,7 +17,8 @@ from saver_search.costs import table_cost
 
 @dataclass(frozen=True)
 class ZooEntry:
-    """One pretrained timm classifier and its published ImageNet-1k figures."""
+    """One pretrained timm classifier and its published ImageNet-1k figures; ``gpu_images_per_s`` is timm's
+    published forward throughput at ``img_size`` and batch ``gpu_batch_size`` on one RTX 5090 under AMP."""
 
     name: str
     arch: str
@@ -29,6 +30,8 @@ class ZooEntry:
     family: str
     pretrain: str
     is_default_tag: bool
+    gpu_images_per_s: float
+    gpu_batch_size: int
 
     @property
     def gmacs(self) -> float:
@@ -60,6 +63,8 @@ def _zoo() -> dict[str, ZooEntry]:
             family=row["family"],
             pretrain=row["pretrain"],
             is_default_tag=row["is_default_tag"] == "true",
+            gpu_images_per_s=float(row["gpu_images_per_s"]),
+            gpu_batch_size=int(row["gpu_batch_size"]),
         )
     return zoo
 

@@ -4,7 +4,8 @@ Joins ``results-imagenet.csv`` (top-1 per pretrained tag and resolution) with th
 ``benchmark-infer-amp-nchw-pt291-cu130-5090.csv`` (on arch name and resolution) and the pretraining
 data of ``model_metadata-in1k.csv``; keeps one row per tag (the resolution timm's pretrained cfg
 uses by default) and adds a coarse architecture family, a coarse pretraining-data label and
-whether the tag is timm's default for its arch. Needs timm (for the pretrained cfgs).
+whether the tag is timm's default for its arch, and the published GPU throughput that ``plan`` prices
+caching with. Needs timm (for the pretrained cfgs).
 
     python scripts/build_zoo_table.py [--source ../shared/data/timm-results] [--out saver_search/data/zoo.csv]
 """
@@ -24,12 +25,15 @@ DEFAULT_OUT = REPO / "saver_search" / "data" / "zoo.csv"
 RESULTS = "results-imagenet.csv"
 BENCHMARK = "benchmark-infer-amp-nchw-pt291-cu130-5090.csv"
 METADATA = "model_metadata-in1k.csv"
-COLUMNS = ["name", "arch", "tag", "img_size", "top1", "published_gmacs", "params_m", "family", "pretrain", "is_default_tag"]
+COLUMNS = ["name", "arch", "tag", "img_size", "top1", "published_gmacs", "params_m", "family", "pretrain", "is_default_tag",
+           "gpu_images_per_s", "gpu_batch_size"]
 HEADER = [
     "saver_search model zoo: one row per pretrained timm ImageNet-1k classifier (arch.tag).",
     "top1, img_size, params_m and published_gmacs are figures from timm's results/ folder",
     "(pytorch-image-models, https://github.com/huggingface/pytorch-image-models, Apache-2.0), Aug 2026:",
-    f"{RESULTS}, {BENCHMARK} (infer_gmacs), {METADATA}.",
+    f"{RESULTS}, {METADATA} and {BENCHMARK}: its infer_gmacs as published_gmacs,",
+    "its infer_samples_per_sec and infer_batch_size as gpu_images_per_s and gpu_batch_size (the forward pass alone",
+    "on one RTX 5090 under AMP, NCHW, PyTorch 2.9.1, CUDA 13.0).",
     "family, pretrain and is_default_tag (timm 1.0 pretrained cfgs) are derived by scripts/build_zoo_table.py.",
 ]
 
@@ -132,7 +136,7 @@ def build_rows(source: Path) -> list[dict[str, str]]:
 
     timm = import_timm()
     results = read_csv(source / RESULTS)
-    gmacs = {(row["model"], int(row["infer_img_size"])): row["infer_gmacs"] for row in read_csv(source / BENCHMARK)}
+    benchmark = {(row["model"], int(row["infer_img_size"])): row for row in read_csv(source / BENCHMARK)}
     metadata = {row["model"]: row["pretrain"] for row in read_csv(source / METADATA)}
 
     by_name: dict[str, list[dict[str, str]]] = {}
@@ -144,7 +148,7 @@ def build_rows(source: Path) -> list[dict[str, str]]:
         default_size = timm.models.get_pretrained_cfg(name).input_size[-1]
         chosen = next((r for r in candidates if int(r["img_size"]) == default_size), candidates[0])
         img_size = int(chosen["img_size"])
-        published = gmacs.get((arch, img_size))
+        published = benchmark.get((arch, img_size))
         if published is None:
             raise SystemExit(f"no published GMACs for {arch} at {img_size} in {BENCHMARK}")
         default_tags = list(timm.models.get_arch_pretrained_cfgs(arch))
@@ -154,11 +158,13 @@ def build_rows(source: Path) -> list[dict[str, str]]:
             "tag": tag,
             "img_size": str(img_size),
             "top1": chosen["top1"],
-            "published_gmacs": published,
+            "published_gmacs": published["infer_gmacs"],
             "params_m": chosen["param_count"].replace(",", ""),
             "family": family_of(arch),
             "pretrain": pretrain_of(arch, tag, metadata),
             "is_default_tag": "true" if default_tags and default_tags[0] == name else "false",
+            "gpu_images_per_s": published["infer_samples_per_sec"],
+            "gpu_batch_size": published["infer_batch_size"],
         })
     return sorted(rows, key=lambda row: -float(row["top1"]))
 

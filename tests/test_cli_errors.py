@@ -268,7 +268,7 @@ def test_tinysaver_output_recorder_layout_imports(tmp_path):
 
 
 @pytest.mark.parametrize("args, fragments", [
-    (["frobnicate"], ["unknown command 'frobnicate'", "search, import, costs, cache, report"]),
+    (["frobnicate"], ["unknown command 'frobnicate'", "search, import, costs, plan, cache, report"]),
     (["costs", "resnet50", "--img-size", "0"], ["--img-size", "must be a positive integer"]),
     (["import", "--data", "x", "--name", "y", "--predictions", "z", "--gmacs", "1", "--img-size", "0"],
      ["--img-size", "must be a positive integer"]),

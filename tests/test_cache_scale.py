@@ -1,0 +1,281 @@
+"""Caching at scale: ``plan``, ``cache --devices`` and ``cache --engine ray`` on a local Ray cluster.
+
+Every store made here is compared with the local engine's, array file by array file (the bytes) and meta by meta
+(all but the time it was written). CPU kernels give the same bits only at the same thread count, so the local
+reference runs one thread, like a Ray actor of one CPU slot and like each of two ``--devices cpu,cpu`` workers
+on this two-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, run_cli
+from saver_search import caching
+from saver_search.cli import main
+from saver_search.costs import get_cost
+from saver_search.images import list_images, open_or_create_store
+from saver_search.models import Weights
+from saver_search.store import PredictionStore
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from cache_throughput import make_images  # noqa: E402
+
+MODELS = ["test_vit.r160_in1k", "resnet10t.c3_in1k", "mobilenetv3_small_050.lamb_in1k"]
+CACHE_FLAGS = ["--no-pretrained", "--batch-size", "4", "--chunk-size", "8"]
+OPTIONS = caching.RunOptions(batch_size=4, workers=0, device="cpu", chunk_size=8)
+
+
+@pytest.fixture(autouse=True)
+def offline(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAVER_SEARCH_CACHE", str(tmp_path_factory.getbasetemp() / "cost-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 JPEGs: random crops, flips and sizes of real skimage photos, in ImageNet synset folders."""
+    root = tmp_path_factory.mktemp("photos")
+    make_images(root, 60)
+    return root
+
+
+def new_store(path: Path, photos: Path) -> PredictionStore:
+    return open_or_create_store(path, list_images(photos, None), workers=0).store
+
+
+@pytest.fixture(scope="module")
+def reference(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The local engine's store of the three models, run on one thread."""
+    path = tmp_path_factory.mktemp("reference") / "store"
+    store = new_store(path, photos)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name in MODELS:
+            assert caching.cache_model(store, photos, get_cost(name), Weights(pretrained=False), OPTIONS).status == "cached"
+    finally:
+        torch.set_num_threads(threads)
+    return path
+
+
+def assert_same_store(path: Path, reference: Path) -> None:
+    """The same models with byte-identical arrays and the same meta but for its ``created`` time."""
+    models = sorted(p.name for p in (reference / "models").iterdir())
+    assert sorted(p.name for p in (path / "models").iterdir() if not p.name.startswith(".")) == models
+    for name in models:
+        for array in ("classes.npy", "probs.npy"):
+            assert (path / "models" / name / array).read_bytes() == (reference / "models" / name / array).read_bytes()
+        meta, expected = (json.loads((root / "models" / name / "meta.json").read_text()) for root in (path, reference))
+        meta.pop("created"), expected.pop("created")
+        assert meta == expected
+    assert not (path / ".partial").exists() or not any(p.is_dir() for p in (path / ".partial").iterdir())
+
+
+def cli(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as stop:
+        main([*map(str, args)])
+    captured = capsys.readouterr()
+    return stop.value.code, captured.out, captured.err
+
+
+# ---------------------------------------------------------------- plan
+
+
+def test_plan_lists_the_default_answer_first_and_gpu_hours_cut_it(tmp_path: Path, capsys) -> None:
+    code, out, _ = cli(capsys, "search", "--target", "convnextv2_huge", "--max-drop", "0.5", "--json")
+    answer = [stage["models"] for stage in json.loads(out)["best"]["stages"]]
+    code, out, err = cli(capsys, "plan", "--target", "convnextv2_huge", "--max-drop", "0.5", "--json",
+                         "--out", tmp_path / "models.txt")
+    assert code == 0, err
+    plan = json.loads(out)
+    names = [model["name"] for model in plan["models"]]
+    members = [m for stage in answer for m in stage]
+    assert names[:len(members)] == [members[-1], *members[:-1]]  # the target, then the answer's stages
+    assert [m["role"] for m in plan["models"][:len(members)]] == ["target"] + ["answer"] * (len(members) - 1)
+    assert plan["simulated"] and len(names) == len(set(names)) > len(members)
+    hours = [model["gpu_hours"] for model in plan["models"]]
+    assert plan["gpu_hours"] == pytest.approx(sum(hours))
+    target = plan["models"][0]
+    assert target["gpu_hours"] == pytest.approx(50_000 / target["images_per_s"] / 3600)
+    listed = [line for line in (tmp_path / "models.txt").read_text().splitlines() if not line.startswith("#")]
+    assert listed == names
+
+    limit = sum(hours[:len(members)]) + 1e-9  # room for the answer's cascade only
+    code, out, err = cli(capsys, "plan", "--target", "convnextv2_huge", "--max-drop", "0.5", "--gpu-hours", limit,
+                         "--out", tmp_path / "cut.txt")
+    assert code == 0, err
+    assert f"total: {len(members)} models" in out and "ESTIMATE (simulated accuracies" in out
+    assert f"{len(names) - len(members)} models of the ranked cascades left out" in out
+    kept = [line for line in (tmp_path / "cut.txt").read_text().splitlines() if not line.startswith("#")]
+    assert kept == names[:len(members)]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--gpu-hours", "0.01"], "--gpu-hours is 0.01, but caching the target"),
+    (["--gpu-hours", "-1"], "--gpu-hours must be a positive number"),
+    (["--out", "/nonexistent-folder/m.txt"], "folder /nonexistent-folder does not exist"),
+])
+def test_plan_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, capsys, monkeypatch, args, fragment) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(capsys, "plan", "--target", "convnextv2_huge", "--max-drop", "0.5", *args)
+    assert code == 2 and "Traceback" not in err and fragment in err.strip().splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cache_reads_a_models_file(photos: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "models.txt").write_text("# from plan\n\nmobilenetv3_small_050  # a comment\nresnet10t\n")
+    code, out, err = cli(capsys, "cache", "--data", tmp_path / "s", "--images", photos, "--models",
+                         f"@{tmp_path / 'models.txt'}", "--limit", 8, *CACHE_FLAGS)
+    assert code == 0, err
+    assert PredictionStore(tmp_path / "s").model_names() == ["mobilenetv3_small_050.lamb_in1k", "resnet10t.c3_in1k"]
+    for text, fragment in (("# nothing\n", "names no model"), (None, "cannot read")):
+        path = tmp_path / ("empty.txt" if text else "missing.txt")
+        if text:
+            path.write_text(text)
+        code, _, err = cli(capsys, "cache", "--data", tmp_path / "t", "--images", photos, "--models", f"@{path}")
+        assert code == 2 and fragment in err and not (tmp_path / "t").exists()
+
+
+# ---------------------------------------------------------------- several devices on one machine
+
+
+def test_two_cpu_devices_share_the_models_and_store_the_same_bytes(photos: Path, reference: Path, tmp_path: Path,
+                                                                  capsys) -> None:
+    code, out, err = cli(capsys, "cache", "--data", tmp_path / "s", "--images", photos, "--models",
+                         ",".join(MODELS), "--devices", "cpu,cpu", *CACHE_FLAGS)
+    assert code == 0, err
+    assert sorted(line.split(":")[0] for line in out.splitlines()) == sorted(MODELS)  # each model cached once
+    assert all("60 images in" in line for line in out.splitlines())
+    assert_same_store(tmp_path / "s", reference)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--devices", "cuda:0,cuda:1"], "CUDA is not available"),
+    (["--devices", "cpu,tpu"], "--device must be cpu, cuda or cuda:N, got 'tpu'"),
+    (["--devices", "cpu", "--device", "cpu"], "--devices and --device both given"),
+    (["--devices", ","], "--devices is empty"),
+    (["--ray-address", "auto"], "--ray-address needs --engine ray"),
+])
+def test_bad_devices_are_one_line_before_the_store_is_made(photos: Path, tmp_path: Path, capsys, args, fragment):
+    code, _, err = cli(capsys, "cache", "--data", tmp_path / "s", "--images", photos, "--models", "resnet10t", *args)
+    assert code == 2 and "Traceback" not in err and fragment in err.strip().splitlines()[-1]
+    assert not (tmp_path / "s").exists()
+
+
+def test_engine_ray_without_ray_says_how_to_install_it(photos: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails as if it were not installed
+    code, _, err = cli(capsys, "cache", "--data", tmp_path / "s", "--images", photos, "--models", "resnet10t",
+                       "--engine", "ray")
+    assert code == 2 and "pip install 'saver_search[ray]'" in err and not (tmp_path / "s").exists()
+
+
+# ---------------------------------------------------------------- a Ray cluster
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> str:
+    """A two-CPU Ray head on loopback, started with ``ray start`` and stopped after the module; this process is
+    connected to it. Token authentication is off: the cluster listens on loopback only, for this test."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'saver_search[ray]'")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("RAY_AUTH_MODE", "disabled")  # also for the CLI processes the tests start
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay short
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    ray_cli = Path(sys.executable).with_name("ray")
+    started = subprocess.run([str(ray_cli), "start", "--head", "--num-cpus", "2", "--num-gpus", "0",
+                              "--node-ip-address", "127.0.0.1", "--port", str(port), "--include-dashboard", "false",
+                              "--temp-dir", temp, "--disable-usage-stats"],
+                             capture_output=True, text=True, env=env, timeout=120)
+    if started.returncode:
+        patch.undo()
+        pytest.skip(f"a local Ray head could not be started: {started.stderr.strip().splitlines()[-1:]}")
+    address = f"127.0.0.1:{port}"
+    ray.init(address=address, log_to_driver=False)
+    yield address
+    ray.shutdown()
+    subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, env=env, timeout=120)
+    shutil.rmtree(temp, ignore_errors=True)
+    patch.undo()
+
+
+def test_ray_engine_stores_the_local_engines_bytes(ray_cluster: str, photos: Path, reference: Path,
+                                                   tmp_path: Path, capsys) -> None:
+    code, out, err = cli(capsys, "cache", "--data", tmp_path / "s", "--images", photos, "--models",
+                         ",".join(MODELS), "--engine", "ray", "--ray-address", ray_cluster, *CACHE_FLAGS)
+    assert code == 0, err
+    assert [line.split(":")[0] for line in out.splitlines()] == MODELS
+    assert_same_store(tmp_path / "s", reference)
+    meta = json.loads((tmp_path / "s" / "models" / MODELS[1] / "meta.json").read_text())
+    assert meta["provenance"]["device"] == "cpu"
+
+
+def test_ray_actors_killed_mid_run_are_replaced_and_every_chunk_is_written_once(
+        ray_cluster: str, photos: Path, reference: Path, tmp_path: Path, monkeypatch) -> None:
+    from saver_search.ray_engine import RayEngine
+
+    engine = RayEngine(ray_cluster, actors=2)
+    written: list[np.ndarray] = []
+    original = caching._Partial.write
+
+    def write_then_kill(self, arrays):  # after the first chunk: SIGKILL every actor, the busy one mid-chunk
+        original(self, arrays)
+        written.append(arrays["indices"])
+        if len(written) == 1:
+            for pid in engine.worker_pids():
+                os.kill(pid, signal.SIGKILL)
+
+    monkeypatch.setattr(caching._Partial, "write", write_then_kill)
+    store = new_store(tmp_path / "s", photos)
+    try:
+        name = MODELS[1]
+        summary = caching.cache_model(store, photos, get_cost(name), Weights(pretrained=False), OPTIONS, engine)
+        restarts = engine.restarts
+    finally:
+        engine.close()
+    assert summary.status == "cached" and restarts >= 1
+    indices = np.concatenate(written)
+    assert sorted(indices.tolist()) == list(range(60))  # each image written exactly once
+    reference_one = tmp_path / "reference"
+    shutil.copytree(reference, reference_one)
+    for other in MODELS:
+        if other != name:
+            shutil.rmtree(reference_one / "models" / other)
+    assert_same_store(tmp_path / "s", reference_one)
+
+
+def test_a_killed_ray_driver_resumes_on_rerun_to_the_same_store(ray_cluster: str, photos: Path, reference: Path,
+                                                                tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    command = [sys.executable, "-m", "saver_search", "cache", "--data", str(store), "--images", str(photos),
+               "--models", ",".join(MODELS), "--engine", "ray", "--ray-address", ray_cluster, *CACHE_FLAGS]
+    driver = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    first = driver.stdout.readline()  # the first model is stored; kill the driver once the second has a chunk
+    assert first.startswith(MODELS[0])
+    deadline = time.monotonic() + 120
+    while not any((store / ".partial" / MODELS[1]).glob("chunk-*.npz")) and not (store / "models" / MODELS[1]).exists():
+        assert time.monotonic() < deadline and driver.poll() is None
+        time.sleep(0.02)
+    driver.kill()
+    driver.wait()
+    rerun = run_cli(*command[3:])
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{MODELS[0]}: already in the store" in rerun.stdout
+    assert_same_store(store, reference)
