@@ -39,6 +39,7 @@ from saver_search.preprocess import DataConfig, normalize, resize_crop, to_tenso
 from saver_search.store import PredictionStore, Provenance, write_json_atomic
 
 TOP_K = 5
+SHARED_DECODE_MODELS = 4  # models loaded at once to share one pass of decoded images
 
 
 def default_workers(device: torch.device) -> int:
@@ -52,7 +53,8 @@ def default_workers(device: torch.device) -> int:
 @dataclass(frozen=True)
 class RunOptions:
     """How to run the models; ``device``/``amp`` None pick CUDA with bf16 where available, else CPU in fp32;
-    ``workers`` (image decoding processes) None: :func:`default_workers` of the device."""
+    ``workers`` (image decoding processes) None: :func:`default_workers` of the device; ``bar_position``: the
+    terminal line of the progress bar (each worker of ``devices`` has its own)."""
 
     batch_size: int = 64
     workers: int | None = 0
@@ -61,6 +63,7 @@ class RunOptions:
     logits: bool = False
     chunk_size: int = 2048
     force: bool = False
+    bar_position: int = 0
 
 
 @dataclass(frozen=True)
@@ -221,31 +224,39 @@ class ModelRunner:
         amp = {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp]
         return ModelFacts(self.config, self.device.type, amp, str(self.amp), self.arch)
 
-    def parts(self, root: Path, sample_ids: np.ndarray, indices: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
-        """The top-k of the images ``indices`` (positions in ``sample_ids``), one batch at a time, in order."""
-        options = self.options
+    def batches(self, root: Path, sample_ids: np.ndarray, indices: np.ndarray) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        """The images ``indices`` (positions in ``sample_ids``) decoded, resized and cropped for this model's data
+        config: uint8 batches in order, with their indices."""
         images = _Images(root, sample_ids, indices, self.config)
-        workers = min(self.workers, -(-indices.size // options.batch_size))
-        loader = DataLoader(images, batch_size=options.batch_size, shuffle=False, num_workers=workers,
+        workers = min(self.workers, -(-indices.size // self.options.batch_size))
+        loader = DataLoader(images, batch_size=self.options.batch_size, shuffle=False, num_workers=workers,
                             pin_memory=self.device.type == "cuda")
+        for batch, batch_indices, errors in loader:
+            bad = next((i for i, error in enumerate(errors) if error), None)
+            if bad is not None:
+                raise SaverSearchError(
+                    f"cannot read {root / str(sample_ids[int(batch_indices[bad])])} ({errors[bad]}); it was readable "
+                    "when the store was created: restore the file, or make a new store (<path>) with <skip_unreadable=True>"
+                )
+            yield batch, batch_indices.numpy()
+
+    def predict(self, batch: torch.Tensor, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """The top-k of one uint8 batch (of any model with the same resize and crop: normalising is per model)."""
         autocast = torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None else contextlib.nullcontext()
         with torch.inference_mode(), _cudnn_autotune(self.device):
-            for batch, batch_indices, errors in loader:
-                bad = next((i for i, error in enumerate(errors) if error), None)
-                if bad is not None:
-                    raise SaverSearchError(
-                        f"cannot read {root / str(sample_ids[int(batch_indices[bad])])} ({errors[bad]}); it was readable "
-                        "when the store was created: restore the file, or make a new store (<path>) with <skip_unreadable=True>"
-                    )
-                x = normalize(batch.to(self.device, non_blocking=True), self.config)
-                with autocast:
-                    logits = self.model(x.contiguous(memory_format=torch.channels_last)).float()
-                probs, classes = logits.softmax(dim=1).topk(self.k, dim=1)
-                part = {"indices": batch_indices.numpy(), "classes": classes.T.int().cpu().numpy(),
-                        "probs": probs.T.cpu().numpy()}
-                if options.logits:
-                    part["logits"] = logits.half().cpu().numpy()
-                yield part
+            x = normalize(batch.to(self.device, non_blocking=True), self.config)
+            with autocast:
+                logits = self.model(x.contiguous(memory_format=torch.channels_last)).float()
+            probs, classes = logits.softmax(dim=1).topk(self.k, dim=1)
+            part = {"indices": indices, "classes": classes.T.int().cpu().numpy(), "probs": probs.T.cpu().numpy()}
+            if self.options.logits:
+                part["logits"] = logits.half().cpu().numpy()
+        return part
+
+    def parts(self, root: Path, sample_ids: np.ndarray, indices: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
+        """The top-k of the images ``indices``, one batch at a time, in order."""
+        for batch, batch_indices in self.batches(root, sample_ids, indices):
+            yield self.predict(batch, batch_indices)
 
     def chunk(self, root: Path, sample_ids: np.ndarray, indices: np.ndarray) -> dict[str, np.ndarray]:
         """The top-k of the images ``indices`` as one chunk."""
@@ -295,21 +306,38 @@ class LocalEngine(CacheEngine):
 
     def predict(self, todo: np.ndarray, partial: "_Partial", bar: tqdm) -> None:
         assert self.runner is not None and self.images is not None, "load() first"
-        buffer: list[dict[str, np.ndarray]] = []
-        buffered = 0
-        chunk_size = aligned_chunk_size(self.runner.options)
-        try:
+        with _ChunkWriter(partial, aligned_chunk_size(self.runner.options)) as writer:
             for part in self.runner.parts(*self.images, todo):
-                buffer.append(part)
-                buffered += len(part["indices"])
-                if buffered >= chunk_size:
-                    chunk, buffer, buffered = concat_parts(buffer), [], 0
-                    partial.write(chunk)
+                writer.add(part)
                 bar.update(len(part["indices"]))
-        finally:  # also on Ctrl-C or an unreadable image: keep the batches finished since the last chunk
-            if buffer:
-                partial.write(concat_parts(buffer))
         self.runner = None
+
+
+class _ChunkWriter:
+    """Gathers one model's batches and writes a chunk every ``size`` images; on leaving (also on Ctrl-C or an
+    unreadable image) it writes the batches finished since the last chunk."""
+
+    def __init__(self, partial: "_Partial", size: int) -> None:
+        self.partial, self.size = partial, size
+        self.buffer: list[dict[str, np.ndarray]] = []
+        self.buffered = 0
+
+    def __enter__(self) -> "_ChunkWriter":
+        return self
+
+    def add(self, part: dict[str, np.ndarray]) -> None:
+        self.buffer.append(part)
+        self.buffered += len(part["indices"])
+        if self.buffered >= self.size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.buffer:
+            chunk, self.buffer, self.buffered = concat_parts(self.buffer), [], 0
+            self.partial.write(chunk)
+
+    def __exit__(self, *exc: object) -> None:
+        self._flush()
 
 
 def aligned_chunk_size(options: RunOptions) -> int:
@@ -344,11 +372,21 @@ def cache_model(
         return _run(store, root, cost, weights, options, partial_root / name, engine or LocalEngine())
 
 
-def _run(
-    store: PredictionStore, root: Path, cost: ModelCost, weights: Weights, options: RunOptions, folder: Path,
-    engine: CacheEngine,
-) -> CacheSummary:
-    facts = engine.load(cost.name, weights, options, store, root)
+@dataclass
+class _Job:
+    """One model's run: its facts, its resumable chunks and the images still to do."""
+
+    cost: ModelCost
+    weights: Weights
+    facts: ModelFacts
+    partial: "_Partial"
+    todo: np.ndarray
+    folder: Path
+    checkpoint_sha256: str | None
+
+
+def _open_job(store: PredictionStore, cost: ModelCost, weights: Weights, facts: ModelFacts, options: RunOptions,
+              folder: Path) -> _Job:
     settings = {
         "name": cost.name, "weights": weights.source, "checkpoint_sha256": file_sha256(weights.checkpoint),
         "data_config": facts.config.to_dict(),
@@ -357,26 +395,39 @@ def _run(
     }
     partial = _Partial(folder, settings)
     todo = np.setdiff1d(np.arange(store.n_samples), partial.done())
-    start = time.perf_counter()
-    if todo.size:
-        bar = tqdm(total=store.n_samples, initial=store.n_samples - todo.size, unit="img", desc=facts.arch or cost.name,
-                   smoothing=0.05)
-        with bar:
-            engine.predict(todo, partial, bar)
-    seconds = time.perf_counter() - start
-    arrays = partial.assemble(store.n_samples, options.logits)
+    return _Job(cost, weights, facts, partial, todo, folder, settings["checkpoint_sha256"])
+
+
+def _finish(store: PredictionStore, job: _Job, options: RunOptions, seconds: float) -> CacheSummary:
+    """Assemble the model's chunks into the store and remove them."""
+    cost, weights, facts = job.cost, job.weights, job.facts
+    arrays = job.partial.assemble(store.n_samples, options.logits)
     store.add_model(
         cost.name, arrays["classes"], arrays["probs"], gmacs=cost.gmacs, source=weights.source,
         arch=facts.arch, img_size=facts.config.input_size[1],
         logits=arrays.get("logits"), overwrite=options.force,
         provenance=Provenance(
             weights=weights.kind, checkpoint=None if weights.checkpoint is None else str(weights.checkpoint),
-            checkpoint_sha256=settings["checkpoint_sha256"], data_config=facts.config.to_dict(),
+            checkpoint_sha256=job.checkpoint_sha256, data_config=facts.config.to_dict(),
             amp=facts.amp, device=facts.device),
     )
-    shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(job.folder, ignore_errors=True)
     top1 = 100.0 * float(np.mean(arrays["classes"][0] == np.asarray(store.labels)))
-    return CacheSummary(cost.name, "cached", store.n_samples, int(todo.size), seconds, top1)
+    return CacheSummary(cost.name, "cached", store.n_samples, int(job.todo.size), seconds, top1)
+
+
+def _run(
+    store: PredictionStore, root: Path, cost: ModelCost, weights: Weights, options: RunOptions, folder: Path,
+    engine: CacheEngine,
+) -> CacheSummary:
+    facts = engine.load(cost.name, weights, options, store, root)
+    job = _open_job(store, cost, weights, facts, options, folder)
+    start = time.perf_counter()
+    if job.todo.size:
+        with tqdm(total=store.n_samples, initial=store.n_samples - job.todo.size, unit="img",
+                  desc=facts.arch or cost.name, smoothing=0.05, position=options.bar_position) as bar:
+            engine.predict(job.todo, job.partial, bar)
+    return _finish(store, job, options, time.perf_counter() - start)
 
 
 @contextlib.contextmanager
@@ -405,21 +456,116 @@ def cache_models(
     *,
     devices: Sequence[str] | None = None,
     engine: CacheEngine | None = None,
+    share_decode: bool = True,
 ) -> Iterator[CacheSummary]:
     """Cache every model in turn, yielding what each did as it finishes.
+
+    ``share_decode`` (this process only): models whose data configs resize and crop alike (size, crop share and
+    mode, interpolation; up to ``SHARED_DECODE_MODELS`` at once) read one pass of decoded batches, each model
+    normalising them itself, instead of decoding every image once per model. The batches are the same, so are
+    the stored bytes; ``benchmarks/cache_throughput.py`` measures the gain.
 
     ``devices`` (e.g. ``["cuda:0", "cuda:1"]``): one process per device, each walking the whole list and taking
     the next model no other holds (the per-model lock), so a fast device is never idle while models remain, and
     a failed or killed worker leaves its model to a rerun while the others go on. Why processes, not threads: each
     device then has its own Python, DataLoader and CUDA context. ``engine``: where the models run without
     ``devices`` (default: this process)."""
-    if not devices:
+    if not devices and engine is not None:
         for cost, weights in models:
             yield cache_model(store, root, cost, weights, options, engine)
+        return
+    if not devices:
+        for group in _decode_groups(models) if share_decode else [[job] for job in models]:
+            if len(group) == 1:
+                yield cache_model(store, root, *group[0], options)
+            else:
+                yield from _cache_shared(store, root, group, options)
         return
     for device in devices:
         resolve_device(device)  # every device exists before any worker starts
     yield from _on_devices(store, root, list(models), options, list(devices))
+
+
+def decode_key(config: DataConfig) -> tuple:
+    """What makes two models' uint8 inputs equal: size, crop share and mode, interpolation (not mean/std)."""
+    return config.input_size, config.crop_pct, config.crop_mode, config.interpolation
+
+
+def _planned_key(name: str) -> tuple | None:
+    """The decode key of a timm tag from its pretrained cfg, without building the model (None: not known)."""
+    timm = import_timm()
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+        return None if cfg is None else decode_key(
+            DataConfig.from_dict(timm.data.resolve_data_config(pretrained_cfg=cfg.to_dict())))
+    except (SaverSearchError, RuntimeError, KeyError):
+        return None
+
+
+def _decode_groups(models: Sequence[tuple[ModelCost, Weights]]) -> list[list[tuple[ModelCost, Weights]]]:
+    """The models in groups that can share decoded batches, in the order of each group's first model."""
+    groups: dict[Any, list[list[tuple[ModelCost, Weights]]]] = {}
+    ordered: list[list[tuple[ModelCost, Weights]]] = []
+    for job in models:
+        key = _planned_key(job[0].name)
+        open_groups = groups.setdefault(key, []) if key is not None else []
+        if open_groups and len(open_groups[-1]) < SHARED_DECODE_MODELS:
+            open_groups[-1].append(job)
+            continue
+        ordered.append([job])
+        if key is not None:
+            open_groups.append(ordered[-1])
+    return ordered
+
+
+def _cache_shared(store: PredictionStore, root: Path, models: list[tuple[ModelCost, Weights]],
+                  options: RunOptions) -> Iterator[CacheSummary]:
+    """Cache models that resize and crop alike in one pass over the images; a model whose loaded config or
+    resumable state differs from the first one's runs on its own afterwards."""
+    partial_root = store.path / ".partial"
+    partial_root.mkdir(exist_ok=True)
+    with contextlib.ExitStack() as locks:
+        jobs: list[tuple[_Job, ModelRunner]] = []
+        alone: list[tuple[ModelCost, Weights]] = []
+        for cost, weights in models:
+            if not locks.enter_context(_exclusive(partial_root / f"{cost.name}.lock")):
+                yield CacheSummary(cost.name, "busy")
+                continue
+            if store.has_model(cost.name) and not options.force:
+                shutil.rmtree(partial_root / cost.name, ignore_errors=True)
+                yield CacheSummary(cost.name, "already cached")
+                continue
+            runner = ModelRunner(cost.name, weights, options, store.n_classes, str(store.path))
+            job = _open_job(store, cost, weights, runner.facts, options, partial_root / cost.name)
+            if jobs and (decode_key(runner.config) != decode_key(jobs[0][1].config)
+                         or not np.array_equal(job.todo, jobs[0][0].todo)):
+                alone.append((cost, weights))
+                continue
+            jobs.append((job, runner))
+        if jobs:
+            yield from _shared_pass(store, root, jobs, options)
+    for cost, weights in alone:  # their locks are released: cache_model takes them again
+        yield cache_model(store, root, cost, weights, options)
+
+
+def _shared_pass(store: PredictionStore, root: Path, jobs: list[tuple[_Job, ModelRunner]],
+                 options: RunOptions) -> Iterator[CacheSummary]:
+    todo = jobs[0][0].todo
+    start = time.perf_counter()
+    if todo.size:
+        label = " + ".join(job.facts.arch or job.cost.name for job, _ in jobs)
+        with contextlib.ExitStack() as writers, tqdm(total=store.n_samples, initial=store.n_samples - todo.size,
+                                                     unit="img", desc=label, smoothing=0.05,
+                                                     position=options.bar_position) as bar:
+            chunk_size = aligned_chunk_size(options)
+            outputs = [writers.enter_context(_ChunkWriter(job.partial, chunk_size)) for job, _ in jobs]
+            for batch, indices in jobs[0][1].batches(root, np.asarray(store.sample_ids), todo):
+                for (_, runner), writer in zip(jobs, outputs):
+                    writer.add(runner.predict(batch, indices))
+                bar.update(len(indices))
+    seconds = time.perf_counter() - start
+    for job, _ in jobs:
+        yield _finish(store, job, options, seconds)
 
 
 def _on_devices(store: PredictionStore, root: Path, models: list[tuple[ModelCost, Weights]], options: RunOptions,
@@ -432,7 +578,8 @@ def _on_devices(store: PredictionStore, root: Path, models: list[tuple[ModelCost
     on_cpu = sum(resolve_device(device).type == "cpu" for device in devices)
     threads = max(1, (os.cpu_count() or 1) // on_cpu) if on_cpu else None  # CPU workers share the cores
     workers = [context.Process(target=_device_worker, daemon=True,
-                               args=(messages, slot, store.path, root, models, replace(options, device=device), threads))
+                               args=(messages, slot, store.path, root, models,
+                                     replace(options, device=device, bar_position=slot), threads))
                for slot, device in enumerate(devices)]
     for worker in workers:
         worker.start()
@@ -473,7 +620,6 @@ def _on_devices(store: PredictionStore, root: Path, models: list[tuple[ModelCost
 def _device_worker(messages: Any, slot: int, store_path: Path, root: Path, models: list[tuple[ModelCost, Weights]],
                    options: RunOptions, cpu_threads: int | None) -> None:
     """One device's process of :func:`cache_models`: walks the list, reports each model, then ``done``."""
-    os.environ["TQDM_POSITION"] = str(slot)  # this process's own progress line
     if cpu_threads is not None and resolve_device(options.device).type == "cpu":
         torch.set_num_threads(cpu_threads)
     try:

@@ -43,7 +43,6 @@ OPTIONS = caching.RunOptions(batch_size=4, workers=0, device="cpu", chunk_size=8
 def offline(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SAVER_SEARCH_CACHE", str(tmp_path_factory.getbasetemp() / "cost-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TQDM_DISABLE", "1")
 
 
 @pytest.fixture(scope="module")
@@ -279,3 +278,52 @@ def test_a_killed_ray_driver_resumes_on_rerun_to_the_same_store(ray_cluster: str
     assert rerun.returncode == 0, rerun.stderr
     assert f"{MODELS[0]}: already in the store" in rerun.stdout
     assert_same_store(store, reference)
+
+
+# ---------------------------------------------------------------- decoding once for models that resize alike
+
+
+def test_models_that_resize_alike_share_one_decoding_pass_and_store_the_same_bytes(photos: Path, tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    alike = ["mobilenetv3_small_050.lamb_in1k", "efficientnet_lite0.ra_in1k"]  # both 224 px, crop 0.875, bicubic
+    jobs = [(get_cost(name), Weights(pretrained=False)) for name in [*alike, MODELS[0]]]
+    decoded = []
+    original = caching._Images.__getitem__
+    monkeypatch.setattr(caching._Images, "__getitem__", lambda self, i: decoded.append(i) or original(self, i))
+    stores = {}
+    for share in (True, False):
+        decoded.clear()
+        store = new_store(tmp_path / f"share-{share}", photos)
+        summaries = list(caching.cache_models(store, photos, jobs, OPTIONS, share_decode=share))
+        assert [s.status for s in summaries] == ["cached"] * 3
+        stores[share] = (tmp_path / f"share-{share}", len(decoded))
+    assert stores[True][1] == 2 * 60 and stores[False][1] == 3 * 60  # one pass for the two alike, one for test_vit
+    assert_same_store(*(path for path, _ in stores.values()))
+
+
+def test_a_shared_pass_interrupted_resumes_each_model_from_its_own_chunks(photos: Path, tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    alike = [(get_cost(name), Weights(pretrained=False))
+             for name in ("mobilenetv3_small_050.lamb_in1k", "efficientnet_lite0.ra_in1k")]
+    reference = new_store(tmp_path / "reference", photos)
+    list(caching.cache_models(reference, photos, alike, OPTIONS, share_decode=False))
+    written = []
+    original = caching._Partial.write
+
+    def interrupt_after_three_chunks(self, arrays):
+        original(self, arrays)
+        written.append(self.folder.name)
+        if len(written) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(caching._Partial, "write", interrupt_after_three_chunks)
+    store = new_store(tmp_path / "s", photos)
+    with pytest.raises(KeyboardInterrupt):
+        list(caching.cache_models(store, photos, alike, OPTIONS))
+    monkeypatch.setattr(caching._Partial, "write", original)
+    chunks = {name: len(list((tmp_path / "s" / ".partial" / name).glob("chunk-*.npz"))) for name, _ in
+              ((c.name, w) for c, w in alike)}
+    assert chunks == {alike[0][0].name: 2, alike[1][0].name: 2}  # 8 + 8 images, and 8 + the 4 not yet a chunk
+    summaries = list(caching.cache_models(store, photos, alike, OPTIONS))  # now apart: their todo differ
+    assert [(s.status, s.processed) for s in summaries] == [("cached", 60 - 16), ("cached", 60 - 12)]
+    assert_same_store(tmp_path / "s", tmp_path / "reference")
