@@ -163,6 +163,22 @@ def test_two_cpu_devices_share_the_models_and_store_the_same_bytes(photos: Path,
     assert_same_store(tmp_path / "s", reference)
 
 
+def test_a_device_workers_error_is_one_line_and_finished_chunks_are_kept(photos: Path, tmp_path: Path, capsys):
+    images = tmp_path / "images"
+    shutil.copytree(photos, images)
+    store = new_store(tmp_path / "s", images)
+    broken = images / store.sample_ids[40]
+    broken.write_bytes(b"not a jpeg any more")  # readable when the store was made, not now
+    code, out, err = cli(capsys, "cache", "--data", tmp_path / "s", "--images", images, "--models",
+                         "resnet10t,mobilenetv3_small_050", "--devices", "cpu,cpu", *CACHE_FLAGS)
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err
+    assert "cpu: cannot read" in lines[0] and str(broken) in lines[0] and "rerun to resume" in lines[0]
+    assert PredictionStore(tmp_path / "s").model_names() == []
+    for name in ("resnet10t.c3_in1k", "mobilenetv3_small_050.lamb_in1k"):  # each kept the images before the bad one
+        assert len(list((tmp_path / "s" / ".partial" / name).glob("chunk-*.npz"))) == 5
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--devices", "cuda:0,cuda:1"], "CUDA is not available"),
     (["--devices", "cpu,tpu"], "--device must be cpu, cuda or cuda:N, got 'tpu'"),
