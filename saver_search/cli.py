@@ -99,8 +99,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _interrupt_once(signum: int, frame: Any) -> None:
     """Ctrl-C: interrupt once, then ignore further Ctrl-C while the interrupted work is put back in order (a second
-    one would break off the cleanup that queues the interrupted trial again)."""
+    one would break off the cleanup that queues the interrupted trial again). SQLAlchemy logs a traceback ("Error
+    closing cursor") when the interrupt lands inside a fetch; the CLI's one line says what happened instead."""
+    import logging
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.getLogger("sqlalchemy").setLevel(logging.CRITICAL)
     raise KeyboardInterrupt
 
 
