@@ -27,7 +27,7 @@ from saver_search.results import Figures, Outcome, TargetInfo
 from saver_search.scores import DEFAULT_SCORE, fit_temperature, get_score
 from saver_search.sources import PredictionSource
 from saver_search.space import SearchSpace, Shape, space_shapes
-from saver_search.store import ModelPredictions
+from saver_search.store import ModelMeta, ModelPredictions
 from saver_search.study import ModelInfo
 
 
@@ -60,6 +60,11 @@ class _Candidate:
     curve: ThresholdCurve
     certified: int | None
     curve_stored: bool = field(default=False)
+
+
+# A model's parts taken in one read of the source: every trial scores on the selection images and reports on the
+# test images. Taken apart, a simulated zoo that keeps only its last models simulated each model once per part.
+READ_TOGETHER = ("sel", "test")
 
 
 def take_samples(model: ModelPredictions, indices: np.ndarray) -> ModelPredictions:
@@ -124,7 +129,10 @@ class CascadeObjective:
     def _part(self, name: str, part: str) -> ModelPredictions:
         """A model's predictions on a part: calibration (``cal``), selection, certification or test images."""
         if (name, part) not in self._parts:
-            self._parts[name, part] = take_samples(self.source.model(name), self.indices[part])
+            model = self.source.model(name)
+            for each in dict.fromkeys([part, *READ_TOGETHER]):  # one read of the source for the parts every trial uses
+                if (name, each) not in self._parts:
+                    self._parts[name, each] = take_samples(model, self.indices[each])
         return self._parts[name, part]
 
     def _accuracy(self, name: str, part: str) -> float:
@@ -482,12 +490,11 @@ def target_alone_outcome(target: TargetInfo, calibration_images: int, test_image
                    test=test, interval=None, feasible=True)
 
 
-def model_info(model: ModelPredictions) -> ModelInfo:
+def model_info(meta: ModelMeta) -> ModelInfo:
     """A model's own GMACs and input size (as the data records them) and its parameters (from the cost table,
     for timm tags it has)."""
     from saver_search.costs import table_cost
 
-    cost = table_cost(model.name, model.meta.img_size)
-    meta = model.meta
-    return ModelInfo(gmacs=model.gmacs, img_size=meta.img_size or (cost.img_size if cost else None),
+    cost = table_cost(meta.name, meta.img_size)
+    return ModelInfo(gmacs=meta.gmacs, img_size=meta.img_size or (cost.img_size if cost else None),
                      params_m=cost.params_m if cost else None, provenance=meta.provenance)

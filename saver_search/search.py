@@ -16,7 +16,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import optuna
@@ -31,7 +31,7 @@ from saver_search.objective import PATH_ATTR, CascadeObjective, model_info, targ
 from saver_search.results import GuaranteeInfo, Outcome, TargetInfo, is_outcome, rank_outcomes
 from saver_search.scores import get_score
 from saver_search.space import SearchSpace
-from saver_search.sources import PredictionSource
+from saver_search.sources import PredictionSource, model_meta
 from saver_search.study import (
     Progress, StudyInfo, StudySpec, StudyWorker, candidate_progress, create_or_load, data_fingerprint, open_storage,
     ModelInfo, read_info, read_spec, storage_exists, trial_work, work_progress,
@@ -178,7 +178,7 @@ def check_score_inputs(source: PredictionSource, names: Sequence[str], scores: S
     for score_name in scores:
         score = get_score(score_name)
         for name in names:
-            meta = source.model(name).meta
+            meta = model_meta(source, name)
             missing = score.missing_input(meta.k, meta.has_logits)
             if missing is not None:
                 raise InvalidParameter(
@@ -348,15 +348,14 @@ def prepare_search(
         directions=("minimize", "maximize") if pareto else ("minimize",),
         sampler=sampler_name, candidates=tuple(names), calibration=fraction, split_seed=split_seed,
         guarantee=level, bound=bound if level is not None else "",
-        data=data_fingerprint(source.labels, getattr(source, "sample_ids", None),
-                              (source.model(name) for name in [target, *names])),
+        data=data_fingerprint(source.labels, getattr(source, "sample_ids", None), _fingerprinted(source, [target, *names])),
         committee_members=space.committee_members, scores=space.scores, threshold_grid=space.threshold_grid,
         selection=selection if learn_then_test else None,
         enumeration=(space.first_stages, space.committee_pool, space.four_stage_pool) if space.cascades else (0, 0, 0),
     )
     target_info = objective.target_info
     info = StudyInfo(
-        models={name: model_info(source.model(name)) for name in [target, *names]},
+        models={name: model_info(model_meta(source, name)) for name in [target, *names]},
         data=source.description, simulated=source.simulated, space=space.source, target_gmacs=target_info.gmacs,
         target_accuracy=target_info.accuracy, target_test_accuracy=target_info.test_accuracy,
         target_latency_ms=target_info.latency_ms, calibration_images=int(split.calibration.size),
@@ -370,6 +369,14 @@ def prepare_search(
         study_name=study_name or default_study_name(spec),
         n_trials=planned_trials(spec, space), work=objective.work() if spec.exact else [],
     )
+
+
+def _fingerprinted(source: PredictionSource, names: Sequence[str]) -> Iterator[Any]:
+    """What the data fingerprint reads of each model: its arrays, or ``(meta, content digest)`` where the source
+    can name its predictions without making them (``content_digest``: the simulated zoo)."""
+    content_digest = getattr(source, "content_digest", None)
+    for name in names:
+        yield (model_meta(source, name), content_digest(name)) if callable(content_digest) else source.model(name)
 
 
 def run_search(source: PredictionSource, target: str, max_drop: float, space: SearchSpace | None = None, *,

@@ -32,7 +32,8 @@ class PredictionSource(Protocol):
         resolve(name): a user-given name (a bare timm architecture, or a full tag) as one of ``model_names()``;
             raises :class:`~saver_search.errors.UnknownModel`.
 
-    A source may also have ``sample_ids``, an ``(n,)`` array of unique ids that becomes part of a study's data
+    A source may also have ``meta(name)``, a model's ``ModelMeta`` without loading its predictions (see
+    :func:`model_meta`); ``sample_ids``, an ``(n,)`` array of unique ids that becomes part of a study's data
     fingerprint; ``n_classes``, the number of classes (default: the largest label + 1); and ``logits(name)``, a
     model's ``(n, classes)`` logits when its ``meta.has_logits`` (exact committees and entropy, temperature scaling).
     """
@@ -53,6 +54,12 @@ class PredictionSource(Protocol):
     def gmacs(self, name: str) -> float: ...
 
     def resolve(self, name: str) -> str: ...
+
+
+def model_meta(source: PredictionSource, name: str) -> ModelMeta:
+    """A model's meta, without loading (or simulating) its predictions where the source can."""
+    meta = getattr(source, "meta", None)
+    return meta(name) if callable(meta) else source.model(name).meta
 
 
 class ArraySource:

@@ -180,17 +180,21 @@ class StudyInfo:
 def data_fingerprint(labels: np.ndarray, sample_ids: np.ndarray | None, models: Iterable[Any]) -> str:
     """A hash of what a search reads: labels, sample ids and, per model, its identity and top-k arrays.
 
-    ``models`` yields ``ModelPredictions``; their ``created`` time and ``source`` text are left out, so two
-    copies of the same data (another path, another machine) fingerprint alike.
+    ``models`` yields ``ModelPredictions``, or ``(meta, content digest)`` pairs from a source that identifies its
+    predictions without making them (the simulated zoo); ``created`` times and ``source`` texts are left out, so
+    two copies of the same data (another path, another machine) fingerprint alike.
     """
     digest = hashlib.sha256()
     digest.update(np.ascontiguousarray(labels, dtype=np.int64).data)
     if sample_ids is not None:
         digest.update("\n".join(map(str, sample_ids)).encode())
     for model in models:
-        meta = model.meta
+        meta, content = model if isinstance(model, tuple) else (model.meta, None)
         identity = {"name": meta.name, "gmacs": meta.gmacs, "k": meta.k, "arch": meta.arch, "img_size": meta.img_size}
         digest.update(json.dumps(identity, sort_keys=True).encode())
+        if content is not None:
+            digest.update(content.encode())
+            continue
         for array in (model.classes, model.probs):
             digest.update(np.ascontiguousarray(array).data)
     return "sha256:" + digest.hexdigest()

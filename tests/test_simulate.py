@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from saver_search import simulate
 from saver_search.errors import SaverSearchError
 from saver_search.simulate import ImageLatents, SimulatedZoo, simulate_predictions
 from saver_search.zoo import load_zoo
@@ -129,3 +130,21 @@ def test_joint_correctness_matches_the_real_resnet50_vit_pair(sim: SimulatedZoo,
         (sim_a & sim_b, sim_a & ~sim_b, ~sim_a & sim_b, ~sim_a & ~sim_b),
     ):
         assert 100 * sim_cell.mean() == pytest.approx(100 * real_cell.mean(), abs=1.0)
+
+
+def test_the_zoo_keeps_few_models_makes_the_others_again_alike_and_knows_them_without_simulating():
+    zoo = SimulatedZoo(n_samples=3000)
+    names = zoo.model_names()[:12]
+    first = {name: zoo.model(name) for name in names}
+    assert len(zoo._models) == simulate.KEPT_MODELS  # the last ones only
+    again = zoo.model(names[0])  # dropped, made again
+    assert again is not first[names[0]]
+    np.testing.assert_array_equal(again.classes, first[names[0]].classes)
+    np.testing.assert_array_equal(again.probs, first[names[0]].probs)
+    for name in names:
+        assert zoo.meta(name) == first[name].meta
+    digests = {zoo.content_digest(name) for name in names}
+    assert len(digests) == len(names)
+    assert SimulatedZoo(n_samples=3000).content_digest(names[0]) == zoo.content_digest(names[0])
+    assert SimulatedZoo(n_samples=3000, seed=1).content_digest(names[0]) != zoo.content_digest(names[0])
+    assert SimulatedZoo(n_samples=3001).content_digest(names[0]) != zoo.content_digest(names[0])
