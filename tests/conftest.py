@@ -23,6 +23,13 @@ def imagenet_x() -> Path:
     return IMAGENET_X
 
 
+@pytest.fixture
+def offline(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No hub access and a private cost cache, in this process and in the CLI processes it starts."""
+    monkeypatch.setenv("SAVER_SEARCH_CACHE", str(tmp_path_factory.getbasetemp() / "cost-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
 def make_store(path: Path, n: int = 2000, n_classes: int = 10, models: dict[str, tuple[float, float]] | None = None,
                seed: int = 0) -> PredictionStore:
     """A store of random models: name -> (accuracy in [0, 1], GMACs); confident when right, more often."""

@@ -39,10 +39,7 @@ CACHE_FLAGS = ["--no-pretrained", "--batch-size", "4", "--chunk-size", "8"]
 OPTIONS = caching.RunOptions(batch_size=4, workers=0, device="cpu", chunk_size=8)
 
 
-@pytest.fixture(autouse=True)
-def offline(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SAVER_SEARCH_CACHE", str(tmp_path_factory.getbasetemp() / "cost-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 @pytest.fixture(scope="module")

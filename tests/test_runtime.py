@@ -27,10 +27,7 @@ PHOTOS = {"chelsea": "n02123045", "coffee": "n07920052", "camera": "n04485082", 
           "astronaut": "n04266014", "cat": "n02123045", "clock": "n04548280", "coins": "n03388043"}
 
 
-@pytest.fixture(autouse=True)
-def offline(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SAVER_SEARCH_CACHE", str(tmp_path_factory.getbasetemp() / "cost-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 @pytest.fixture(scope="module")
