@@ -9,7 +9,7 @@ import sys
 import threading
 from typing import Any, Callable, NoReturn, Sequence
 
-from saver_search.errors import SaverSearchError, StudyMismatch
+from saver_search.errors import InvalidParameter, SaverSearchError, StudyMismatch
 
 # Each subcommand lives in its own module exposing ``register(subparsers)``; the module is
 # imported only when its subcommand runs, so ``--help`` and the search never import torch.
@@ -62,6 +62,18 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return value
+
+
+def stage_range(text: str) -> tuple[int, int]:
+    """``3`` or ``2..4``."""
+    parts = text.split("..")
+    try:
+        low, high = (int(parts[0]), int(parts[-1])) if len(parts) <= 2 else (None, None)
+    except ValueError:
+        low = high = None
+    if low is None or high is None:
+        raise InvalidParameter("stages", f"must be a number of stages such as 3, or a range such as 2..4; got {text!r}")
+    return low, high
 
 
 def main(argv: Sequence[str] | None = None) -> None:

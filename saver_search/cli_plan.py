@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from saver_search.cli import positive_int
+from saver_search.cli import positive_int, stage_range
 from saver_search.errors import SaverSearchError
 
 DEFAULT_OUT = Path("cache-models.txt")
@@ -39,7 +39,6 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from saver_search.cli_search import _stage_range
     from saver_search.files import atomic_write_text
     from saver_search.plan import plan_caching
     from saver_search.search import check_max_drop
@@ -50,7 +49,7 @@ def run(args: argparse.Namespace) -> None:
         raise SaverSearchError(f"--out {args.out}: folder {args.out.parent} does not exist; create it or write elsewhere")
     if args.out.is_dir():
         raise SaverSearchError(f"--out {args.out} is a folder; give a file name, e.g. --out {args.out / DEFAULT_OUT}")
-    low, high = _stage_range(args.stages) if args.stages is not None else (None, None)
+    low, high = stage_range(args.stages) if args.stages is not None else (None, None)
     space = load_space(args.space).with_overrides(min_stages=low, max_stages=high, committee_members=args.committee)
     plan = plan_caching(args.target, max_drop, space, images=args.images, gpu_hours=args.gpu_hours,
                         cascades=args.cascades, progress=not args.json and sys.stderr.isatty())

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from saver_search.calibration import BOUNDS, DEFAULT_BOUND, DEFAULT_FRACTION, DEFAULT_LEVEL, DEFAULT_SELECTION
-from saver_search.cli import positive_int
+from saver_search.cli import positive_int, stage_range
 from saver_search.errors import InvalidParameter, SaverSearchError
 from saver_search.sources import open_source
 from saver_search.space import SAMPLERS, THRESHOLD_MODES, SearchSpace, load_space
@@ -78,7 +78,7 @@ def _space(args: argparse.Namespace) -> SearchSpace:
         raise SaverSearchError(f"--trials must be a positive integer, got {args.trials}")
     space = SearchSpace(source="every model of the store") if args.space is None and args.data is not None \
         else load_space(args.space)
-    low, high = _stage_range(args.stages) if args.stages is not None else (None, None)
+    low, high = stage_range(args.stages) if args.stages is not None else (None, None)
     if args.committee is not None and args.committee == 1:
         raise InvalidParameter("committee_members", "is 1: a committee of one model is a single model; leave "
                                "--committee out, or give 2 or 3")
@@ -87,18 +87,6 @@ def _space(args: argparse.Namespace) -> SearchSpace:
         raise InvalidParameter("scores", "is empty: give a score name such as maxprob, or leave it out")
     return space.with_overrides(trials=args.trials, threshold_mode=args.threshold, sampler=args.sampler, seed=args.seed,
                                 min_stages=low, max_stages=high, committee_members=args.committee, scores=scores)
-
-
-def _stage_range(text: str) -> tuple[int, int]:
-    """``3`` or ``2..4``."""
-    parts = text.split("..")
-    try:
-        low, high = (int(parts[0]), int(parts[-1])) if len(parts) <= 2 else (None, None)
-    except ValueError:
-        low = high = None
-    if low is None or high is None:
-        raise InvalidParameter("stages", f"must be a number of stages such as 3, or a range such as 2..4; got {text!r}")
-    return low, high
 
 
 def run(args: argparse.Namespace) -> int | None:
