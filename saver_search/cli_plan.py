@@ -32,6 +32,8 @@ def register(subparsers: Any) -> None:
     add("--images", type=positive_int, default=50_000, metavar="N", help="images to cache (default 50,000: ImageNet val)")
     add("--gpu-hours", type=float, metavar="H", help="keep only the best cascades whose models fit in H GPU-hours")
     add("--cascades", type=positive_int, default=10, metavar="N", help="take the models of the N best cascades (default 10)")
+    add("--data", type=Path, metavar="STORE",
+        help="a prediction store: the models it already has are listed at no GPU time (the ranking stays simulated)")
     add("--out", type=Path, default=DEFAULT_OUT, metavar="FILE",
         help=f"models file to write, one name per line (default {DEFAULT_OUT})")
     add("--json", action="store_true", help="print one JSON object instead of the table")
@@ -43,6 +45,7 @@ def run(args: argparse.Namespace) -> None:
     from saver_search.plan import plan_caching
     from saver_search.search import check_max_drop
     from saver_search.space import load_space
+    from saver_search.store import PredictionStore
 
     max_drop = check_max_drop(args.max_drop, text=True)
     if not args.out.parent.is_dir():
@@ -51,8 +54,9 @@ def run(args: argparse.Namespace) -> None:
         raise SaverSearchError(f"--out {args.out} is a folder; give a file name, e.g. --out {args.out / DEFAULT_OUT}")
     low, high = stage_range(args.stages) if args.stages is not None else (None, None)
     space = load_space(args.space).with_overrides(min_stages=low, max_stages=high, committee_members=args.committee)
+    cached = PredictionStore(args.data).model_names() if args.data is not None else []
     plan = plan_caching(args.target, max_drop, space, images=args.images, gpu_hours=args.gpu_hours,
-                        cascades=args.cascades, progress=not args.json and sys.stderr.isatty())
+                        cascades=args.cascades, cached=cached, progress=not args.json and sys.stderr.isatty())
     atomic_write_text(args.out, plan.models_file())
     if args.json:
         print(json.dumps({**plan.to_dict(), "models_file": str(args.out)}, indent=2))
@@ -78,10 +82,13 @@ def to_text(plan: Any) -> list[str]:
     for number, model in enumerate(plan.models, 1):
         total += model.gpu_hours
         rate = f"{model.images_per_s:,.0f}" + ("" if model.throughput == "published" else "*")
+        hours = "cached" if model.cached else f"{model.gpu_hours:.3f}"
         rows.append([str(number), model.name, model.role, f"{model.cascade_gmacs:.2f}", percent(model.saving), rate,
-                     f"{model.gpu_hours:.3f}", f"{total:.3f}"])
+                     hours, f"{total:.3f}"])
     lines += text_table(header, rows, left=(1, 2))
-    lines += ["", f"total: {len(plan.models)} models, {plan.gpu_hours:.2f} GPU-hours on {plan.images:,} images",
+    done = sum(model.cached for model in plan.models)
+    lines += ["", f"total: {len(plan.models)} models, {plan.gpu_hours:.2f} GPU-hours on {plan.images:,} images"
+              + (f" ({done} already in --data, at no GPU time)" if done else ""),
               f"img/s: {plan.throughput_source}; caching also decodes the images, so expect more time"]
     if any(model.throughput != "published" for model in plan.models):
         lines.append("* not in timm's benchmark: scaled from the model's GMACs by the zoo's median images/s x GMACs")

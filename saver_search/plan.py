@@ -15,7 +15,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import asdict, dataclass, field
 from functools import cache
-from typing import Any
+from typing import Any, Iterable
 
 from saver_search.errors import InvalidParameter
 from saver_search.results import Outcome, rank_outcomes
@@ -33,7 +33,8 @@ THROUGHPUT_SOURCE = ("timm's published forward throughput (benchmark-infer-amp-n
 class PlanModel:
     """One model to cache: why (the best cascade it is in, its simulated held-out GMACs and the compute that
     cascade saves), and what caching it costs (published images/s, GPU-hours on the plan's images).
-    ``throughput``: "published", or "scaled from GMACs" for a model timm's benchmark does not list."""
+    ``throughput``: "published", or "scaled from GMACs" for a model timm's benchmark does not list.
+    ``cached``: already in the store the plan was given, so it takes no GPU time."""
 
     name: str
     role: str  # "target", "answer" (a stage of the search's answer) or "companion"
@@ -43,6 +44,7 @@ class PlanModel:
     images_per_s: float
     throughput: str
     gpu_hours: float
+    cached: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ def plan_caching(
     images: int = DEFAULT_IMAGES,
     gpu_hours: float | None = None,
     cascades: int = DEFAULT_CASCADES,
+    cached: Iterable[str] = (),
     progress: bool = False,
 ) -> CachingPlan:
     """Search the simulated zoo (pairs, and the space's own shapes) and list the models of the ``cascades`` best
@@ -123,6 +126,7 @@ def plan_caching(
         images: how many images will be cached (default 50,000: ImageNet-1k val).
         gpu_hours: keep only what fits in this many GPU-hours (whole cascades, best first).
         cascades: how many of the best distinct cascades to take the models of.
+        cached: models already cached (e.g. a store's ``model_names()``): listed, at no GPU time.
     """
     from saver_search.search import check_max_drop, prepare_search, study_outcomes
     from saver_search.sources import open_source
@@ -151,7 +155,8 @@ def plan_caching(
     answers.sort(key=lambda o: o.reported.gmacs)
     order = [*answers, *(o for o in rank_outcomes(ranked) if not o.target_alone)]
     chosen = _distinct(order, cascades + len(answers))
-    return _price(target_name, target_gmacs, max_drop, images, gpu_hours, chosen, answers, searches, source)
+    return _price(target_name, target_gmacs, max_drop, images, gpu_hours, chosen, answers, searches, source,
+                  set(cached))
 
 
 class _quiet_optuna:
@@ -187,7 +192,7 @@ def _distinct(outcomes: list[Outcome], count: int) -> list[Outcome]:
 
 def _price(target: str, target_gmacs: float, max_drop: float, images: int, limit: float | None,
            cascades: list[Outcome], answers: list[Outcome], searches: list[str],
-           source: PredictionSource) -> CachingPlan:
+           source: PredictionSource, cached: set[str]) -> CachingPlan:
     """Walk the cascades best first; keep a cascade's new models while they fit in ``limit`` GPU-hours."""
     answer_models = {m for outcome in answers for stage in outcome.cascade.stages for m in stage}
 
@@ -197,7 +202,8 @@ def _price(target: str, target_gmacs: float, max_drop: float, images: int, limit
         cascade_gmacs = target_gmacs if outcome is None else outcome.reported.gmacs
         return PlanModel(name=name, role=role, cascade=[target] if outcome is None else outcome.stages,
                          cascade_gmacs=cascade_gmacs, saving=1.0 - cascade_gmacs / target_gmacs,
-                         images_per_s=rate, throughput=origin, gpu_hours=images / rate / 3600)
+                         images_per_s=rate, throughput=origin, cached=name in cached,
+                         gpu_hours=0.0 if name in cached else images / rate / 3600)
 
     head = priced(target, "target", answers[0] if answers else None)
     if limit is not None and head.gpu_hours > limit:

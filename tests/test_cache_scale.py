@@ -340,3 +340,22 @@ def test_a_shared_pass_interrupted_resumes_each_model_from_its_own_chunks(photos
     summaries = list(caching.cache_models(store, photos, alike, OPTIONS))  # now apart: their todo differ
     assert [(s.status, s.processed) for s in summaries] == [("cached", 60 - 16), ("cached", 60 - 12)]
     assert_same_store(tmp_path / "s", tmp_path / "reference")
+
+
+def test_plan_prices_models_a_store_already_has_at_no_gpu_time(tmp_path: Path, capsys) -> None:
+    from conftest import make_store
+
+    code, out, _ = cli(capsys, "plan", "--target", "convnextv2_huge", "--max-drop", "0.5", "--json", "--out",
+                       tmp_path / "a.txt")
+    first = json.loads(out)
+    companion = first["models"][1]["name"]
+    make_store(tmp_path / "store", n=20, models={companion: (0.8, 25.0)})
+    code, out, err = cli(capsys, "plan", "--target", "convnextv2_huge", "--max-drop", "0.5", "--json", "--out",
+                         tmp_path / "b.txt", "--data", tmp_path / "store")
+    assert code == 0, err
+    second = json.loads(out)
+    assert [m["name"] for m in second["models"]] == [m["name"] for m in first["models"]]
+    assert second["models"][1]["cached"] and second["models"][1]["gpu_hours"] == 0.0
+    assert second["gpu_hours"] == pytest.approx(first["gpu_hours"] - first["models"][1]["gpu_hours"])
+    code, _, err = cli(capsys, "plan", "--target", "convnextv2_huge", "--max-drop", "0.5", "--data", tmp_path / "none")
+    assert code == 2 and "no prediction store at" in err and "--data" in err
