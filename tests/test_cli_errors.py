@@ -1,4 +1,4 @@
-"""Bad input: a one-line error, exit code 2, and the store left exactly as it was."""
+"""Bad input: a one-line error, exit code 2, and the store left exactly as it was (the CLI run in-process)."""
 
 import contextlib
 import hashlib
@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import make_store, run_cli
+from conftest import make_store, run_main
 
 
 def snapshot(folder):
@@ -49,18 +49,18 @@ def assert_user_error(proc, *fragments):
 ])
 def test_search_errors(store, args, fragments):
     before = snapshot(store.path)
-    assert_user_error(run_cli("--data", str(store.path), *args), *fragments)
+    assert_user_error(run_main("--data", str(store.path), *args), *fragments)
     assert snapshot(store.path) == before
 
 
 def test_missing_store(tmp_path):
-    assert_user_error(run_cli("--data", str(tmp_path / "none"), "--target", "x", "--max-drop", "1"), "no prediction store")
+    assert_user_error(run_main("--data", str(tmp_path / "none"), "--target", "x", "--max-drop", "1"), "no prediction store")
 
 
 def test_empty_candidate_set(store, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("candidates:\n  include: ['zzz*']\n")
-    assert_user_error(run_cli("--data", str(store.path), "--space", str(space), "--target", "big.b", "--max-drop", "1"),
+    assert_user_error(run_main("--data", str(store.path), "--space", str(space), "--target", "big.b", "--max-drop", "1"),
                       "--space", "matches no model")
 
 
@@ -77,7 +77,7 @@ def test_empty_candidate_set(store, tmp_path):
 def test_bad_space_yaml_names_the_key(store, tmp_path, text, fragments):
     space = tmp_path / "space.yaml"
     space.write_text(text)
-    proc = run_cli("--data", str(store.path), "--space", str(space), "--target", "big.b", "--max-drop", "1")
+    proc = run_main("--data", str(store.path), "--space", str(space), "--target", "big.b", "--max-drop", "1")
     assert_user_error(proc, str(space), *fragments)
 
 
@@ -98,7 +98,7 @@ def import_args(store, name, predictions, labels=None):
 
 def test_import_csv_matches_rows_by_file_name(tmp_path, labels_csv):
     rows = [(f"img{i}.jpg", i % 3, 0.9) for i in reversed(range(6))]
-    proc = run_cli(*import_args(tmp_path / "s", "m.a", write_csv(tmp_path / "p.csv", rows), labels_csv))
+    proc = run_main(*import_args(tmp_path / "s", "m.a", write_csv(tmp_path / "p.csv", rows), labels_csv))
     assert proc.returncode == 0, proc.stderr
     from saver_search.store import PredictionStore
 
@@ -117,9 +117,9 @@ def test_import_csv_matches_rows_by_file_name(tmp_path, labels_csv):
 ])
 def test_import_bad_predictions_leave_store_untouched(tmp_path, labels_csv, rows, fragments):
     good = write_csv(tmp_path / "good.csv", [(f"img{i}.jpg", 0, 0.5) for i in range(6)])
-    assert run_cli(*import_args(tmp_path / "s", "good.a", good, labels_csv)).returncode == 0
+    assert run_main(*import_args(tmp_path / "s", "good.a", good, labels_csv)).returncode == 0
     before = snapshot(tmp_path / "s")
-    proc = run_cli(*import_args(tmp_path / "s", "bad.a", write_csv(tmp_path / "bad.csv", rows)))
+    proc = run_main(*import_args(tmp_path / "s", "bad.a", write_csv(tmp_path / "bad.csv", rows)))
     assert_user_error(proc, *fragments)
     assert snapshot(tmp_path / "s") == before
 
@@ -127,9 +127,9 @@ def test_import_bad_predictions_leave_store_untouched(tmp_path, labels_csv, rows
 def test_import_duplicate_label_ids_and_labels_out_of_range(tmp_path):
     preds = write_csv(tmp_path / "p.csv", [("a", 0, 0.5), ("b", 0, 0.5)])
     dup = write_csv(tmp_path / "dup.csv", [("a", 0), ("a", 1)], header="file_name,label")
-    assert_user_error(run_cli(*import_args(tmp_path / "s", "m.a", preds, dup)), "more than once")
+    assert_user_error(run_main(*import_args(tmp_path / "s", "m.a", preds, dup)), "more than once")
     out = write_csv(tmp_path / "out.csv", [("a", 0), ("b", 1000)], header="file_name,label")
-    assert_user_error(run_cli(*import_args(tmp_path / "s", "m.a", preds, out)), "outside 0..999")
+    assert_user_error(run_main(*import_args(tmp_path / "s", "m.a", preds, out)), "outside 0..999")
     assert not (tmp_path / "s").exists()
 
 
@@ -137,9 +137,9 @@ def test_import_misaligned_npz(tmp_path):
     store = make_store(tmp_path / "s", n=20, n_classes=10)
     labels = np.array(store.labels)
     np.savez(tmp_path / "shifted.npz", confs=np.full(20, 0.5), preds=labels, label=np.roll(labels, 1))
-    assert_user_error(run_cli(*import_args(tmp_path / "s", "m.a", tmp_path / "shifted.npz")), "misaligned")
+    assert_user_error(run_main(*import_args(tmp_path / "s", "m.a", tmp_path / "shifted.npz")), "misaligned")
     np.savez(tmp_path / "short.npz", confs=np.full(19, 0.5), preds=labels[:19], label=labels[:19])
-    assert_user_error(run_cli(*import_args(tmp_path / "s", "m.a", tmp_path / "short.npz")), "19 samples")
+    assert_user_error(run_main(*import_args(tmp_path / "s", "m.a", tmp_path / "short.npz")), "19 samples")
 
 
 def test_import_npy_logits_and_probabilities(tmp_path):
@@ -147,7 +147,7 @@ def test_import_npy_logits_and_probabilities(tmp_path):
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(30, 10)).astype(np.float32)
     np.save(tmp_path / "logits.npy", logits)
-    assert run_cli(*import_args(store.path, "l.a", tmp_path / "logits.npy"), "--num-classes", "10").returncode == 0
+    assert run_main(*import_args(store.path, "l.a", tmp_path / "logits.npy"), "--num-classes", "10").returncode == 0
     model = store.model("l.a")
     assert model.classes.shape == (5, 30)
     np.testing.assert_array_equal(model.predicted, logits.argmax(axis=1))
@@ -155,14 +155,14 @@ def test_import_npy_logits_and_probabilities(tmp_path):
     np.testing.assert_allclose(model.confidence, probs.max(axis=1), rtol=1e-5)
     assert store.logits("l.a").dtype == np.float16
     np.save(tmp_path / "probs.npy", probs)
-    assert run_cli(*import_args(store.path, "p.a", tmp_path / "probs.npy"), "--num-classes", "10").returncode == 0
+    assert run_main(*import_args(store.path, "p.a", tmp_path / "probs.npy"), "--num-classes", "10").returncode == 0
     np.testing.assert_allclose(store.model("p.a").probs, store.model("l.a").probs, rtol=1e-5)
 
 
 def test_import_tinysaver_npz_creates_store(tmp_path):
     labels = np.arange(12) % 4
     np.savez(tmp_path / "rec.npz", confs=np.linspace(0.3, 0.9, 12), preds=labels, label=labels)
-    proc = run_cli(*import_args(tmp_path / "s", "t.a", tmp_path / "rec.npz"), "--num-classes", "4")
+    proc = run_main(*import_args(tmp_path / "s", "t.a", tmp_path / "rec.npz"), "--num-classes", "4")
     assert proc.returncode == 0, proc.stderr
     from saver_search.store import PredictionStore
 
@@ -171,20 +171,20 @@ def test_import_tinysaver_npz_creates_store(tmp_path):
 
 def test_import_existing_model_needs_force(tmp_path, labels_csv):
     good = write_csv(tmp_path / "good.csv", [(f"img{i}.jpg", 0, 0.5) for i in range(6)])
-    assert run_cli(*import_args(tmp_path / "s", "m.a", good, labels_csv)).returncode == 0
-    assert_user_error(run_cli(*import_args(tmp_path / "s", "m.a", good)), "--force")
-    assert run_cli(*import_args(tmp_path / "s", "m.a", good), "--force").returncode == 0
+    assert run_main(*import_args(tmp_path / "s", "m.a", good, labels_csv)).returncode == 0
+    assert_user_error(run_main(*import_args(tmp_path / "s", "m.a", good)), "--force")
+    assert run_main(*import_args(tmp_path / "s", "m.a", good), "--force").returncode == 0
 
 
 def test_a_failed_first_import_leaves_nothing_behind(tmp_path, labels_csv):
     wrong = write_csv(tmp_path / "wrong.csv", [(f"other{i}.jpg", 0, 0.5) for i in range(6)])
-    assert_user_error(run_cli(*import_args(tmp_path / "s", "m.a", wrong, labels_csv)), "does not cover")
+    assert_user_error(run_main(*import_args(tmp_path / "s", "m.a", wrong, labels_csv)), "does not cover")
     assert not (tmp_path / "s").exists()
     (tmp_path / "empty").mkdir()
-    assert_user_error(run_cli(*import_args(tmp_path / "empty", "m.a", wrong, labels_csv)), "does not cover")
+    assert_user_error(run_main(*import_args(tmp_path / "empty", "m.a", wrong, labels_csv)), "does not cover")
     assert (tmp_path / "empty").is_dir() and not any((tmp_path / "empty").iterdir())
     right = write_csv(tmp_path / "right.csv", [(f"img{i}.jpg", 0, 0.5) for i in range(6)])
-    assert run_cli(*import_args(tmp_path / "s", "m.a", right, labels_csv)).returncode == 0  # the retry just works
+    assert run_main(*import_args(tmp_path / "s", "m.a", right, labels_csv)).returncode == 0  # the retry just works
 
 
 @contextlib.contextmanager
@@ -209,33 +209,33 @@ def read_only(*folders):
 
 def test_import_into_a_read_only_store(tmp_path, labels_csv):
     good = write_csv(tmp_path / "good.csv", [(f"img{i}.jpg", 0, 0.5) for i in range(6)])
-    assert run_cli(*import_args(tmp_path / "s", "good.a", good, labels_csv)).returncode == 0
+    assert run_main(*import_args(tmp_path / "s", "good.a", good, labels_csv)).returncode == 0
     before = snapshot(tmp_path / "s")
     with read_only(tmp_path / "s", tmp_path / "s" / "models"):
-        assert_user_error(run_cli(*import_args(tmp_path / "s", "new.a", good)), "cannot write to store", "nothing")
+        assert_user_error(run_main(*import_args(tmp_path / "s", "new.a", good)), "cannot write to store", "nothing")
     assert snapshot(tmp_path / "s") == before
 
 
 def test_garbage_and_truncated_numpy_files_say_what_is_wrong(tmp_path):
     store = make_store(tmp_path / "s", n=20, n_classes=10, models={"a.x": (0.6, 1.0), "b.x": (0.9, 5.0)})
     (tmp_path / "garbage.npy").write_bytes(b"this is not numpy at all" * 10)
-    proc = run_cli(*import_args(store.path, "g.a", tmp_path / "garbage.npy"))
+    proc = run_main(*import_args(store.path, "g.a", tmp_path / "garbage.npy"))
     assert_user_error(proc, "not a readable NumPy", "header is not a NumPy header")
     assert "pickle" not in proc.stderr
     probs = store.path / "models" / "a.x" / "probs.npy"
     probs.write_bytes(probs.read_bytes()[:100])  # truncated mid-array
-    proc = run_cli("--data", store.path, "--target", "b.x", "--max-drop", "1")
+    proc = run_main("--data", store.path, "--target", "b.x", "--max-drop", "1")
     assert_user_error(proc, "corrupt store file", "probs.npy", "re-import model 'a.x' (--force)")
     labels = store.path / "labels.npy"
     labels.write_bytes(labels.read_bytes()[:90])
-    proc = run_cli("--data", store.path, "--target", "b.x", "--max-drop", "1")
+    proc = run_main("--data", store.path, "--target", "b.x", "--max-drop", "1")
     assert_user_error(proc, "labels.npy", "the store's labels belong to the whole store: restore the store from a copy")
     assert "re-import" not in proc.stderr
 
 
 def test_ids_print_plainly_with_their_csv_row(tmp_path, labels_csv):
     rows = [(f"img{i}.jpg", 0, 0.5) for i in range(6)] + [("img3.jpg", 1, 0.5)]
-    proc = run_cli(*import_args(tmp_path / "s", "m.a", write_csv(tmp_path / "dup.csv", rows), labels_csv))
+    proc = run_main(*import_args(tmp_path / "s", "m.a", write_csv(tmp_path / "dup.csv", rows), labels_csv))
     assert_user_error(proc, "sample id 'img3.jpg' occurs more than once (rows 5 and 8)")
     assert "np.str_" not in proc.stderr
 
@@ -248,7 +248,7 @@ def test_tinysaver_output_recorder_layout_imports(tmp_path):
     preds = np.stack([np.stack([(labels + j + e) % 10 for j in range(topk)], axis=1) for e in range(exits)]).astype(np.int16)
     confs = np.sort(rng.random((exits, n, topk)).astype(np.float32), axis=2)[:, :, ::-1]
     np.savez(tmp_path / "m_val.npz", confs=confs, preds=preds, label=labels[:, None])
-    proc = run_cli(*import_args(tmp_path / "s", "m.a", tmp_path / "m_val.npz"), "--num-classes", "10")
+    proc = run_main(*import_args(tmp_path / "s", "m.a", tmp_path / "m_val.npz"), "--num-classes", "10")
     assert proc.returncode == 0, proc.stderr
     from saver_search.store import PredictionStore
 
@@ -258,13 +258,13 @@ def test_tinysaver_output_recorder_layout_imports(tmp_path):
     np.testing.assert_array_equal(model.classes, preds[-1].T)
     np.testing.assert_allclose(model.probs, confs[-1].T)
     np.testing.assert_array_equal(store.labels, labels)
-    proc = run_cli(*import_args(tmp_path / "s", "e0.a", tmp_path / "m_val.npz"), "--exit", "0")
+    proc = run_main(*import_args(tmp_path / "s", "e0.a", tmp_path / "m_val.npz"), "--exit", "0")
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_array_equal(PredictionStore(tmp_path / "s").model("e0.a").classes, preds[0].T)
-    assert_user_error(run_cli(*import_args(tmp_path / "s", "e9.a", tmp_path / "m_val.npz"), "--exit", "9"),
+    assert_user_error(run_main(*import_args(tmp_path / "s", "e9.a", tmp_path / "m_val.npz"), "--exit", "9"),
                       "--exit 9 is out of range", "3 exits")
     np.savez(tmp_path / "bad.npz", confs=confs, preds=preds[:, :, :2], label=labels[:, None])
-    assert_user_error(run_cli(*import_args(tmp_path / "s", "bad.a", tmp_path / "bad.npz")), "must have one shape")
+    assert_user_error(run_main(*import_args(tmp_path / "s", "bad.a", tmp_path / "bad.npz")), "must have one shape")
 
 
 @pytest.mark.parametrize("args, fragments", [
@@ -275,21 +275,21 @@ def test_tinysaver_output_recorder_layout_imports(tmp_path):
     (["--target", "x"], ["required", "--max-drop", "--help"]),
 ])
 def test_usage_errors_are_one_line(args, fragments):
-    assert_user_error(run_cli(*args), *fragments)
+    assert_user_error(run_main(*args), *fragments)
 
 
 def test_report_of_a_file_that_is_not_a_storage(tmp_path, labels_csv):
-    assert_user_error(run_cli("report", "--storage", labels_csv, "--out", tmp_path / "r"), "is not an Optuna storage")
+    assert_user_error(run_main("report", "--storage", labels_csv, "--out", tmp_path / "r"), "is not an Optuna storage")
     assert not (tmp_path / "r").exists()
 
 
 def test_empty_space_yaml_is_an_error(store, tmp_path):
     space = tmp_path / "empty.yaml"
     space.write_text("# nothing here\n")
-    proc = run_cli("--data", str(store.path), "--space", str(space), "--target", "big.b", "--max-drop", "1")
+    proc = run_main("--data", str(store.path), "--space", str(space), "--target", "big.b", "--max-drop", "1")
     assert_user_error(proc, "is empty", "candidates.include")
 
 
 def test_unknown_target_suggests_the_architecture_it_contains():
-    proc = run_cli("--target", "efficientnet_b7", "--max-drop", "0.5")
+    proc = run_main("--target", "efficientnet_b7", "--max-drop", "0.5")
     assert_user_error(proc, "unknown model 'efficientnet_b7'", "did you mean tf_efficientnet_b7.")
