@@ -7,7 +7,7 @@ import math
 import optuna
 import pytest
 
-from conftest import make_store, run_cli
+from conftest import make_store, run_main
 from saver_search.errors import SaverSearchError
 from saver_search.plots import REPORT_FIGURES, plot_budget_sweep
 from saver_search.search import load_study, run_search, summarise
@@ -45,7 +45,7 @@ def assert_one_line_error(proc, *fragments: str) -> None:
 def test_report_rebuilt_in_fresh_process(store, storage, tmp_path):
     result = run_search(store, TARGET, 1.0, SAMPLED, storage=storage, study_name="s1", **PLUG_IN)
     out = tmp_path / "report"
-    proc = run_cli("report", "--storage", storage, "--out", str(out))
+    proc = run_main("report", "--storage", storage, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert str(out) in proc.stdout
     for name in REPORT_FIGURES:
@@ -63,7 +63,7 @@ def test_simulated_flag_in_summary_and_every_title(tmp_path):
     storage = f"sqlite:///{tmp_path / 'sim.db'}"
     zoo = SimulatedZoo(n_samples=2000)
     run_search(zoo, "convnextv2_huge", 1.0, SearchSpace(), candidates=["resnet50", "efficientnet_b0"], storage=storage)
-    proc = run_cli("report", "--storage", storage, "--out", str(tmp_path / "report"))
+    proc = run_main("report", "--storage", storage, "--out", str(tmp_path / "report"))
     assert proc.returncode == 0, proc.stderr
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert "(simulated)" in summary.splitlines()[0] and "SIMULATED" in summary
@@ -90,7 +90,7 @@ def test_resume_from_the_command_line(store, tmp_path):
     args = ["--data", str(store.path), "--target", TARGET, "--max-drop", "1", "--threshold", "sampled",
             "--trials", "20", "--storage", storage, "--study-name", "cli", "--json"]
     for _ in range(2):
-        proc = run_cli(*args)
+        proc = run_main(*args)
         assert proc.returncode == 0, proc.stderr
     assert len(load_study(storage, "cli").trials) == 40
 
@@ -131,7 +131,7 @@ def test_pareto_front_and_history_helpers(store, tmp_path):
 def test_pareto_mode_study_reports(store, tmp_path):
     storage = str(tmp_path / "pareto.log")
     run_search(store, TARGET, 1.0, SAMPLED, storage=storage, pareto=True)
-    proc = run_cli("report", "--storage", storage, "--out", str(tmp_path / "report"))
+    proc = run_main("report", "--storage", storage, "--out", str(tmp_path / "report"))
     assert proc.returncode == 0, proc.stderr
     assert "pareto (sampled)" in (tmp_path / "report" / "summary.md").read_text()
 
@@ -145,14 +145,14 @@ def test_budget_sweep_plot(store):
 @pytest.mark.parametrize("make_storage", ["sqlite:///{tmp}/missing.db", "{tmp}/missing.log"])
 def test_missing_storage_is_a_user_error(tmp_path, make_storage):
     storage = make_storage.format(tmp=tmp_path)
-    proc = run_cli("report", "--storage", storage, "--out", str(tmp_path / "report"))
+    proc = run_main("report", "--storage", storage, "--out", str(tmp_path / "report"))
     assert_one_line_error(proc, "no storage at", str(tmp_path / "missing"))
     assert not any(tmp_path.iterdir()), "a missing storage must not be created"
 
 
 def test_unknown_study_is_a_user_error(store, storage, tmp_path):
     run_search(store, TARGET, 1.0, SearchSpace(), storage=storage, study_name="real")
-    proc = run_cli("report", "--storage", storage, "--study-name", "nope", "--out", str(tmp_path / "report"))
+    proc = run_main("report", "--storage", storage, "--study-name", "nope", "--out", str(tmp_path / "report"))
     assert_one_line_error(proc, "no study named 'nope'", "real")
 
 
@@ -163,13 +163,13 @@ def test_unusable_studies_are_user_errors(store, tmp_path):
     empty = optuna.create_study(study_name="empty", storage=backend)
     for key, value in load_study(storage, "real").user_attrs.items():
         empty.set_user_attr(key, value)
-    assert_one_line_error(run_cli("report", "--storage", storage, "--study-name", "empty", "--out", out),
+    assert_one_line_error(run_main("report", "--storage", storage, "--study-name", "empty", "--out", out),
                           "'empty' has no complete trial")
     foreign = optuna.create_study(study_name="foreign", storage=backend)
     foreign.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
-    assert_one_line_error(run_cli("report", "--storage", storage, "--study-name", "foreign", "--out", out),
+    assert_one_line_error(run_main("report", "--storage", storage, "--study-name", "foreign", "--out", out),
                           "not written by saver_search")
-    assert_one_line_error(run_cli("report", "--storage", storage, "--out", out), "holds 3 studies")
+    assert_one_line_error(run_main("report", "--storage", storage, "--out", out), "holds 3 studies")
 
 
 def test_report_tells_untried_candidates_from_infeasible_ones(tmp_path):
@@ -180,7 +180,7 @@ def test_report_tells_untried_candidates_from_infeasible_ones(tmp_path):
                storage=storage)
     trace = load_trace(load_study(storage))
     tried = {o.first for o in trace.outcomes}
-    proc = run_cli("report", "--storage", storage, "--out", str(tmp_path / "report"))
+    proc = run_main("report", "--storage", storage, "--out", str(tmp_path / "report"))
     assert proc.returncode == 0, proc.stderr
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert f"{len(candidates) - len(tried)} of {len(candidates)} candidates were not tried." in summary

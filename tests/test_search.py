@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import make_store, run_cli
+from conftest import make_store, run_main
 from saver_search.errors import InvalidParameter, SaverSearchError, StudyMismatch
 from saver_search.importers import import_predictions
 from saver_search.search import load_study, run_search
@@ -117,7 +117,7 @@ def test_too_few_calibration_images_return_the_target_alone(tmp_path):
     assert result.split.calibration_images == 200
     assert "with 200 calibration images (100 certify the learned path of" in result.note
     assert "no cascade cheaper than the target keeps 0.5 points at 95%" in result.note
-    proc = run_cli("--data", str(small.path), "--target", "big_t.x", "--max-drop", "0.5")
+    proc = run_main("--data", str(small.path), "--target", "big_t.x", "--max-drop", "0.5")
     assert proc.returncode == 0, proc.stderr
     assert "best: serve the target alone (with 200 calibration images (100 certify" in proc.stdout
 
@@ -201,7 +201,7 @@ def test_exact_resume_does_not_repeat(store, tmp_path):
 
 
 def test_cli_json_has_the_documented_fields(store):
-    proc = run_cli("--data", str(store.path), "--target", "big_t", "--max-drop", "2", "--json")
+    proc = run_main("--data", str(store.path), "--target", "big_t", "--max-drop", "2", "--json")
     assert proc.returncode == 0, proc.stderr
     payload = json.loads(proc.stdout)
     assert {"data", "target", "split", "guarantee", "best", "alternatives", "n_trials", "evaluated", "missing"} <= set(payload)
@@ -222,25 +222,25 @@ def test_cli_json_has_the_documented_fields(store):
 
 
 def test_cli_table_says_which_figures_are_which(store):
-    proc = run_cli("--data", str(store.path), "--target", "big_t.x", "--max-drop", "2")
+    proc = run_main("--data", str(store.path), "--target", "big_t.x", "--max-drop", "2")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "best cascade:" in out and "test (held-out)" in out and "calibration" in out and "SIMULATED" not in out
     assert "95% bootstrap interval over the test images" in out and "with probability >= 95%" in out
-    in_sample = run_cli("--data", str(store.path), "--target", "big_t.x", "--max-drop", "2", "--calibration", "all")
+    in_sample = run_main("--data", str(store.path), "--target", "big_t.x", "--max-drop", "2", "--calibration", "all")
     assert in_sample.returncode == 0 and "in-sample (optimistic)" in in_sample.stdout
     assert "test (held-out)" not in in_sample.stdout
 
 
 def test_default_run_is_simulated_and_says_so_everywhere():
-    proc = run_cli("--target", "convnextv2_huge", "--max-drop", "0.5", "--trials", "15", "--json")
+    proc = run_main("--target", "convnextv2_huge", "--max-drop", "0.5", "--trials", "15", "--json")
     assert proc.returncode == 0, proc.stderr
     payload = json.loads(proc.stdout)
     assert payload["simulated"] is True and "SIMULATED" in payload["note_simulated"] and "simulated" in payload["data"].lower()
     assert payload["target"]["name"] == "convnextv2_huge.fcmae_ft_in22k_in1k_384"
     assert payload["n_trials"] == 15 and payload["best"]["test"]["reduction"] > 0
     assert payload["split"]["test_images"] == payload["split"]["calibration_images"] == 25_000
-    table = run_cli("--target", "convnextv2_huge", "--max-drop", "0.5", "--trials", "15")
+    table = run_main("--target", "convnextv2_huge", "--max-drop", "0.5", "--trials", "15")
     assert table.returncode == 0 and table.stdout.startswith("SIMULATED") and table.stdout.rstrip().endswith(
         "before deploying a cascade.")
 
@@ -267,14 +267,14 @@ def test_cli_latency_cost_measures_real_models(tmp_path, monkeypatch):
     monkeypatch.setenv("SAVER_SEARCH_CACHE", str(tmp_path / "cache"))
     models = {"test_vit.r160_in1k": (0.6, 0.0381), "test_efficientnet.r160_in1k": (0.65, 0.0584), "resnet10t.c3_in1k": (0.9, 0.7017)}
     store = make_store(tmp_path / "s", n=500, models=models)
-    proc = run_cli("--data", str(store.path), "--target", "resnet10t", "--max-drop", "1", "--cost", "latency",
+    proc = run_main("--data", str(store.path), "--target", "resnet10t", "--max-drop", "1", "--cost", "latency",
                    "--calibration", "all", "--guarantee", "none", "--json")
     assert proc.returncode == 0, proc.stderr
     payload = json.loads(proc.stdout)
     assert payload["cost"] == "latency" and payload["target"]["latency_ms"] > 0
     assert payload["best"]["calibration"]["latency_ms"] > 0
     assert "latency" in json.loads((tmp_path / "cache" / "costs.json").read_text())
-    table = run_cli("--data", str(store.path), "--target", "resnet10t", "--max-drop", "1", "--cost", "latency")
+    table = run_main("--data", str(store.path), "--target", "resnet10t", "--max-drop", "1", "--cost", "latency")
     assert table.returncode == 0 and "ms/image" in table.stdout
 
 
