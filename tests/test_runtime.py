@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli
+from conftest import run_main
 from saver_search.cascade import CascadeSpec, cascade_answers
 from saver_search.cascade_file import CascadeFile, ModelFile
 from saver_search.committees import stage_outputs
@@ -100,7 +100,7 @@ def test_real_weights_same_answer_offline_and_online(photos: Path, tmp_path: Pat
     weights = ["--checkpoint", f"efficientnet_lite0={lite0}", "--checkpoint", f"efficientnet_lite2={lite2}",
                "--no-pretrained", "--batch-size", 16]
     # label each image by lite2's own answer (agreement with the target), so that lite0 is worse on some images
-    first = run_cli("cache", "--data", tmp_path / "by-folder", "--images", photos, "--models", "efficientnet_lite2",
+    first = run_main("cache", "--data", tmp_path / "by-folder", "--images", photos, "--models", "efficientnet_lite2",
                     "--checkpoint", f"efficientnet_lite2={lite2}", "--no-pretrained")
     assert first.returncode == 0, first.stderr
     by_folder = PredictionStore(tmp_path / "by-folder")
@@ -108,13 +108,13 @@ def test_real_weights_same_answer_offline_and_online(photos: Path, tmp_path: Pat
     labels = tmp_path / "labels.csv"
     labels.write_text("file_name,label\n" + "".join(f"{i},{int(c)}\n" for i, c in zip(by_folder.sample_ids, lite2_answers)))
     store_path = tmp_path / "store"
-    cached = run_cli("cache", "--data", store_path, "--images", photos, "--labels", labels,
+    cached = run_main("cache", "--data", store_path, "--images", photos, "--labels", labels,
                      "--models", "efficientnet_lite0,efficientnet_lite2", *weights)
     assert cached.returncode == 0, cached.stderr
     store = PredictionStore(store_path)
     names = store.model_names()
     target = next(n for n in names if n.startswith("efficientnet_lite2"))
-    searched = run_cli("--data", store_path, "--target", target, "--max-drop", "20", "--calibration", "all",
+    searched = run_main("--data", store_path, "--target", target, "--max-drop", "20", "--calibration", "all",
                        "--guarantee", "none", "--save-cascade", tmp_path / "cascade.json", "--json")
     assert searched.returncode == 0, searched.stderr
     result = json.loads(searched.stdout)
@@ -124,10 +124,10 @@ def test_real_weights_same_answer_offline_and_online(photos: Path, tmp_path: Pat
     assert cascade.models[first].provenance.weights == "checkpoint"
     assert cascade.models[first].provenance.data_config["input_size"] == [3, 224, 224]
     assert cascade.models[last].provenance.data_config["input_size"] == [3, 260, 260]
-    exported = run_cli("export", "--storage", "unused", "--out", tmp_path / "x.json")  # no storage: one-line error
+    exported = run_main("export", "--storage", "unused", "--out", tmp_path / "x.json")  # no storage: one-line error
     assert exported.returncode == 2
 
-    predicted = run_cli("predict", "--cascade", tmp_path / "cascade.json", "--images", photos, "--labels", labels,
+    predicted = run_main("predict", "--cascade", tmp_path / "cascade.json", "--images", photos, "--labels", labels,
                         "--out", tmp_path / "predictions.csv", "--batch-size", 7)
     assert predicted.returncode == 0, predicted.stderr
     online = read_predictions(tmp_path / "predictions.csv")
@@ -146,11 +146,11 @@ def test_real_weights_same_answer_offline_and_online(photos: Path, tmp_path: Pat
     assert "images/s vs target alone" in predicted.stdout and "GMACs predict" in predicted.stdout
 
     # held out: the search chooses on half the images; predict --split test runs the other half, the search's test part
-    held_out = run_cli("--data", store_path, "--target", target, "--max-drop", "20", "--guarantee", "none",
+    held_out = run_main("--data", store_path, "--target", target, "--max-drop", "20", "--guarantee", "none",
                        "--save-cascade", tmp_path / "held-out.json", "--json")
     assert held_out.returncode == 0, held_out.stderr
     test_figures = json.loads(held_out.stdout)["best"]["test"]
-    on_test = run_cli("predict", "--cascade", tmp_path / "held-out.json", "--images", photos, "--labels", labels,
+    on_test = run_main("predict", "--cascade", tmp_path / "held-out.json", "--images", photos, "--labels", labels,
                       "--out", tmp_path / "test.csv", "--split", "test", "--data", store_path)
     assert on_test.returncode == 0, on_test.stderr
     assert len(read_predictions(tmp_path / "test.csv")) == test_figures["images"] == 32
@@ -162,7 +162,7 @@ def test_random_weights_three_stages_same_answer_offline_and_online(photos: Path
     """Three random-weight timm models, thresholds set at their median confidences: the runtime's exits and classes
     equal the offline evaluation of the same cascade, image by image."""
     models = ["test_efficientnet.r160_in1k", "test_vit.r160_in1k", "resnet10t.c3_in1k"]
-    cached = run_cli("cache", "--data", tmp_path / "store", "--images", photos, "--models", ",".join(models),
+    cached = run_main("cache", "--data", tmp_path / "store", "--images", photos, "--models", ",".join(models),
                      "--no-pretrained", "--batch-size", 16)
     assert cached.returncode == 0, cached.stderr
     store = PredictionStore(tmp_path / "store")
@@ -172,7 +172,7 @@ def test_random_weights_three_stages_same_answer_offline_and_online(photos: Path
                           models={name: ModelFile(store.model(name).meta.gmacs, store.model(name).meta.provenance)
                                   for name in models})
     cascade.save(tmp_path / "cascade.json")
-    predicted = run_cli("predict", "--cascade", tmp_path / "cascade.json", "--images", photos,
+    predicted = run_main("predict", "--cascade", tmp_path / "cascade.json", "--images", photos,
                         "--out", tmp_path / "predictions.csv", "--batch-size", 5, "--workers", 2)
     assert predicted.returncode == 0, predicted.stderr
     online = read_predictions(tmp_path / "predictions.csv")
@@ -188,7 +188,7 @@ def test_committee_stage_same_answer_offline_and_online_and_a_model_runs_once_pe
     from saver_search.runtime import CascadeClassifier
 
     a, b, c = "test_efficientnet.r160_in1k", "test_vit.r160_in1k", "resnet10t.c3_in1k"
-    cached = run_cli("cache", "--data", tmp_path / "store", "--images", photos, "--models", f"{a},{b},{c}",
+    cached = run_main("cache", "--data", tmp_path / "store", "--images", photos, "--models", f"{a},{b},{c}",
                      "--no-pretrained", "--batch-size", 16, "--logits")
     assert cached.returncode == 0, cached.stderr
     store = PredictionStore(tmp_path / "store")
@@ -204,7 +204,7 @@ def test_committee_stage_same_answer_offline_and_online_and_a_model_runs_once_pe
                           models={m: ModelFile(store.model(m).meta.gmacs, store.model(m).meta.provenance) for m in (a, b, c)})
     assert cascade.stage_gmacs() == [store.model(a).meta.gmacs, store.model(b).meta.gmacs, store.model(c).meta.gmacs]
     cascade.save(tmp_path / "cascade.json")
-    predicted = run_cli("predict", "--cascade", tmp_path / "cascade.json", "--images", photos,
+    predicted = run_main("predict", "--cascade", tmp_path / "cascade.json", "--images", photos,
                         "--out", tmp_path / "predictions.csv", "--batch-size", 9)
     assert predicted.returncode == 0, predicted.stderr
     online = read_predictions(tmp_path / "predictions.csv")
@@ -278,7 +278,7 @@ def test_bad_cascade_files_are_one_line_errors(tmp_path: Path, photos: Path, edi
     data = two_stage_file()
     edit(data)
     (tmp_path / "c.json").write_text(json.dumps(data))
-    proc = run_cli("predict", "--cascade", tmp_path / "c.json", "--images", photos, "--out", tmp_path / "p.csv")
+    proc = run_main("predict", "--cascade", tmp_path / "c.json", "--images", photos, "--out", tmp_path / "p.csv")
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and fragment in lines[0], proc.stderr
     assert not (tmp_path / "p.csv").exists()
@@ -299,7 +299,7 @@ def test_mismatched_checkpoint_names_the_tensor_and_class_sets_must_agree(tmp_pa
         "test_efficientnet.r160_in1k": ModelFile(0.06, Provenance(weights="checkpoint", checkpoint=str(wrong))),
         "resnet10t.c3_in1k": ModelFile(0.7, RANDOM)})
     cascade.save(tmp_path / "c.json")
-    proc = run_cli("predict", "--cascade", tmp_path / "c.json", "--images", photos, "--out", tmp_path / "p.csv")
+    proc = run_main("predict", "--cascade", tmp_path / "c.json", "--images", photos, "--out", tmp_path / "p.csv")
     assert proc.returncode == 2 and "does not fit timm's test_efficientnet.r160_in1k" in proc.stderr and "first:" in proc.stderr
     timm.create_model("resnet10t", num_classes=10)
     ten = tmp_path / "ten.pth"
@@ -321,10 +321,10 @@ def test_unreadable_image_fails_or_is_skipped(tmp_path: Path, photos: Path) -> N
     shutil.copytree(photos, folder)
     (folder / "n02123045" / "broken.jpg").write_bytes(b"not a jpeg")
     random_cascade([("resnet10t.c3_in1k",)], [], {"resnet10t.c3_in1k": 0.7}).save(tmp_path / "c.json")
-    failed = run_cli("predict", "--cascade", tmp_path / "c.json", "--images", folder, "--out", tmp_path / "p.csv")
+    failed = run_main("predict", "--cascade", tmp_path / "c.json", "--images", folder, "--out", tmp_path / "p.csv")
     assert failed.returncode == 2 and "cannot read" in failed.stderr and "broken.jpg" in failed.stderr
     assert "--on-corrupt skip" in failed.stderr and not (tmp_path / "p.csv").exists()
-    skipped = run_cli("predict", "--cascade", tmp_path / "c.json", "--images", folder, "--out", tmp_path / "p.csv",
+    skipped = run_main("predict", "--cascade", tmp_path / "c.json", "--images", folder, "--out", tmp_path / "p.csv",
                       "--on-corrupt", "skip")
     assert skipped.returncode == 0, skipped.stderr
     assert "skipped unreadable image" in skipped.stderr and len(read_predictions(tmp_path / "p.csv")) == 64
