@@ -118,7 +118,7 @@ def main() -> None:
         worker_counts = [int(w) for w in args.workers.split(",")]
         bare_s = float("inf")
         pipeline = {workers: (float("inf"), float("inf")) for workers in worker_counts}
-        shared = {True: float("inf"), False: float("inf")}
+        shared = {(workers, share): float("inf") for workers in worker_counts for share in (True, False)}
         for repeat in range(args.repeats):  # interleaved, so a busy spell on a shared machine hits all alike
             bare_s = min(bare_s, bare_forward(model, batches, config, device, amp))
             for workers in worker_counts:
@@ -128,13 +128,12 @@ def main() -> None:
                 summary = cache_model(store, images, cost, Weights(pretrained=False), options)
                 wall = time.perf_counter() - start
                 pipeline[workers] = min(pipeline[workers], (summary.seconds, wall))
-            for share in shared:
-                store = open_or_create_store(root / f"shared-{share}-{repeat}", dataset, workers=2).store
-                options = RunOptions(batch_size=args.batch_size, workers=worker_counts[-1], device=str(device),
-                                     amp=args.amp)
+            for workers, share in shared:
+                store = open_or_create_store(root / f"shared-{workers}-{share}-{repeat}", dataset, workers=2).store
+                options = RunOptions(batch_size=args.batch_size, workers=workers, device=str(device), amp=args.amp)
                 start = time.perf_counter()
                 list(cache_models(store, images, pair, options, share_decode=share))
-                shared[share] = min(shared[share], time.perf_counter() - start)
+                shared[workers, share] = min(shared[workers, share], time.perf_counter() - start)
 
         n = len(dataset)
         print(f"{cost.name} ({cost.gmacs} GMACs at {cost.img_size}px), {n} JPEGs ~350-500 px, batch {args.batch_size}, "
@@ -148,11 +147,12 @@ def main() -> None:
             print(f"{f'cache pipeline, {workers} workers':36s}{n / loop_s:10.1f}{bare_s / loop_s:10.2f}"
                   f"   (with model load and store write: {n / wall_s:.1f} images/s)")
         names = f"{cost.name} + {shared_cost.name}"
-        print(f"\nshared decoding, {names}, {worker_counts[-1]} workers (model-images/s, model load and store "
-              "write included)")
+        print(f"\nshared decoding, {names} (model-images/s, model load and store write included)")
         print(f"{'':36s}{'images/s':>10s}{'vs apart':>10s}")
-        print(f"{'one decoding pass per model':36s}{2 * n / shared[False]:10.1f}{'1.00':>10s}")
-        print(f"{'one pass shared by both':36s}{2 * n / shared[True]:10.1f}{shared[False] / shared[True]:10.2f}")
+        for workers in worker_counts:
+            apart, together = shared[workers, False], shared[workers, True]
+            print(f"{f'{workers} workers, one pass per model':36s}{2 * n / apart:10.1f}{'1.00':>10s}")
+            print(f"{f'{workers} workers, one pass shared by both':36s}{2 * n / together:10.1f}{apart / together:10.2f}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
