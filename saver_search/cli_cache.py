@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -63,22 +64,33 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Cache this shard's models into the store, creating the store from the images on first use."""
-    from saver_search import caching, costs, images, models
+    from saver_search import images, models
     from saver_search.naming import resolve_timm_name
 
     devices = _devices(args)
     names = _model_names(args.models, resolve_timm_name)
     checkpoints = _checkpoints(args.checkpoint, names, resolve_timm_name)
+    dataset = images.list_images(args.images, args.labels)
+    with contextlib.ExitStack() as cleanup:
+        engine = None
+        if args.engine == "ray":  # connected before the store is made
+            from saver_search.ray_engine import RayEngine
+
+            engine = RayEngine(args.ray_address)
+            cleanup.callback(engine.close)
+        else:
+            for device in devices or [args.device]:
+                models.resolve_device(device)
+        code = _cache(args, names, checkpoints, dataset, devices, engine)
+    return code
+
+
+def _cache(args: argparse.Namespace, names: list[str], checkpoints: dict[str, Path], dataset: Any,
+           devices: list[str] | None, engine: Any) -> int:
+    from saver_search import caching, costs, images, models
+
     index, count = args.shard
     mine = names[index - 1 :: count]
-    dataset = images.list_images(args.images, args.labels)
-    if args.engine == "ray":  # before the store is made
-        from saver_search.ray_engine import check_ray
-
-        check_ray()
-    else:
-        for device in devices or [args.device]:
-            models.resolve_device(device)
     models.check_before_caching(mine, checkpoints, args.num_classes)
     scan_workers = min(8, os.cpu_count() or 1) if args.workers is None else args.workers
     setup = images.open_or_create_store(
@@ -94,24 +106,14 @@ def run(args: argparse.Namespace) -> int:
     if not mine:
         print(f"shard {index}/{count} has no models ({len(names)} models in all)", file=sys.stderr)
         return 0
-    model_costs = [costs.get_cost(name) for name in mine]
     options = caching.RunOptions(
         batch_size=args.batch_size, workers=args.workers, device=args.device, amp=args.amp, logits=args.logits,
         chunk_size=args.chunk_size, force=args.force,
     )
-    jobs = [(cost, models.Weights(checkpoint=checkpoints.get(cost.name), pretrained=not args.no_pretrained))
-            for cost in model_costs]
-    engine = None
-    if args.engine == "ray":
-        from saver_search.ray_engine import RayEngine
-
-        engine = RayEngine(args.ray_address)
-    try:
-        for summary in caching.cache_models(store, dataset.root, jobs, options, devices=devices, engine=engine):
-            print(summary.line(), flush=True)
-    finally:
-        if engine is not None:
-            engine.close()
+    jobs = [(costs.get_cost(name), models.Weights(checkpoint=checkpoints.get(name), pretrained=not args.no_pretrained))
+            for name in mine]
+    for summary in caching.cache_models(store, dataset.root, jobs, options, devices=devices, engine=engine):
+        print(summary.line(), flush=True)
     return 0
 
 

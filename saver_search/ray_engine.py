@@ -28,12 +28,8 @@ from saver_search.models import Weights
 from saver_search.store import PredictionStore
 
 INSTALL_HINT = "pip install 'saver_search[ray]'"
+REACH_TIMEOUT_S = 5.0
 ACTOR_RESTARTS = 8  # actors that may die per model before the run gives up (a kill, a lost node)
-
-
-def check_ray() -> None:
-    """Raise one line naming the extra to install when Ray is missing."""
-    _import_ray()
 
 
 def _import_ray() -> Any:
@@ -42,6 +38,21 @@ def _import_ray() -> Any:
     except ModuleNotFoundError:
         raise SaverSearchError(f"<engine=ray> needs Ray, which is not installed: {INSTALL_HINT}") from None
     return ray
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in one line when ``HOST:PORT`` (or ``ray://HOST:PORT``) does not answer, instead of Ray's minutes of
+    retries; other forms (``auto``) are left to Ray."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not (sep and host and port.isdigit()):
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as err:
+        raise SaverSearchError(f"cannot reach the Ray cluster at {address} ({err.strerror or err}): start it (ray start "
+                               "--head) or fix <ray_address>; leave it out to start a local cluster") from None
 
 
 class _CacheWorker:
@@ -77,6 +88,8 @@ class RayEngine(CacheEngine):
     def __init__(self, address: str | None = None, actors: int | None = None) -> None:
         ray = self._ray = _import_ray()
         self.connected_here = not ray.is_initialized()
+        if address is not None:
+            _check_reachable(address)
         if self.connected_here:
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)

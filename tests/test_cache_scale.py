@@ -182,6 +182,7 @@ def test_a_device_workers_error_is_one_line_and_finished_chunks_are_kept(photos:
     (["--devices", "cpu", "--device", "cpu"], "--devices and --device both given"),
     (["--devices", ","], "--devices is empty"),
     (["--ray-address", "auto"], "--ray-address needs --engine ray"),
+    (["--engine", "ray", "--ray-address", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),
 ])
 def test_bad_devices_are_one_line_before_the_store_is_made(photos: Path, tmp_path: Path, capsys, args, fragment):
     code, _, err = cli(capsys, "cache", "--data", tmp_path / "s", "--images", photos, "--models", "resnet10t", *args)
