@@ -4,9 +4,7 @@ cascade file, an image folder)."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import shutil
 from pathlib import Path
@@ -15,8 +13,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from conftest import make_store
-from saver_search.cli import main
+from conftest import make_store, run_main
 
 MODELS = {"small.a": (0.6, 1.0), "mid.b": (0.75, 3.0), "big.t": (0.9, 9.0)}
 
@@ -44,14 +41,8 @@ def world(tmp_path_factory) -> Path:
 
 
 def _main(*argv: object) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in argv])
-            code = 0
-        except SystemExit as exit_:
-            code = int(exit_.code or 0)
-    return code, out.getvalue(), err.getvalue()
+    proc = run_main(*argv)
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 def snapshot(folder: Path) -> dict:
