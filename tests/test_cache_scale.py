@@ -221,7 +221,12 @@ def ray_cluster() -> str:
         patch.undo()
         pytest.skip(f"a local Ray head could not be started: {started.stderr.strip().splitlines()[-1:]}")
     address = f"127.0.0.1:{port}"
-    ray.init(address=address, log_to_driver=False)
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except Exception as err:  # a head that started but cannot be joined here: say why, and clean up
+        subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, env=env, timeout=120)
+        patch.undo()
+        pytest.skip(f"the local Ray head at {address} could not be joined: {str(err).splitlines()[:1]}")
     yield address
     ray.shutdown()
     subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, env=env, timeout=120)
