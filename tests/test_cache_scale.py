@@ -151,7 +151,8 @@ def test_cache_reads_a_models_file(photos: Path, tmp_path: Path, capsys) -> None
 
 
 def test_two_cpu_devices_share_the_models_and_store_the_same_bytes(photos: Path, reference: Path, tmp_path: Path,
-                                                                  capsys) -> None:
+                                                                  capsys, monkeypatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # each of the two workers then runs one thread, as the reference
     code, out, err = cli(capsys, "cache", "--data", tmp_path / "s", "--images", photos, "--models",
                          ",".join(MODELS), "--devices", "cpu,cpu", *CACHE_FLAGS)
     assert code == 0, err
