@@ -58,7 +58,11 @@ def _check_reachable(address: str) -> None:
 class _CacheWorker:
     """A Ray actor: one model at a time on its device (its GPU, or one CPU slot), the store's image ids known."""
 
-    def __init__(self) -> None:
+    def __init__(self, cpu_threads: int | None) -> None:
+        if cpu_threads is not None:  # a CPU actor runs on the slots it holds, whatever OMP_NUM_THREADS says
+            import torch
+
+            torch.set_num_threads(cpu_threads)
         self.runner: ModelRunner | None = None
         self.root: Path | None = None
         self.sample_ids: np.ndarray | None = None
@@ -107,7 +111,7 @@ class RayEngine(CacheEngine):
         assert self.kind is not None
         resource, amount = self.kind
         options = {"num_gpus": amount} if resource == "GPU" else {"num_cpus": amount}
-        return self._ray.remote(**options)(_CacheWorker).remote()
+        return self._ray.remote(**options)(_CacheWorker).remote(None if resource == "GPU" else int(amount))
 
     def _start_actors(self, device: str | None) -> None:
         resources = self._ray.cluster_resources()
