@@ -136,6 +136,11 @@ class ImageLatents:
         return self._factors[key]
 
 
+def listed_classes(latents: ImageLatents, k: int = TOP_K) -> int:
+    """How many classes a simulated model lists per image: ``k``, or fewer when the latents have fewer confusers."""
+    return min(k, 1 + latents.confusers.shape[0])
+
+
 def simulate_predictions(
     latents: ImageLatents,
     name: str,
@@ -180,7 +185,7 @@ def simulate_predictions(
     boundaries = params.top5_depth * np.sqrt(np.arange(1, TOP_K) / (TOP_K - 1))
     true_rank = np.where(correct, 0, np.minimum(1 + np.searchsorted(boundaries, -margin), n_confusers))
 
-    k = min(k, 1 + n_confusers)
+    k = listed_classes(latents, k)
     columns = np.arange(n)
     classes = np.empty((k, n), dtype=np.int32)
     classes[0] = np.where(correct, latents.labels, latents.confusers[wrong_pick, columns])
@@ -286,7 +291,7 @@ class SimulatedZoo:
     def meta(self, name: str) -> ModelMeta:
         """What ``model(name).meta`` says, without simulating the model."""
         entry = self._entry(name)
-        return self._meta(name, entry.gmacs, TOP_K, entry.img_size)
+        return self._meta(name, entry.gmacs, listed_classes(self._latents), entry.img_size)
 
     @staticmethod
     def _meta(name: str, gmacs: float, k: int, img_size: int | None) -> ModelMeta:

@@ -143,6 +143,8 @@ def test_the_zoo_keeps_few_models_makes_the_others_again_alike_and_knows_them_wi
     np.testing.assert_array_equal(again.probs, first[names[0]].probs)
     for name in names:
         assert zoo.meta(name) == first[name].meta
+    few = SimulatedZoo(n_samples=300, n_classes=3)  # fewer classes than the top-5 lists
+    assert few.meta(names[0]) == few.model(names[0]).meta and few.meta(names[0]).k == 3
     digests = {zoo.content_digest(name) for name in names}
     assert len(digests) == len(names)
     assert SimulatedZoo(n_samples=3000).content_digest(names[0]) == zoo.content_digest(names[0])
