@@ -253,14 +253,9 @@ class ModelRunner:
                 part["logits"] = logits.half().cpu().numpy()
         return part
 
-    def parts(self, root: Path, sample_ids: np.ndarray, indices: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
-        """The top-k of the images ``indices``, one batch at a time, in order."""
-        for batch, batch_indices in self.batches(root, sample_ids, indices):
-            yield self.predict(batch, batch_indices)
-
     def chunk(self, root: Path, sample_ids: np.ndarray, indices: np.ndarray) -> dict[str, np.ndarray]:
         """The top-k of the images ``indices`` as one chunk."""
-        return concat_parts(list(self.parts(root, sample_ids, indices)))
+        return concat_parts([self.predict(batch, part) for batch, part in self.batches(root, sample_ids, indices)])
 
 
 @dataclass(frozen=True)
@@ -306,10 +301,7 @@ class LocalEngine(CacheEngine):
 
     def predict(self, todo: np.ndarray, partial: "_Partial", bar: tqdm) -> None:
         assert self.runner is not None and self.images is not None, "load() first"
-        with _ChunkWriter(partial, aligned_chunk_size(self.runner.options)) as writer:
-            for part in self.runner.parts(*self.images, todo):
-                writer.add(part)
-                bar.update(len(part["indices"]))
+        _predict_pass([(self.runner, partial)], *self.images, todo, bar)
         self.runner = None
 
 
@@ -340,6 +332,19 @@ class _ChunkWriter:
         self._flush()
 
 
+def _predict_pass(runs: list[tuple[ModelRunner, "_Partial"]], root: Path, sample_ids: np.ndarray, todo: np.ndarray,
+                  bar: tqdm) -> None:
+    """One pass over the images ``todo``, decoded for the first model: every model predicts each batch and keeps
+    its chunks in its own partial folder (models that resize and crop alike share the pass)."""
+    size = aligned_chunk_size(runs[0][0].options)
+    with contextlib.ExitStack() as writers:
+        outputs = [writers.enter_context(_ChunkWriter(partial, size)) for _, partial in runs]
+        for batch, indices in runs[0][0].batches(root, sample_ids, todo):
+            for (runner, _), writer in zip(runs, outputs):
+                writer.add(runner.predict(batch, indices))
+            bar.update(len(indices))
+
+
 def aligned_chunk_size(options: RunOptions) -> int:
     """``chunk_size`` rounded up to whole batches, so a chunk never splits a batch (every engine runs the same
     batches, hence stores the same bytes)."""
@@ -360,16 +365,24 @@ def cache_model(
     working on; resumes from the model's partial chunks when the settings match. ``engine``: where the model runs
     (default: this process; :class:`saver_search.ray_engine.RayEngine` for a Ray cluster).
     """
-    name = cost.name
+    with contextlib.ExitStack() as locks:
+        skipped = _claim(store, cost.name, options, locks)
+        if skipped is not None:
+            return skipped
+        return _run(store, root, cost, weights, options, store.path / ".partial" / cost.name, engine or LocalEngine())
+
+
+def _claim(store: PredictionStore, name: str, options: RunOptions, locks: contextlib.ExitStack) -> CacheSummary | None:
+    """Take model ``name``'s lock, held until ``locks`` closes; what to report instead of running it when another
+    process holds the lock or the store already has the model (unless ``options.force``)."""
     partial_root = store.path / ".partial"
     partial_root.mkdir(exist_ok=True)
-    with _exclusive(partial_root / f"{name}.lock") as acquired:
-        if not acquired:
-            return CacheSummary(name, "busy")
-        if store.has_model(name) and not options.force:
-            shutil.rmtree(partial_root / name, ignore_errors=True)  # a kill between storing and cleaning left it
-            return CacheSummary(name, "already cached")
-        return _run(store, root, cost, weights, options, partial_root / name, engine or LocalEngine())
+    if not locks.enter_context(_exclusive(partial_root / f"{name}.lock")):
+        return CacheSummary(name, "busy")
+    if store.has_model(name) and not options.force:
+        shutil.rmtree(partial_root / name, ignore_errors=True)  # a kill between storing and cleaning left it
+        return CacheSummary(name, "already cached")
+    return None
 
 
 @dataclass
@@ -481,8 +494,6 @@ def cache_models(
             else:
                 yield from _cache_shared(store, root, group, options)
         return
-    for device in devices:
-        resolve_device(device)  # every device exists before any worker starts
     yield from _on_devices(store, root, list(models), options, list(devices))
 
 
@@ -521,50 +532,38 @@ def _decode_groups(models: Sequence[tuple[ModelCost, Weights]]) -> list[list[tup
 def _cache_shared(store: PredictionStore, root: Path, models: list[tuple[ModelCost, Weights]],
                   options: RunOptions) -> Iterator[CacheSummary]:
     """Cache models that resize and crop alike in one pass over the images; a model whose loaded config or
-    resumable state differs from the first one's runs on its own afterwards."""
-    partial_root = store.path / ".partial"
-    partial_root.mkdir(exist_ok=True)
+    resumable state differs from the first one's gets a pass of its own afterwards (already loaded, still locked)."""
     with contextlib.ExitStack() as locks:
-        jobs: list[tuple[_Job, ModelRunner]] = []
-        alone: list[tuple[ModelCost, Weights]] = []
+        passes: list[list[tuple[_Job, ModelRunner]]] = []
         for cost, weights in models:
-            if not locks.enter_context(_exclusive(partial_root / f"{cost.name}.lock")):
-                yield CacheSummary(cost.name, "busy")
-                continue
-            if store.has_model(cost.name) and not options.force:
-                shutil.rmtree(partial_root / cost.name, ignore_errors=True)
-                yield CacheSummary(cost.name, "already cached")
+            skipped = _claim(store, cost.name, options, locks)
+            if skipped is not None:
+                yield skipped
                 continue
             runner = ModelRunner(cost.name, weights, options, store.n_classes, str(store.path))
-            job = _open_job(store, cost, weights, runner.facts, options, partial_root / cost.name)
-            if jobs and (decode_key(runner.config) != decode_key(jobs[0][1].config)
-                         or not np.array_equal(job.todo, jobs[0][0].todo)):
-                alone.append((cost, weights))
-                continue
-            jobs.append((job, runner))
-        if jobs:
-            yield from _shared_pass(store, root, jobs, options)
-    for cost, weights in alone:  # their locks are released: cache_model takes them again
-        yield cache_model(store, root, cost, weights, options)
+            job = _open_job(store, cost, weights, runner.facts, options, store.path / ".partial" / cost.name)
+            first = passes[0][0] if passes else None
+            if first is not None and decode_key(runner.config) == decode_key(first[1].config) \
+                    and np.array_equal(job.todo, first[0].todo):
+                passes[0].append((job, runner))
+            else:
+                passes.append([(job, runner)])
+        for runs in passes:
+            yield from _shared_pass(store, root, runs, options)
 
 
-def _shared_pass(store: PredictionStore, root: Path, jobs: list[tuple[_Job, ModelRunner]],
+def _shared_pass(store: PredictionStore, root: Path, runs: list[tuple[_Job, ModelRunner]],
                  options: RunOptions) -> Iterator[CacheSummary]:
-    todo = jobs[0][0].todo
+    todo = runs[0][0].todo
     start = time.perf_counter()
     if todo.size:
-        label = " + ".join(job.facts.arch or job.cost.name for job, _ in jobs)
-        with contextlib.ExitStack() as writers, tqdm(total=store.n_samples, initial=store.n_samples - todo.size,
-                                                     unit="img", desc=label, smoothing=0.05,
-                                                     position=options.bar_position) as bar:
-            chunk_size = aligned_chunk_size(options)
-            outputs = [writers.enter_context(_ChunkWriter(job.partial, chunk_size)) for job, _ in jobs]
-            for batch, indices in jobs[0][1].batches(root, np.asarray(store.sample_ids), todo):
-                for (_, runner), writer in zip(jobs, outputs):
-                    writer.add(runner.predict(batch, indices))
-                bar.update(len(indices))
+        label = " + ".join(job.facts.arch or job.cost.name for job, _ in runs)
+        with tqdm(total=store.n_samples, initial=store.n_samples - todo.size, unit="img", desc=label, smoothing=0.05,
+                  position=options.bar_position) as bar:
+            _predict_pass([(runner, job.partial) for job, runner in runs], root, np.asarray(store.sample_ids), todo,
+                          bar)
     seconds = time.perf_counter() - start
-    for job, _ in jobs:
+    for job, _ in runs:
         yield _finish(store, job, options, seconds)
 
 
@@ -575,12 +574,12 @@ def _on_devices(store: PredictionStore, root: Path, models: list[tuple[ModelCost
 
     context = multiprocessing.get_context("spawn")  # a fresh interpreter per device: no forked CUDA state
     messages = context.Queue()
-    on_cpu = sum(resolve_device(device).type == "cpu" for device in devices)
-    threads = max(1, (os.cpu_count() or 1) // on_cpu) if on_cpu else None  # CPU workers share the cores
+    on_cpu = [resolve_device(device).type == "cpu" for device in devices]  # every device exists before any starts
+    threads = max(1, (os.cpu_count() or 1) // max(1, sum(on_cpu)))  # CPU workers share the cores
     workers = [context.Process(target=_device_worker, daemon=True,
                                args=(messages, slot, store.path, root, models,
-                                     replace(options, device=device, bar_position=slot), threads))
-               for slot, device in enumerate(devices)]
+                                     replace(options, device=device, bar_position=slot), threads if cpu else None))
+               for slot, (device, cpu) in enumerate(zip(devices, on_cpu))]
     for worker in workers:
         worker.start()
     other: dict[str, CacheSummary] = {}
@@ -619,8 +618,9 @@ def _on_devices(store: PredictionStore, root: Path, models: list[tuple[ModelCost
 
 def _device_worker(messages: Any, slot: int, store_path: Path, root: Path, models: list[tuple[ModelCost, Weights]],
                    options: RunOptions, cpu_threads: int | None) -> None:
-    """One device's process of :func:`cache_models`: walks the list, reports each model, then ``done``."""
-    if cpu_threads is not None and resolve_device(options.device).type == "cpu":
+    """One device's process of :func:`cache_models`: walks the list, reports each model, then ``done``
+    (``cpu_threads``: torch threads of a CPU worker)."""
+    if cpu_threads is not None:
         torch.set_num_threads(cpu_threads)
     try:
         store = PredictionStore(store_path)
