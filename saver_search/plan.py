@@ -209,11 +209,11 @@ def _price(target: str, target_gmacs: float, max_drop: float, images: int, limit
     if limit is not None and head.gpu_hours > limit:
         raise InvalidParameter("gpu_hours", f"is {limit:g}, but caching the target {target} alone takes "
                                f"{head.gpu_hours:.2f} GPU-hours on {images:,} images: give at least that")
-    kept, left_out, used = [head], [], head.gpu_hours
+    kept, left_out, used, listed = [head], [], head.gpu_hours, {target}
     for outcome in cascades:
         new = [priced(m, "answer" if m in answer_models else "companion", outcome)
-               for m in dict.fromkeys(m for stage in outcome.cascade.stages for m in stage)
-               if all(m != p.name for p in [*kept, *left_out])]
+               for m in dict.fromkeys(m for stage in outcome.cascade.stages for m in stage) if m not in listed]
+        listed.update(model.name for model in new)
         cost = sum(model.gpu_hours for model in new)
         if limit is None or used + cost <= limit:
             kept.extend(new)

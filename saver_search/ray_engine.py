@@ -103,15 +103,13 @@ class RayEngine(CacheEngine):
                                        "<ray_address> (or leave it out to start a local cluster)") from None
         self.max_actors = actors
         self.actors: list[Any] = []
-        self.kind: tuple[str, float] | None = None
+        self.on_gpu: bool | None = None  # the actors' kind: one GPU each, or one CPU slot each
         self.job: tuple[Any, ...] | None = None
         self.restarts = 0
 
     def _new_actor(self) -> Any:
-        assert self.kind is not None
-        resource, amount = self.kind
-        options = {"num_gpus": amount} if resource == "GPU" else {"num_cpus": amount}
-        return self._ray.remote(**options)(_CacheWorker).remote(None if resource == "GPU" else int(amount))
+        options = {"num_gpus": 1} if self.on_gpu else {"num_cpus": 1}
+        return self._ray.remote(**options)(_CacheWorker).remote(None if self.on_gpu else 1)
 
     def _start_actors(self, device: str | None) -> None:
         resources = self._ray.cluster_resources()
@@ -119,19 +117,19 @@ class RayEngine(CacheEngine):
         if device is not None and device.startswith("cuda") and not gpus:
             raise SaverSearchError("<device=cuda> was asked for but the Ray cluster has no GPU; use <device=cpu> "
                                    "or a cluster with GPUs")
-        use_gpu = gpus > 0 and (device is None or device.startswith("cuda"))
-        kind = ("GPU", 1.0) if use_gpu else ("CPU", 1.0)
-        if self.kind != kind:
+        on_gpu = gpus > 0 and (device is None or device.startswith("cuda"))
+        if self.on_gpu != on_gpu:
             self.close_actors()
-            self.kind = kind
-            count = gpus if use_gpu else cpus
+            self.on_gpu = on_gpu
+            count = gpus if on_gpu else cpus
             self.actors = [self._new_actor() for _ in range(min(count, self.max_actors or count))]
 
     def load(self, name: str, weights: Weights, options: RunOptions, store: PredictionStore, root: Path) -> ModelFacts:
         """Load the model on every actor, each on its own device (CPU actors decode in their own process)."""
         self._start_actors(options.device)
-        on_gpu = self.kind == ("GPU", 1.0)
-        actor_options = replace(options, device="cuda" if on_gpu else "cpu", workers=options.workers if on_gpu else 0)  # a CPU slot decodes itself
+        on_gpu = self.on_gpu
+        actor_options = replace(options, device="cuda" if on_gpu else "cpu",
+                                workers=options.workers if on_gpu else 0)  # a CPU slot decodes in its own process
         ids = self._ray.put(np.asarray(store.sample_ids))
         self.job = (name, weights, actor_options, store.n_classes, str(store.path), str(root), ids)
         self.restarts = 0
