@@ -91,7 +91,9 @@ def _cache(args: argparse.Namespace, names: list[str], checkpoints: dict[str, Pa
 
     index, count = args.shard
     mine = names[index - 1 :: count]
-    models.check_before_caching(mine, checkpoints, args.num_classes)
+    existing = images.existing_store(args.data)
+    models.check_before_caching(mine, checkpoints, args.num_classes if existing is None else existing.n_classes,
+                                None if existing is None else str(existing.path))
     scan_workers = min(8, os.cpu_count() or 1) if args.workers is None else args.workers
     setup = images.open_or_create_store(
         args.data, dataset, limit=args.limit, skip_unreadable=args.on_corrupt == "skip", workers=scan_workers,

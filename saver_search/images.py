@@ -122,6 +122,12 @@ def find_unreadable(root: Path, sample_ids: np.ndarray, workers: int) -> list[tu
     return [(str(sample_id), reason) for sample_id, reason in zip(sample_ids, reasons) if reason is not None]
 
 
+def existing_store(data: str | os.PathLike[str]) -> PredictionStore | None:
+    """The store at ``data`` if there is one (what :func:`open_or_create_store` opens rather than creates)."""
+    path = Path(data)
+    return PredictionStore(path) if (path / "dataset.json").exists() else None
+
+
 def open_or_create_store(
     data: str | os.PathLike[str],
     dataset: ImageDataset,

@@ -136,10 +136,12 @@ def check_architecture(name: str) -> None:
                            "e.g. resnet50.a1_in1k (python -m saver_search costs --list 'resnet*')")
 
 
-def check_before_caching(names: list[str], checkpoints: dict[str, Path], n_classes: int) -> None:
+def check_before_caching(names: list[str], checkpoints: dict[str, Path], n_classes: int,
+                         store: str | None = None) -> None:
     """What would make a cache fail after its store exists, checked before: an unknown architecture, a model
-    whose classes do not fit the store's ``n_classes`` (from its pretrained config, or its checkpoint's head),
-    a checkpoint that does not load into its model."""
+    whose classes are not the store's ``n_classes`` (from its pretrained config, or its checkpoint's head; the
+    rule the cache itself applies), a checkpoint that does not load into its model. ``store``: the existing store
+    whose classes ``n_classes`` are (None: a store still to be made with them)."""
     timm = import_timm()
     for name in names:
         check_architecture(name)
@@ -147,7 +149,10 @@ def check_before_caching(names: list[str], checkpoints: dict[str, Path], n_class
             classes = int(getattr(load_model(name, Weights(checkpoint=checkpoints[name])), "num_classes", 0) or 0)
         else:
             classes = int(timm.models.get_pretrained_cfg_value(name, "num_classes") or 0)
-        if classes > n_classes:
+        if classes and classes != n_classes and store is not None:
+            raise SaverSearchError(f"{name} predicts {classes} classes but store {store} has {n_classes}; use a "
+                                   "model with the store's classes (or a new store made with <n_classes> to match)")
+        if classes and classes != n_classes:
             raise InvalidParameter("n_classes", f"is {n_classes}, but {name} predicts {classes} classes: give the "
                                    f"number of classes its predictions index (e.g. <n_classes={classes}>)")
 

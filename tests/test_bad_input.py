@@ -163,6 +163,8 @@ CASES = {
     "costs cache a file": (write("cachefile", "x"), ("costs", "resnet10t.c3_in1k", "--img-size", "96"),
                            ["SAVER_SEARCH_CACHE"]),
     "cache more classes than --num-classes": (nothing, (*CACHE, "--num-classes", "10"), ["--num-classes", "1000"]),
+    "cache fewer classes than --num-classes": (nothing, (*CACHE, "--num-classes", "2000"), ["--num-classes", "1000"]),
+    "cache into a store of other classes": (nothing, (*CACHE[:2], "{w}/store", *CACHE[3:]), ["1000 classes", "has 10"]),
     "cache a damaged checkpoint": (write("ckpt.pth", b"not a checkpoint"),
                                    (*CACHE, "--checkpoint", "resnet10t.c3_in1k={w}/ckpt.pth"), ["ckpt.pth"]),
 }
