@@ -30,11 +30,11 @@ import torch
 from PIL import Image
 
 from saver_search.compat import import_timm
-from saver_search.costs import get_cost
-from saver_search.images import list_images, load_rgb, open_or_create_store
-from saver_search.caching import RunOptions, cache_model, cache_models
-from saver_search.models import Weights, load_model, resolve_amp, resolve_device
-from saver_search.preprocess import DataConfig, normalize, resize_crop, to_tensor
+from saver_search.inference.cache import RunOptions, cache_model, cache_models
+from saver_search.inference.images import list_images, load_rgb, open_or_create_store
+from saver_search.inference.models import Weights, load_model, resolve_amp, resolve_device
+from saver_search.inference.preprocess import DataConfig, normalize, resize_crop, to_tensor
+from saver_search.zoo.costs import get_cost
 
 PHOTOS = {"chelsea": "n02123045", "coffee": "n07920052", "camera": "n04485082", "rocket": "n03773504", "astronaut": "n03595614"}
 
@@ -105,7 +105,7 @@ def main() -> None:
         shared_cost = get_cost(args.shared)
         pair = [(cost, Weights(pretrained=False)), (shared_cost, Weights(pretrained=False))]
 
-        start = time.perf_counter()  # what the cache's workers do: decode, resize and crop (saver_search.preprocess)
+        start = time.perf_counter()  # what the cache's workers do: decode, resize and crop (saver_search.inference.preprocess)
         tensors = [resize_crop(to_tensor(load_rgb(images / sample_id)), config) for sample_id in dataset.sample_ids]
         decode_s = time.perf_counter() - start
         batches = [torch.stack(tensors[i : i + args.batch_size]) for i in range(0, len(tensors), args.batch_size)]

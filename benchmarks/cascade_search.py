@@ -29,10 +29,10 @@ import time
 import numpy as np
 import optuna
 
-from saver_search.cascade import StageOutputs, allowed_errors, path_curve
-from saver_search.search import prepare_search, run_search, select_candidates
-from saver_search.simulate import SimulatedZoo
-from saver_search.space import load_space
+from saver_search.cascade.evaluate import StageOutputs, allowed_errors, path_curve
+from saver_search.predictions.simulate import SimulatedZoo
+from saver_search.search.run import prepare_search, run_search, select_candidates
+from saver_search.search.space import load_space
 
 FIRST_STAGES = 40
 GRID = 20

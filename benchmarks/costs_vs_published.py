@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from saver_search import costs, flops
+from saver_search.zoo import costs, flops
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_CSV = "timm-results/results-imagenet.csv"

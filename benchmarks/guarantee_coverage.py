@@ -6,9 +6,9 @@ chosen on the calibration part only, by
 
 * the plug-in choice (``--guarantee none``): the cheapest threshold within the budget on the calibration part;
 * **learn-then-test** (the search's procedure, the default): half of the calibration part (the selection images)
-  learns the pair's path of thresholds at the risk the test can bear (``saver_search.frontier``), the other half
+  learns the pair's path of thresholds at the risk the test can bear (``saver_search.cascade.frontier``), the other half
   (the certification images) tests that path alone in fixed sequence with the betting bound;
-* fixed-sequence testing at level 0.95 with each bound of ``saver_search.calibration`` on the whole calibration
+* fixed-sequence testing at level 0.95 with each bound of ``saver_search.cascade.guarantee`` on the whole calibration
   part, the candidate certified alone (what the search did before it split the calibration images): a threshold
   passes when the upper end of the bound's two-sided 95 % interval lies below the budget;
 * for reference, the betting test one-sided (which would suffice for the promise on the true drop), and a plain
@@ -33,18 +33,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import imagenet_x  # benchmarks/ is on sys.path when run as a script
 import numpy as np
 from scipy.stats import norm
 
-import imagenet_x  # benchmarks/ is on sys.path when run as a script
-from saver_search.calibration import (
+from saver_search.cascade.evaluate import ThresholdCurve, allowed_errors, threshold_curve
+from saver_search.cascade.frontier import Prefix, StageOptions, learning_frontier
+from saver_search.cascade.guarantee import (
     BOUNDS, DEFAULT_BOUND, DEFAULT_LEVEL, DEFAULT_SELECTION, Split, certify, leading_passes, make_split, test_level,
 )
-from saver_search.cascade import ThresholdCurve, allowed_errors, threshold_curve
-from saver_search.frontier import Prefix, StageOptions, learning_frontier
-from saver_search.search import run_search
-from saver_search.space import SearchSpace
-from saver_search.store import ModelPredictions, PredictionStore
+from saver_search.predictions.store import ModelPredictions, PredictionStore
+from saver_search.search.run import run_search
+from saver_search.search.space import SearchSpace
 
 BUDGETS = (0.25, 0.5, 1.0)
 EB_REFERENCE = {0.5: 6.01}  # the empirical-Bernstein reference (40 splits)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from saver_search.importers import read_labels_csv, read_predictions_csv
-from saver_search.store import ModelMeta, ModelPredictions
+from saver_search.predictions.importers import read_labels_csv, read_predictions_csv
+from saver_search.predictions.store import ModelMeta, ModelPredictions
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "imagenet-x"
 FIRST, TARGET = "ResNet50", "ViT"

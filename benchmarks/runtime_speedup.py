@@ -25,16 +25,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from cache_throughput import make_images  # benchmarks/ is on sys.path when run as a script
-from saver_search.cascade import CascadeSpec
+
+from saver_search.cascade.evaluate import CascadeSpec
 from saver_search.compat import import_timm
-from saver_search.costs import get_cost
-from saver_search.images import list_images, load_rgb
-from saver_search.models import Weights, load_model
-from saver_search.naming import resolve_timm_name
-from saver_search.preprocess import DataConfig, resize_crop, to_tensor
-from saver_search.runtime import CascadeClassifier
+from saver_search.inference.images import list_images, load_rgb
+from saver_search.inference.models import Weights, load_model
+from saver_search.inference.preprocess import DataConfig, resize_crop, to_tensor
+from saver_search.inference.runtime import CascadeClassifier
+from saver_search.zoo.costs import get_cost
+from saver_search.zoo.names import resolve_timm_name
 
 SHARES = (0.5, 0.8, 0.95)
 BATCHES = (1, 8, 32)

@@ -20,11 +20,10 @@ from pathlib import Path
 import imagenet_x  # benchmarks/ is on sys.path when run as a script
 import numpy as np
 
-from saver_search.cascade import allowed_errors, evaluate_cascade, threshold_curve
-from saver_search.search import run_search
-from saver_search.space import SearchSpace
-from saver_search.store import ModelMeta, ModelPredictions, PredictionStore
-
+from saver_search.cascade.evaluate import allowed_errors, evaluate_cascade, threshold_curve
+from saver_search.predictions.store import ModelMeta, ModelPredictions, PredictionStore
+from saver_search.search.run import run_search
+from saver_search.search.space import SearchSpace
 
 
 def stage(name: str, predicted: np.ndarray, confidence: np.ndarray, gmacs: float) -> ModelPredictions:

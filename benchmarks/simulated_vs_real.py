@@ -2,7 +2,7 @@
 
 imagenet-x (../shared/data/imagenet-x) holds real per-image predictions of a ResNet50 (76.13 %,
 4.11 GMACs) and a ViT (78.01 %, 17.58 GMACs) on all 50,000 ImageNet val images. This script
-simulates the same pair with ``saver_search.simulate`` and checks, printing Markdown tables:
+simulates the same pair with ``saver_search.predictions.simulate`` and checks, printing Markdown tables:
 
 1. joint correctness (both right, only ResNet50, only ViT, both wrong): each cell within 1 point;
 2. accuracy per confidence decile of each model: within 3 points;
@@ -11,7 +11,7 @@ simulates the same pair with ``saver_search.simulate`` and checks, printing Mark
    confident (what averaging two models' probabilities turns into accuracy): within 3 points.
 
 Exits 1 if a check fails. ``--fit`` refits the simulator's parameters on the pair (a few minutes,
-needs scipy) and prints them for ``DEFAULT_PARAMS`` in saver_search/simulate.py.
+needs scipy) and prints them for ``DEFAULT_PARAMS`` in saver_search/predictions/simulate.py.
 
     python benchmarks/simulated_vs_real.py [--seed 0] [--fit]
 """
@@ -24,12 +24,12 @@ import time
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
+from imagenet_x import FIRST, TARGET
+from imagenet_x import load as load_real  # noqa: E402  (benchmarks/ is on sys.path)
 
-from saver_search.cascade import threshold_curve
-from saver_search.simulate import DEFAULT_PARAMS, ImageLatents, SimParams, simulate_predictions
-from saver_search.store import ModelMeta, ModelPredictions
-
-from imagenet_x import FIRST, TARGET, load as load_real  # noqa: E402  (benchmarks/ is on sys.path)
+from saver_search.cascade.evaluate import threshold_curve
+from saver_search.predictions.simulate import DEFAULT_PARAMS, ImageLatents, SimParams, simulate_predictions
+from saver_search.predictions.store import ModelMeta, ModelPredictions
 
 # name: (published top-1 %, GMACs, family); both trained on ImageNet-1k only.
 PAIR = {FIRST: (76.13, 4.11, "resnet"), TARGET: (78.01, 17.58, "vit")}
@@ -162,7 +162,7 @@ def report(real: PairFigures, sim: PairFigures, seed: int) -> bool:
 # --- refitting the simulator (python benchmarks/simulated_vs_real.py --fit) -------------------------------
 
 def fit(labels: np.ndarray, real_models: dict[str, ModelPredictions], seed: int) -> SimParams:
-    """Refit DEFAULT_PARAMS on the real pair, stage by stage as documented in saver_search/simulate.py."""
+    """Refit DEFAULT_PARAMS on the real pair, stage by stage as documented in saver_search/predictions/simulate.py."""
     from scipy.optimize import differential_evolution, minimize
 
     latents = ImageLatents(seed)
@@ -273,9 +273,9 @@ def main() -> None:
 
 def report_generation_speed(seed: int, target: str = "convnextv2_huge") -> None:
     """How long the default command spends generating its candidates, next to the curves it then computes."""
-    from saver_search.search import select_candidates
-    from saver_search.simulate import SimulatedZoo
-    from saver_search.space import load_space
+    from saver_search.predictions.simulate import SimulatedZoo
+    from saver_search.search.run import select_candidates
+    from saver_search.search.space import load_space
 
     zoo = SimulatedZoo(seed)
     target = zoo.resolve(target)

@@ -23,7 +23,8 @@ import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import local_postgres  # noqa: E402
-from saver_search.study import open_storage  # noqa: E402
+
+from saver_search.search.study import open_storage  # noqa: E402
 
 STUDY = "scale"
 

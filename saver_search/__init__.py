@@ -20,31 +20,31 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from saver_search._version import __version__ as __version__  # the one version (pyproject.toml reads it)
 
 _EXPORTS = {
     # search
-    "run_search": "search", "prepare_search": "search", "SearchResult": "search", "SearchInterrupted": "search",
-    "TargetInfo": "results", "GuaranteeInfo": "results",
-    "SearchSpace": "space", "CandidateFilter": "space", "load_space": "space",
+    "run_search": "search.run", "prepare_search": "search.run", "SearchResult": "search.run", "SearchInterrupted": "search.run",
+    "TargetInfo": "cascade.results", "GuaranteeInfo": "cascade.results",
+    "SearchSpace": "search.space", "CandidateFilter": "search.space", "load_space": "search.space",
     # data
-    "PredictionSource": "sources", "ArraySource": "sources", "open_source": "sources",
-    "PredictionStore": "store", "ModelPredictions": "store", "ModelMeta": "store",
-    "SimulatedZoo": "simulate",
+    "PredictionSource": "predictions.sources", "ArraySource": "predictions.sources", "open_source": "predictions.sources",
+    "PredictionStore": "predictions.store", "ModelPredictions": "predictions.store", "ModelMeta": "predictions.store",
+    "SimulatedZoo": "predictions.simulate",
     # cascades, results, the guarantee
-    "evaluate_cascade": "cascade", "threshold_curve": "cascade", "CascadeResult": "cascade", "ThresholdCurve": "cascade",
-    "CascadeSpec": "cascade", "path_curve": "cascade", "SCORES": "scores", "get_score": "scores",
-    "Outcome": "results", "Figures": "results",
-    "Interval": "calibration", "SplitInfo": "calibration", "BOUNDS": "calibration",
+    "evaluate_cascade": "cascade.evaluate", "threshold_curve": "cascade.evaluate", "CascadeResult": "cascade.evaluate", "ThresholdCurve": "cascade.evaluate",
+    "CascadeSpec": "cascade.evaluate", "path_curve": "cascade.evaluate", "SCORES": "cascade.scores", "get_score": "cascade.scores",
+    "Outcome": "cascade.results", "Figures": "cascade.results",
+    "Interval": "cascade.guarantee", "SplitInfo": "cascade.guarantee", "BOUNDS": "cascade.guarantee",
     # studies and traces
-    "load_study": "search", "summarise": "search", "open_storage": "study", "StudySpec": "study",
-    "load_trace": "trace", "SearchTrace": "trace", "trials_frame": "trace", "write_report": "report_files",
+    "load_study": "search.run", "summarise": "search.run", "open_storage": "search.study", "StudySpec": "search.study",
+    "load_trace": "report.trace", "SearchTrace": "report.trace", "trials_frame": "report.trace", "write_report": "report.files",
     # caching at scale
-    "plan_caching": "plan", "CachingPlan": "plan",
+    "plan_caching": "search.plan", "CachingPlan": "search.plan",
     # deploying
-    "CascadeFile": "cascade_file", "CascadeClassifier": "runtime",
+    "CascadeFile": "inference.cascade_file", "CascadeClassifier": "inference.runtime",
     # costs
-    "get_cost": "costs", "ModelCost": "costs",
+    "get_cost": "zoo.costs", "ModelCost": "zoo.tables",
     # errors
     "SaverSearchError": "errors", "InvalidParameter": "errors", "UnknownModel": "errors", "CorruptStore": "errors",
     "StudyMismatch": "errors",
@@ -66,22 +66,23 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # noqa: F401 (for type checkers and IDEs; at run time names load lazily through __getattr__)
-    from saver_search.calibration import BOUNDS, Interval, SplitInfo
-    from saver_search.cascade_file import CascadeFile
-    from saver_search.runtime import CascadeClassifier
-    from saver_search.cascade import CascadeResult, CascadeSpec, ThresholdCurve, evaluate_cascade, path_curve, threshold_curve
-    from saver_search.scores import SCORES, get_score
-    from saver_search.costs import ModelCost, get_cost
+    from saver_search.cascade.guarantee import BOUNDS, Interval, SplitInfo
+    from saver_search.inference.cascade_file import CascadeFile
+    from saver_search.inference.runtime import CascadeClassifier
+    from saver_search.cascade.evaluate import CascadeResult, CascadeSpec, ThresholdCurve, evaluate_cascade, path_curve, threshold_curve
+    from saver_search.cascade.scores import SCORES, get_score
+    from saver_search.zoo.costs import get_cost
+    from saver_search.zoo.tables import ModelCost
     from saver_search.errors import CorruptStore, InvalidParameter, SaverSearchError, StudyMismatch, UnknownModel
-    from saver_search.plan import CachingPlan, plan_caching
-    from saver_search.results import Figures, GuaranteeInfo, Outcome, TargetInfo
-    from saver_search.search import (
+    from saver_search.search.plan import CachingPlan, plan_caching
+    from saver_search.cascade.results import Figures, GuaranteeInfo, Outcome, TargetInfo
+    from saver_search.search.run import (
         SearchInterrupted, SearchResult, load_study, prepare_search, run_search, summarise,
     )
-    from saver_search.simulate import SimulatedZoo
-    from saver_search.sources import ArraySource, PredictionSource, open_source
-    from saver_search.space import CandidateFilter, SearchSpace, load_space
-    from saver_search.store import ModelMeta, ModelPredictions, PredictionStore
-    from saver_search.study import StudySpec, open_storage
-    from saver_search.report_files import write_report
-    from saver_search.trace import SearchTrace, load_trace, trials_frame
+    from saver_search.predictions.simulate import SimulatedZoo
+    from saver_search.predictions.sources import ArraySource, PredictionSource, open_source
+    from saver_search.search.space import CandidateFilter, SearchSpace, load_space
+    from saver_search.predictions.store import ModelMeta, ModelPredictions, PredictionStore
+    from saver_search.search.study import StudySpec, open_storage
+    from saver_search.report.files import write_report
+    from saver_search.report.trace import SearchTrace, load_trace, trials_frame

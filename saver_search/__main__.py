@@ -1,3 +1,3 @@
-from saver_search.cli import main
+from saver_search.cli.main import main
 
 main()

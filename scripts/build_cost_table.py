@@ -21,11 +21,12 @@ import torch
 from tqdm import tqdm
 
 from saver_search.compat import import_timm
-from saver_search.costs import TABLE_COLUMNS, TABLE_PATH, ModelCost
-from saver_search.flops import count_cost
 from saver_search.files import atomic_write_text
+from saver_search.zoo.flops import count_cost
+from saver_search.zoo.tables import TABLE_COLUMNS, ModelCost
 
 REPO = Path(__file__).resolve().parents[1]
+TABLE_PATH = REPO / "saver_search" / "data" / "costs.csv"
 DEFAULT_RESULTS = REPO.parent / "shared" / "data" / "timm-results" / "results-imagenet.csv"
 SAVE_EVERY_S = 30.0
 

@@ -132,7 +132,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def build_rows(source: Path) -> list[dict[str, str]]:
     """One output row per pretrained tag of the results table, best top-1 first."""
     from saver_search.compat import import_timm
-    from saver_search.naming import split_name
+    from saver_search.zoo.names import split_name
 
     timm = import_timm()
     results = read_csv(source / RESULTS)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from saver_search.store import PredictionStore
+from saver_search.predictions.store import PredictionStore
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGENET_X = REPO.parent / "shared" / "data" / "imagenet-x"
@@ -51,7 +51,7 @@ def run_main(*args: object) -> subprocess.CompletedProcess:
     import contextlib
     import io
 
-    from saver_search.cli import main
+    from saver_search.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

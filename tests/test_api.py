@@ -8,9 +8,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import REPO
 
 import saver_search
-from conftest import REPO
 from saver_search import ArraySource, InvalidParameter, run_search
 
 

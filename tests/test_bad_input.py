@@ -12,7 +12,6 @@ from typing import Callable
 
 import numpy as np
 import pytest
-
 from conftest import make_store, run_main
 
 MODELS = {"small.a": (0.6, 1.0), "mid.b": (0.75, 3.0), "big.t": (0.9, 9.0)}
@@ -190,8 +189,8 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(world, tmp_path, monke
 
 def test_the_library_refuses_a_budget_given_as_text(world):
     from saver_search.errors import InvalidParameter
-    from saver_search.search import run_search
-    from saver_search.store import PredictionStore
+    from saver_search.predictions.store import PredictionStore
+    from saver_search.search.run import run_search
 
     with pytest.raises(InvalidParameter, match="max_drop must be a number"):
         run_search(PredictionStore(world / "store"), "big.t", "0.5")

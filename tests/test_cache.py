@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import json
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from PIL import Image
 
-from conftest import run_cli
-from saver_search import caching
-from saver_search.cli import main
+from saver_search.cli.main import main
 from saver_search.compat import import_timm
-from saver_search.images import load_rgb
-from saver_search.costs import get_cost
-from saver_search.store import PredictionStore
+from saver_search.inference import cache as caching
+from saver_search.inference.images import load_rgb
+from saver_search.predictions.store import PredictionStore
+from saver_search.zoo.costs import get_cost
 
 timm = import_timm()
 
@@ -350,7 +350,7 @@ def test_hub_weights_in_the_local_cache_load_without_the_network(photos: Path, t
 
 def test_hub_weights_offline_and_not_cached_fail_at_once(photos: Path, tmp_path: Path) -> None:
     """Without HF_HUB_OFFLINE too: one line naming the host, no retry lines, nothing stored."""
-    from saver_search.models import _hub_reachable
+    from saver_search.inference.models import _hub_reachable
 
     if _hub_reachable():
         pytest.skip("this machine resolves the Hugging Face hub: the offline path cannot be seen here")
@@ -454,7 +454,7 @@ def test_real_weights_on_real_photos_then_search(photos: Path, tmp_path: Path, c
 def test_loading_a_random_model_leaves_the_global_random_state_alone() -> None:
     import torch
 
-    from saver_search.models import Weights, load_model
+    from saver_search.inference.models import Weights, load_model
 
     torch.manual_seed(123)
     expected = torch.rand(3)

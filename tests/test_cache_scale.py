@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, run_cli
-from saver_search import caching
-from saver_search.cli import main
-from saver_search.costs import get_cost
-from saver_search.images import list_images, open_or_create_store
-from saver_search.models import Weights
-from saver_search.store import PredictionStore
+
+from saver_search.cli.main import main
+from saver_search.inference import cache as caching
+from saver_search.inference.images import list_images, open_or_create_store
+from saver_search.inference.models import Weights
+from saver_search.predictions.store import PredictionStore
+from saver_search.zoo.costs import get_cost
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from cache_throughput import make_images  # noqa: E402
@@ -248,7 +248,7 @@ def test_ray_engine_stores_the_local_engines_bytes(ray_cluster: str, photos: Pat
 
 def test_ray_actors_killed_mid_run_are_replaced_and_every_chunk_is_written_once(
         ray_cluster: str, photos: Path, reference: Path, tmp_path: Path, monkeypatch) -> None:
-    from saver_search.ray_engine import RayEngine
+    from saver_search.inference.ray_engine import RayEngine
 
     engine = RayEngine(ray_cluster, actors=2)
     written: list[np.ndarray] = []

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import make_store, run_cli
-from saver_search.calibration import (
+
+from saver_search.cascade.evaluate import threshold_curve
+from saver_search.cascade.guarantee import (
     BLOCK_FRACTIONS, BOUNDS, bootstrap_interval, certify, leading_passes, make_split,
 )
-from saver_search.cascade import threshold_curve
-from saver_search.search import run_search
-from saver_search.space import SearchSpace
-from saver_search.store import ModelMeta, ModelPredictions, PredictionStore
+from saver_search.predictions.store import ModelMeta, ModelPredictions, PredictionStore
+from saver_search.search.run import run_search
+from saver_search.search.space import SearchSpace
 
 MODELS = {"tiny_a.x": (0.70, 0.5), "tiny_b.x": (0.78, 1.0), "big_t.x": (0.90, 10.0)}
 

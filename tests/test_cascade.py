@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from saver_search.cascade import allowed_errors, evaluate_cascade, threshold_curve
-from saver_search.store import ModelMeta, ModelPredictions
+from saver_search.cascade.evaluate import allowed_errors, evaluate_cascade, threshold_curve
+from saver_search.predictions.store import ModelMeta, ModelPredictions
 
 
 def stage(predicted, confidence, gmacs, name="m"):

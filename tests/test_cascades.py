@@ -4,21 +4,21 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from optuna.trial import TrialState
 
-from conftest import run_cli
-from saver_search.cascade import CascadeSpec, StageOutputs, evaluate_cascade, path_curve
-from saver_search.cascade_file import CascadeFile, cascade_from_result
-from saver_search.committees import merged_topk, stage_outputs
+from saver_search.cascade.committees import merged_topk, stage_outputs
+from saver_search.cascade.evaluate import CascadeSpec, StageOutputs, evaluate_cascade, path_curve
+from saver_search.cascade.reference import brute_force
+from saver_search.cascade.results import Outcome
+from saver_search.cascade.scores import SCORES, fit_temperature, get_score, softmax
 from saver_search.errors import InvalidParameter
-from saver_search.reference import brute_force
-from saver_search.results import Outcome
-from saver_search.scores import SCORES, fit_temperature, get_score, softmax
-from saver_search.search import prepare_search, run_search
-from saver_search.sources import ArraySource
-from saver_search.space import SearchSpace
-from saver_search.study import trial_work
-from saver_search.store import ModelMeta, ModelPredictions, PredictionStore, topk_from_probabilities
+from saver_search.inference.cascade_file import CascadeFile, cascade_from_result
+from saver_search.predictions.sources import ArraySource
+from saver_search.predictions.store import ModelMeta, ModelPredictions, PredictionStore, topk_from_probabilities
+from saver_search.search.run import prepare_search, run_search
+from saver_search.search.space import SearchSpace
+from saver_search.search.study import trial_work
 
 N_CLASSES = 10
 MODELS = {"a": (0.55, 1.0), "b": (0.65, 2.0), "c": (0.72, 4.0), "d": (0.8, 8.0), "big": (0.9, 40.0)}
@@ -237,7 +237,7 @@ def test_target_not_needed_is_said_plainly():
     source = ArraySource.from_arrays(labels, {"oracle": (perfect, 1.0), "big": (perfect, 40.0), "mid": (perfect, 3.0)})
     result = run_search(source, "big", 0.5, SearchSpace(min_stages=3, max_stages=3), calibration="all",
                         guarantee="none")
-    from saver_search.report import to_text
+    from saver_search.report.console import to_text
 
     assert result.best.calibration.stage_shares[-1] == 0
     assert "the target is not needed at this budget" in to_text(result)
@@ -268,7 +268,7 @@ def test_a_score_the_data_cannot_give_names_the_model(tmp_path):
 
 def test_space_yaml_reads_cascade_keys_and_names_bad_ones():
     from saver_search.errors import SaverSearchError
-    from saver_search.space import parse_space
+    from saver_search.search.space import parse_space
 
     space = parse_space({"stages": {"min": 2, "max": 4}, "committees": {"members": 2}, "score": ["maxprob", "margin"],
                          "threshold": {"grid": 10}}, "s.yaml")
@@ -327,7 +327,7 @@ def test_the_same_answer_with_one_two_or_four_workers_and_after_a_kill_and_resum
     assert resumed.returncode == 0, resumed.stderr
     answers = [json.loads(p.stdout)["best"] for p in (alone, two, four, resumed)]
     assert all(a["stages"] == answers[0]["stages"] and a["thresholds"] == answers[0]["thresholds"] for a in answers)
-    from saver_search.search import load_study
+    from saver_search.search.run import load_study
 
     for storage in (str(tmp_path / "two.journal"), f"sqlite:///{tmp_path / 'four.db'}", str(journal)):
         complete = [trial_work(t) for t in load_study(storage).trials if t.state == TrialState.COMPLETE]

@@ -8,7 +8,6 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from conftest import make_store, run_main
 
 
@@ -100,7 +99,7 @@ def test_import_csv_matches_rows_by_file_name(tmp_path, labels_csv):
     rows = [(f"img{i}.jpg", i % 3, 0.9) for i in reversed(range(6))]
     proc = run_main(*import_args(tmp_path / "s", "m.a", write_csv(tmp_path / "p.csv", rows), labels_csv))
     assert proc.returncode == 0, proc.stderr
-    from saver_search.store import PredictionStore
+    from saver_search.predictions.store import PredictionStore
 
     model = PredictionStore(tmp_path / "s").model("m.a")
     np.testing.assert_array_equal(model.predicted, [0, 1, 2, 0, 1, 2])
@@ -164,7 +163,7 @@ def test_import_tinysaver_npz_creates_store(tmp_path):
     np.savez(tmp_path / "rec.npz", confs=np.linspace(0.3, 0.9, 12), preds=labels, label=labels)
     proc = run_main(*import_args(tmp_path / "s", "t.a", tmp_path / "rec.npz"), "--num-classes", "4")
     assert proc.returncode == 0, proc.stderr
-    from saver_search.store import PredictionStore
+    from saver_search.predictions.store import PredictionStore
 
     assert PredictionStore(tmp_path / "s").n_samples == 12
 
@@ -250,7 +249,7 @@ def test_tinysaver_output_recorder_layout_imports(tmp_path):
     np.savez(tmp_path / "m_val.npz", confs=confs, preds=preds, label=labels[:, None])
     proc = run_main(*import_args(tmp_path / "s", "m.a", tmp_path / "m_val.npz"), "--num-classes", "10")
     assert proc.returncode == 0, proc.stderr
-    from saver_search.store import PredictionStore
+    from saver_search.predictions.store import PredictionStore
 
     store = PredictionStore(tmp_path / "s")
     model = store.model("m.a")

@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
-from saver_search import costs, flops, latency
-from saver_search.naming import resolve_timm_name
-from saver_search.cli import main
+
+from saver_search.cli.main import main
 from saver_search.compat import import_timm
 from saver_search.errors import SaverSearchError
+from saver_search.zoo import costs, flops, latency, tables
+from saver_search.zoo.names import resolve_timm_name
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_UNTABLED = ("resnet18.a1_in1k", 160)  # in timm's results only at 224 and 288
@@ -93,7 +93,7 @@ def test_latency_measured_and_cached(monkeypatch: pytest.MonkeyPatch, isolated_c
 
 def test_table_hit_imports_no_torch() -> None:
     code = (
-        "import sys; from saver_search.costs import get_cost\n"
+        "import sys; from saver_search.zoo.costs import get_cost\n"
         "c = get_cost('resnet50.a1_in1k'); d = get_cost('resnet50.a1_in1k', 288)\n"
         "assert (c.source, c.img_size, d.source, d.img_size) == ('table', 224, 'table', 288), (c, d)\n"
         "assert 'torch' not in sys.modules and 'timm' not in sys.modules\n"
@@ -104,7 +104,7 @@ def test_table_hit_imports_no_torch() -> None:
 
 def test_table_first_row_is_default_resolution() -> None:
     timm = import_timm()
-    rows = costs.table_costs()
+    rows = tables.table_costs()
     assert len(rows) >= 1500
     firsts = {}
     for row in rows:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from saver_search import images
 from saver_search.errors import SaverSearchError
-from saver_search.images import check_image, list_images, open_or_create_store
-from saver_search.store import PredictionStore
+from saver_search.inference import images
+from saver_search.inference.images import check_image, list_images, open_or_create_store
+from saver_search.predictions.store import PredictionStore
 
 
 def write_image(path: Path, seed: int = 0, size: tuple[int, int] = (40, 30)) -> Path:

@@ -6,16 +6,16 @@ import math
 
 import optuna
 import pytest
-
 from conftest import make_store, run_main
+
 from saver_search.errors import SaverSearchError
-from saver_search.plots import REPORT_FIGURES, plot_budget_sweep
-from saver_search.search import load_study, run_search, summarise
-from saver_search.study import open_storage
-from saver_search.simulate import SimulatedZoo
-from saver_search.space import CandidateFilter, SearchSpace
-from saver_search.store import PredictionStore
-from saver_search.trace import best_per_candidate, best_so_far, load_trace, pareto_front, trials_frame
+from saver_search.predictions.simulate import SimulatedZoo
+from saver_search.predictions.store import PredictionStore
+from saver_search.report.plots import REPORT_FIGURES, plot_budget_sweep
+from saver_search.report.trace import best_per_candidate, best_so_far, load_trace, pareto_front, trials_frame
+from saver_search.search.run import load_study, run_search, summarise
+from saver_search.search.space import CandidateFilter, SearchSpace
+from saver_search.search.study import open_storage
 
 MODELS = {"tiny_a.x": (0.70, 0.5), "tiny_b.x": (0.78, 1.0), "mid_c.x": (0.85, 3.0), "big_t.x": (0.90, 10.0)}
 TARGET = "big_t.x"
@@ -191,8 +191,8 @@ def test_report_tells_untried_candidates_from_infeasible_ones(tmp_path):
 def test_a_learn_then_test_report_gives_the_certified_answer_and_names_the_selection_images(tmp_path):
     """Under Learn-then-Test the trials are scored on the selection images and the answer is the certified point of
     the learned path: the report and the search command name the same cascade and figures."""
-    from saver_search.report import to_text
-    from saver_search.report_files import write_report
+    from saver_search.report.console import to_text
+    from saver_search.report.files import write_report
 
     zoo = SimulatedZoo()
     space = SearchSpace(min_stages=2, max_stages=3, committee_members=2,
@@ -214,8 +214,8 @@ def test_a_learn_then_test_report_gives_the_certified_answer_and_names_the_selec
 def test_a_report_that_cannot_be_written_leaves_no_folder_or_half_written_file(store, tmp_path, monkeypatch):
     import errno
 
-    from saver_search import plots
-    from saver_search.report_files import write_report
+    from saver_search.report import plots
+    from saver_search.report.files import write_report
 
     storage = str(tmp_path / "study.log")
     run_search(store, TARGET, 1.0, SAMPLED, storage=storage, study_name="s1", **PLUG_IN)
@@ -233,7 +233,7 @@ def test_a_report_that_cannot_be_written_leaves_no_folder_or_half_written_file(s
 
 
 def test_a_share_computed_two_ways_prints_the_same_in_every_table():
-    from saver_search.tables import percent
+    from saver_search.report.tables import percent
 
     assert f"{100 * (1 - 0.3495):.1f}" != f"{100 * 0.6505:.1f}"  # plain formatting disagrees
     assert percent(1 - 0.3495) == percent(0.6505) == "65.0"

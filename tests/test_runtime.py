@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_main
 from PIL import Image
 
-from conftest import run_main
-from saver_search.cascade import CascadeSpec, cascade_answers
-from saver_search.cascade_file import CascadeFile, ModelFile
-from saver_search.committees import stage_outputs
+from saver_search.cascade.committees import stage_outputs
+from saver_search.cascade.evaluate import CascadeSpec, cascade_answers
+from saver_search.cascade.scores import get_score
 from saver_search.compat import import_timm
-from saver_search.scores import get_score
-from saver_search.tables import percent
-from saver_search.store import PredictionStore, Provenance
+from saver_search.inference.cascade_file import CascadeFile, ModelFile
+from saver_search.predictions.store import PredictionStore, Provenance
+from saver_search.report.tables import percent
 
 timm = import_timm()
 RANDOM = Provenance(weights="random")
@@ -185,7 +185,7 @@ def test_committee_stage_same_answer_offline_and_online_and_a_model_runs_once_pe
     """A -> {A, B} -> C with random-weight timm models cached with their logits: every image's exit stage and class
     equal the offline evaluation (the committee's mean from the stored logits), and A, a member of two stages, runs
     once per image."""
-    from saver_search.runtime import CascadeClassifier
+    from saver_search.inference.runtime import CascadeClassifier
 
     a, b, c = "test_efficientnet.r160_in1k", "test_vit.r160_in1k", "resnet10t.c3_in1k"
     cached = run_main("cache", "--data", tmp_path / "store", "--images", photos, "--models", f"{a},{b},{c}",
@@ -218,8 +218,8 @@ def test_committee_stage_same_answer_offline_and_online_and_a_model_runs_once_pe
     seen = {name: 0 for name in (a, b, c)}
     for name, model in zip(runtime.model_names, runtime.models):
         model.register_forward_hook(lambda module, args, out, name=name: seen.__setitem__(name, seen[name] + out.shape[0]))
-    from saver_search.images import load_rgb
-    from saver_search.preprocess import to_tensor
+    from saver_search.inference.images import load_rgb
+    from saver_search.inference.preprocess import to_tensor
 
     images = [to_tensor(load_rgb(photos / i)) for i in sorted(online)]
     out = runtime(images)
@@ -228,9 +228,9 @@ def test_committee_stage_same_answer_offline_and_online_and_a_model_runs_once_pe
 
 
 def test_runtime_module_directly(photos: Path) -> None:
-    from saver_search.preprocess import to_tensor
-    from saver_search.runtime import CascadeClassifier
-    from saver_search.images import load_rgb
+    from saver_search.inference.images import load_rgb
+    from saver_search.inference.preprocess import to_tensor
+    from saver_search.inference.runtime import CascadeClassifier
 
     cascade = CascadeClassifier.from_file(random_cascade([("test_efficientnet.r160_in1k",), ("resnet10t.c3_in1k",)],
                                                          [0.0], TWO_RANDOM), device="cpu")
@@ -250,13 +250,6 @@ def two_stage_file() -> dict:
             "models": {name: {"gmacs": gmacs, "provenance": {"weights": "random"}} for name, gmacs in TWO_RANDOM.items()}}
 
 
-def single_model_format_file() -> dict:
-    """The same cascade as written before committee stages could be deployed (format 1)."""
-    return {"format": "saver_search.cascade/1", "score": "maxprob", "stages": [
-        {"model": FIRST, "gmacs": 0.06, "threshold": 0.5, "provenance": {"weights": "random"}},
-        {"model": LAST, "gmacs": 0.7, "threshold": None, "provenance": {"weights": "random"}}]}
-
-
 @pytest.mark.parametrize("edit, fragment", [
     (lambda d: d.update(format="saver_search.cascade/0"), "has format 'saver_search.cascade/0'"),
     (lambda d: d["models"].pop(FIRST), f"stage 1 names model '{FIRST}', which 'models' does not describe"),
@@ -269,10 +262,7 @@ def single_model_format_file() -> dict:
     (lambda d: d["models"][FIRST].update(provenance={"weights": "magic"}), "weights must be one of hub, checkpoint, random"),
     (lambda d: d["models"][FIRST].update(colour="red"), "unknown field 'colour'"),
     (lambda d: d["models"][FIRST].pop("gmacs"), "must be an object with its own 'gmacs'"),
-    (lambda d: d.update(single_model_format_file(), stages=[{"gmacs": 1.0}, {"model": LAST, "gmacs": 0.7}]),
-     "stage 1 of 2 lacks 'model'"),
-    (lambda d: d.update(single_model_format_file(), stages=[{"model": LAST, "gmacs": 0.7, "threshold": 0.5}]),
-     "is the last stage"),
+    (lambda d: d.update(format="saver_search.cascade/1"), "this saver_search reads 'saver_search.cascade/2'"),
 ])
 def test_bad_cascade_files_are_one_line_errors(tmp_path: Path, photos: Path, edit, fragment) -> None:
     data = two_stage_file()
@@ -282,14 +272,6 @@ def test_bad_cascade_files_are_one_line_errors(tmp_path: Path, photos: Path, edi
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and fragment in lines[0], proc.stderr
     assert not (tmp_path / "p.csv").exists()
-
-
-def test_single_model_format_files_still_load(tmp_path: Path) -> None:
-    old = CascadeFile.from_dict(single_model_format_file(), "old.json")
-    assert old == CascadeFile.from_dict(two_stage_file(), "new.json")
-    old.save(tmp_path / "c.json")  # written again in today's format, read back the same
-    assert json.loads((tmp_path / "c.json").read_text())["format"] == "saver_search.cascade/2"
-    assert CascadeFile.load(tmp_path / "c.json") == old
 
 
 def test_mismatched_checkpoint_names_the_tensor_and_class_sets_must_agree(tmp_path: Path, photos: Path) -> None:
@@ -305,8 +287,8 @@ def test_mismatched_checkpoint_names_the_tensor_and_class_sets_must_agree(tmp_pa
     ten = tmp_path / "ten.pth"
     torch.save(timm.create_model("resnet10t", num_classes=10).state_dict(), ten)
     from saver_search.errors import SaverSearchError
-    from saver_search.runtime import CascadeClassifier
-    from saver_search.preprocess import DataConfig
+    from saver_search.inference.preprocess import DataConfig
+    from saver_search.inference.runtime import CascadeClassifier
 
     config = DataConfig.from_dict(timm.data.resolve_model_data_config(timm.create_model("resnet10t")))
     with pytest.raises(SaverSearchError, match="different class sets"):

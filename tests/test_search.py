@@ -3,13 +3,13 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import make_store, run_main
+
 from saver_search.errors import InvalidParameter, SaverSearchError, StudyMismatch
-from saver_search.importers import import_predictions
-from saver_search.search import load_study, run_search
-from saver_search.space import CandidateFilter, SearchSpace
-from saver_search.store import PredictionStore
+from saver_search.predictions.importers import import_predictions
+from saver_search.predictions.store import PredictionStore
+from saver_search.search.run import load_study, run_search
+from saver_search.search.space import CandidateFilter, SearchSpace
 
 MODELS = {"tiny_a.x": (0.70, 0.5), "tiny_b.x": (0.78, 1.0), "mid_c.x": (0.85, 3.0), "big_t.x": (0.90, 10.0)}
 IN_SAMPLE = dict(calibration=None, guarantee=None)  # the plug-in choice on every image (published-paper style)
@@ -93,7 +93,7 @@ def test_held_out_search_reports_test_figures_of_the_calibration_choice(store):
 
 
 def _calibration_ids(store, seed, fraction=0.5):
-    from saver_search.calibration import make_split
+    from saver_search.cascade.guarantee import make_split
 
     return make_split(np.asarray(store.labels), fraction, seed).calibration
 
@@ -279,7 +279,7 @@ def test_cli_latency_cost_measures_real_models(tmp_path, monkeypatch):
 
 
 def test_report_trace_ranks_a_latency_study_as_the_search_did(store, tmp_path):
-    from saver_search.trace import best_per_candidate, load_trace
+    from saver_search.report.trace import best_per_candidate, load_trace
 
     latencies = {"tiny_a.x": 9.0, "tiny_b.x": 1.0, "mid_c.x": 2.0, "big_t.x": 20.0}
     journal = str(tmp_path / "latency.log")

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from saver_search import simulate
 from saver_search.errors import SaverSearchError
-from saver_search.simulate import ImageLatents, SimulatedZoo, simulate_predictions
-from saver_search.zoo import load_zoo
-
+from saver_search.predictions import simulate
+from saver_search.predictions.simulate import ImageLatents, SimulatedZoo, simulate_predictions
+from saver_search.zoo.tables import load_zoo
 
 
 @pytest.fixture(scope="module")

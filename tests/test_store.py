@@ -2,10 +2,10 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import make_store
+
 from saver_search.errors import SaverSearchError
-from saver_search.store import PredictionStore, topk_from_probabilities
+from saver_search.predictions.store import PredictionStore, topk_from_probabilities
 
 
 def test_roundtrip_is_memory_mapped_and_rank_major(tmp_path):

@@ -10,10 +10,9 @@ from typing import Callable
 
 import pytest
 
-from saver_search import costs
-from saver_search.costs import ModelCost
-from saver_search.store import resolve_model_name
-from saver_search.zoo import default_tag, load_zoo
+from saver_search.predictions.store import resolve_model_name
+from saver_search.zoo import tables
+from saver_search.zoo.tables import ModelCost, default_tag, load_zoo
 
 TIMM_RESULTS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "timm-results"
 
@@ -75,17 +74,17 @@ def test_gmacs_prefer_the_counted_cost_table(monkeypatch: pytest.MonkeyPatch) ->
     def table_with(img_size: int) -> Callable[[], dict[str, list[ModelCost]]]:
         return lambda: {"resnet50.tv_in1k": [ModelCost("resnet50.tv_in1k", img_size, 4.25, 8.5, 25.6, "table")]}
 
-    monkeypatch.setattr(costs, "_load_table", table_with(entry.img_size))
+    monkeypatch.setattr(tables, "_load_table", table_with(entry.img_size))
     assert entry.gmacs == 4.25
-    monkeypatch.setattr(costs, "_load_table", table_with(entry.img_size + 32))
+    monkeypatch.setattr(tables, "_load_table", table_with(entry.img_size + 32))
     assert entry.gmacs == entry.published_gmacs
 
 
 def test_zoo_and_simulator_do_not_import_torch_or_timm() -> None:
     code = (
         "import sys\n"
-        "from saver_search.zoo import load_zoo\n"
-        "from saver_search.simulate import SimulatedZoo\n"
+        "from saver_search.zoo.tables import load_zoo\n"
+        "from saver_search.predictions.simulate import SimulatedZoo\n"
         "load_zoo()['resnet50.tv_in1k'].gmacs\n"
         "SimulatedZoo(n_samples=1000).model('resnet50.tv_in1k')\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm'))\n"
