@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 from saver_search.cascade.committees import merged_topk, stage_outputs
 from saver_search.cascade.evaluate import CascadeSpec, StageOutputs, evaluate_cascade, path_curve
 from saver_search.cascade.reference import brute_force
-from saver_search.cascade.results import Outcome
+from saver_search.cascade.results import Figures, Outcome
 from saver_search.cascade.scores import SCORES, fit_temperature, get_score, softmax
 from saver_search.errors import InvalidParameter
 from saver_search.inference.cascade_file import CascadeFile, cascade_from_result
@@ -196,15 +196,13 @@ def test_every_score_searches_and_records_what_it_chose():
     assert {o.cascade.score for o in result.alternatives} <= set(SCORES)
 
 
-def test_two_stage_trials_of_older_studies_still_load():
+def test_outcomes_read_back_as_written():
     figures = {"images": 10, "accuracy": 80.0, "drop": 0.5, "gmacs": 3.0, "reduction": 70.0, "exit_ratio": 0.8,
                "latency_ms": None}
-    attrs = {"outcome": {"stages": ["a", "big"], "thresholds": [0.7], "calibration": figures, "test": None,
-                         "interval": None, "feasible": True}}
-    outcome = Outcome.from_attrs(attrs, 3)
-    assert outcome.cascade == CascadeSpec.pair("a", "big", 0.7) and outcome.stages == ["a", "big"]
-    assert outcome.calibration.shares(2) == [0.8, pytest.approx(0.2)]
-    assert Outcome.from_attrs({"outcome": outcome.to_attrs()}, 3) == outcome
+    outcome = Outcome(cascade=CascadeSpec.pair("a", "big", 0.7), calibration=Figures(**figures), test=None,
+                      interval=None, feasible=True, trial=3)
+    assert outcome.stages == ["a", "big"] and outcome.calibration.shares(2) == [0.8, pytest.approx(0.2)]
+    assert Outcome.from_attrs(outcome.to_attrs(), 3) == outcome
 
 
 def test_cli_three_stages_json_lists_stages_as_objects(tmp_path):

@@ -214,21 +214,20 @@ def test_a_learn_then_test_report_gives_the_certified_answer_and_names_the_selec
 def test_a_report_that_cannot_be_written_leaves_no_folder_or_half_written_file(store, tmp_path, monkeypatch):
     import errno
 
-    from saver_search.report import plots
-    from saver_search.report.files import write_report
+    from saver_search.report import files
 
     storage = str(tmp_path / "study.log")
     run_search(store, TARGET, 1.0, SAMPLED, storage=storage, study_name="s1", **PLUG_IN)
-    save = plots.save_report_figures
+    save = files.save_report_figures
 
     def disk_full_after_the_first_figures(trace, out):
         save(trace, out)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(plots, "save_report_figures", disk_full_after_the_first_figures)
+    monkeypatch.setattr(files, "save_report_figures", disk_full_after_the_first_figures)
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(SaverSearchError, match="cannot write the report to .*: No space left on device"):
-        write_report(storage, "s1", tmp_path / "report")
+        files.write_report(storage, "s1", tmp_path / "report")
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no report folder, no temporary one
 
 

@@ -7,18 +7,19 @@ import shutil
 import signal
 import sqlite3
 import time
+from pathlib import Path
 from collections import Counter
 from dataclasses import replace
 
 import optuna
 import pytest
-from conftest import make_store, run_cli, start_cli
+from conftest import make_store, run_cli, run_main, start_cli
 from optuna.trial import TrialState
 
 from saver_search.errors import StudyMismatch
 from saver_search.search.run import load_study, run_search, summarise
 from saver_search.search.space import SearchSpace
-from saver_search.search.study import GRACE_S, HOST, StudySpec, open_storage, worker_is_dead
+from saver_search.search.study import GRACE_S, HOST, SPEC_WAIT_S, StudySpec, open_storage, worker_is_dead
 
 MODELS = {**{f"cand_{i}.x": (0.62 + 0.04 * i, 0.4 + 0.6 * i) for i in range(6)}, "big.x": (0.9, 20.0)}
 TARGET = "big.x"
@@ -226,8 +227,8 @@ def test_the_library_changes_no_global_state(store, tmp_path):
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_a_study_without_spec_reports_but_does_not_resume(store, tmp_path):
-    storage = str(tmp_path / "legacy.log")
+def test_a_study_not_written_by_saver_search_is_refused_at_once_and_left_as_it_was(store, tmp_path):
+    storage = str(tmp_path / "foreign.log")
     study = optuna.create_study(study_name="s", storage=open_storage(storage))
     attrs = {"data": "old store", "simulated": False, "target": TARGET, "target_accuracy": 90.0, "target_gmacs": 20.0,
              "max_drop": 2.0, "threshold_mode": "exact", "pareto": False, "sampler": "bruteforce",
@@ -238,11 +239,15 @@ def test_a_study_without_spec_reports_but_does_not_resume(store, tmp_path):
         params={"candidate": "cand_0.x"}, distributions={"candidate": optuna.distributions.CategoricalDistribution(CANDIDATES)},
         value=5.0, user_attrs={"stages": ["cand_0.x", TARGET], "thresholds": [0.5], "accuracy": 89.0, "drop": 1.0,
                                "gmacs": 5.0, "reduction": 75.0, "exit_ratio": 0.8, "feasible": True}))
-    report = run_cli("report", "--storage", storage, "--out", tmp_path / "report")
-    assert report.returncode == 0, report.stderr
-    assert "in-sample (optimistic)" in (tmp_path / "report" / "summary.md").read_text()
-    proc = run_cli(*search_args(store, storage))
-    assert proc.returncode == 2 and "earlier saver_search without a study spec" in proc.stderr
+    before = Path(storage).read_bytes()
+    report = run_main("report", "--storage", storage, "--out", tmp_path / "report")
+    assert report.returncode == 2 and "was not written by saver_search" in report.stderr, report.stderr
+    assert len(report.stderr.strip().splitlines()) == 1 and not (tmp_path / "report").exists()
+    started = time.monotonic()
+    proc = run_main(*search_args(store, storage))
+    assert proc.returncode == 2 and "not created by saver_search" in proc.stderr, proc.stderr
+    assert time.monotonic() - started < SPEC_WAIT_S / 2  # known at once: no creator ever wrote its name first
+    assert Path(storage).read_bytes() == before
 
 
 def test_spec_round_trips_and_names_the_first_difference():

@@ -85,9 +85,8 @@ class Outcome:
         return data
 
     @classmethod
-    def from_attrs(cls, attrs: dict[str, Any], trial: int | None = None) -> "Outcome":
+    def from_attrs(cls, data: dict[str, Any], trial: int | None = None) -> "Outcome":
         """Inverse of :meth:`to_attrs`."""
-        data = attrs["outcome"]
         interval = data.get("interval")
         return cls(
             cascade=CascadeSpec.from_dict(data["cascade"]),
@@ -97,11 +96,6 @@ class Outcome:
                 level=interval["level"], drop=tuple(interval["drop"]), gmacs=tuple(interval["gmacs"])),
             feasible=bool(data["feasible"]), trial=trial,
         )
-
-
-def is_outcome(attrs: dict[str, Any]) -> bool:
-    """Whether a trial's user attributes hold an outcome."""
-    return "outcome" in attrs
 
 
 def rank_outcomes(outcomes: Iterable[Outcome], by_latency: bool = False) -> list[Outcome]:

@@ -127,6 +127,7 @@ FLAGS = {"overwrite": "--force", "force": "--force", "labels_path": "--labels", 
          "n_classes": "--num-classes", "exit_index": "--exit", "checkpoints": "--checkpoint NAME=FILE", "threshold_mode": "--threshold", "objectives": "--pareto", "directions": "--pareto",
          "scores": "--score", "committee_members": "--committee"}
 NOT_FLAGS = {"threshold_range": "the space's threshold.low/high", "threshold_grid": "the space's threshold.grid",
+             "enumeration": "the space's enumeration (first_stages, committee_pool, four_stage_pool)",
              "format": "the saver_search version"}
 
 

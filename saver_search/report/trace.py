@@ -15,6 +15,7 @@ import optuna
 
 from saver_search.cascade.results import Outcome, rank_outcomes
 from saver_search.errors import SaverSearchError
+from saver_search.search.keys import CURVE_ATTR
 from saver_search.search.run import SearchResult, read_study, study_outcomes, summarise
 from saver_search.search.study import StudyInfo, StudySpec, trial_candidate
 
@@ -76,8 +77,8 @@ def load_trace(study: optuna.Study) -> SearchTrace:
     curves: dict[str, ThresholdCurve] = {}
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         candidate = trial_candidate(trial)  # pair searches store each candidate's curve once
-        if "curve" in trial.user_attrs and candidate not in curves:
-            curves[candidate] = ThresholdCurve(candidate=candidate, **trial.user_attrs["curve"])
+        if CURVE_ATTR in trial.user_attrs and candidate not in curves:
+            curves[candidate] = ThresholdCurve(candidate=candidate, **trial.user_attrs[CURVE_ATTR])
     return SearchTrace(study_name=study.study_name, spec=spec, info=info, outcomes=outcomes, curves=curves,
                        result=summarise(study))
 

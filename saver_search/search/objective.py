@@ -27,15 +27,13 @@ from saver_search.cascade.results import Figures, Outcome, TargetInfo
 from saver_search.cascade.scores import DEFAULT_SCORE, fit_temperature, get_score
 from saver_search.predictions.sources import PredictionSource
 from saver_search.predictions.store import ModelMeta, ModelPredictions
+from saver_search.search.keys import (
+    CANDIDATE_PARAM, CURVE_ATTR, OUTCOME_ATTR, PATH_ATTR, PREFIX_PARAM, SCORE_PARAM, SHAPE_PARAM, THRESHOLD_PARAM,
+)
 from saver_search.search.space import SearchSpace, Shape, space_shapes
 from saver_search.search.study import ModelInfo
 from saver_search.zoo.tables import table_cost
 
-SHAPE_PARAM = "shape"
-SCORE_PARAM = "score"
-CANDIDATE_PARAM = "candidate"
-PREFIX_PARAM = "prefix"
-PATH_ATTR = "path"  # a trial's best structure and its path of thresholds on the selection images
 STAGE_SEPARATOR = " -> "
 MEMBER_SEPARATOR = " + "
 
@@ -259,7 +257,7 @@ class CascadeObjective:
     # ------------------------------------------------------------------ trials
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         outcome, over_budget = self._family_trial(trial) if self.enumerated else self._sampled_trial(trial)
-        trial.set_user_attr("outcome", outcome.to_attrs())
+        trial.set_user_attr(OUTCOME_ATTR, outcome.to_attrs())
         trial.set_constraint("over_budget", over_budget)
         cost = outcome.calibration.gmacs if outcome.calibration.latency_ms is None else outcome.calibration.latency_ms
         return (cost, outcome.calibration.accuracy) if self.pareto else cost
@@ -280,9 +278,9 @@ class CascadeObjective:
         prepared = self._prepare(candidate)
         curve = prepared.curve
         if not prepared.curve_stored:  # a candidate's first trial here keeps its curve, so reports can redraw it
-            trial.set_user_attr("curve", curve.sampled())
+            trial.set_user_attr(CURVE_ATTR, curve.sampled())
             prepared.curve_stored = True
-        threshold = trial.suggest_float("threshold", self.space.threshold_low, self.space.threshold_high)
+        threshold = trial.suggest_float(THRESHOLD_PARAM, self.space.threshold_low, self.space.threshold_high)
         index = curve.at_threshold(threshold)
         if self.guarantee is None:
             feasible = bool(curve.target_correct - curve.n_correct[index] <= allowed_errors(self.max_drop, curve.n_samples))
@@ -322,7 +320,7 @@ class CascadeObjective:
         if score_name == DEFAULT_SCORE:  # reports redraw each pair's curve
             pair = CascadeSpec.pair(candidate, self.target, 0.0)
             curve = path_curve(self.stage_views(pair, "sel"), [], self.labels["sel"])
-            trial.set_user_attr("curve", curve.sampled())
+            trial.set_user_attr(CURVE_ATTR, curve.sampled())
         return self._report(trial, frontier, score_name)
 
     def _enumerate(self, prefix: tuple[tuple[str, ...], ...], options: StageOptions, shape: Shape,

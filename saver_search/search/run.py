@@ -26,11 +26,12 @@ from saver_search.cascade.guarantee import (
     DEFAULT_BOUND, DEFAULT_FRACTION, DEFAULT_LEVEL, DEFAULT_SELECTION, BoundName, SplitInfo, check_bound,
     check_fraction, check_level, check_seed, make_split,
 )
-from saver_search.cascade.results import GuaranteeInfo, Outcome, TargetInfo, is_outcome, rank_outcomes
+from saver_search.cascade.results import GuaranteeInfo, Outcome, TargetInfo, rank_outcomes
 from saver_search.cascade.scores import get_score
 from saver_search.errors import InvalidParameter, SaverSearchError
 from saver_search.predictions.sources import PredictionSource, model_meta
-from saver_search.search.objective import PATH_ATTR, CascadeObjective, model_info, target_alone_outcome
+from saver_search.search.keys import CERTIFIED_ATTR, OUTCOME_ATTR, PATH_ATTR
+from saver_search.search.objective import CascadeObjective, model_info, target_alone_outcome
 from saver_search.search.space import SearchSpace
 from saver_search.search.study import (
     ModelInfo, Progress, StudyInfo, StudySpec, StudyWorker, candidate_progress, create_or_load, data_fingerprint,
@@ -38,7 +39,6 @@ from saver_search.search.study import (
 )
 
 DEFAULT_SAMPLED_TRIALS = 300  # a sampled pair search's trials
-CERTIFIED_ATTR = "saver_search:certified"
 N_ALTERNATIVES = 5
 COSTS = ("gmacs", "latency")
 PROGRESS_EVERY_S = 0.5
@@ -470,9 +470,9 @@ def read_study(study: optuna.Study) -> tuple[StudySpec, StudyInfo]:
 
 def study_outcomes(study: optuna.Study) -> list[Outcome]:
     """The outcome of every complete trial, in trial order."""
-    return [Outcome.from_attrs(t.user_attrs, t.number)
+    return [Outcome.from_attrs(t.user_attrs[OUTCOME_ATTR], t.number)
             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if is_outcome(t.user_attrs)]
+            if OUTCOME_ATTR in t.user_attrs]
 
 
 def summarise(study: optuna.Study, *, seconds: float = 0.0, storage: str | None = None,
@@ -492,7 +492,7 @@ def summarise(study: optuna.Study, *, seconds: float = 0.0, storage: str | None 
     note = None
     certified = study.user_attrs.get(CERTIFIED_ATTR)
     if spec.selection is not None:  # Learn-then-Test: the answer is the certified point of the learned path
-        found = None if certified is None or certified["outcome"] is None else Outcome.from_attrs(certified)
+        found = None if certified is None or certified["outcome"] is None else Outcome.from_attrs(certified["outcome"])
         cheaper = found is not None and (found.calibration.latency_ms if by_latency else found.calibration.gmacs) < target_cost
         best = found if cheaper else alone
         if certified is None:
@@ -514,7 +514,7 @@ def summarise(study: optuna.Study, *, seconds: float = 0.0, storage: str | None 
                     f"{spec.guarantee:.0%}: the target alone is returned; use more images or a larger budget")
         else:
             note = "no candidate saves compute within this budget: the target alone is returned"
-    front = sorted((Outcome.from_attrs(t.user_attrs, t.number) for t in study.best_trials),
+    front = sorted((Outcome.from_attrs(t.user_attrs[OUTCOME_ATTR], t.number) for t in study.best_trials),
                    key=lambda o: o.calibration.gmacs) if spec.pareto else []
     state = candidate_progress(trials, spec.candidates)
     if not spec.exact or spec.cascades:

@@ -45,16 +45,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from saver_search.errors import InvalidParameter, SaverSearchError, StudyMismatch, first_line
 from saver_search.predictions.store import Provenance
+from saver_search.search.keys import (
+    CANDIDATE_PARAM, CREATOR_ATTR, DUPLICATE_ATTR, INFO_ATTR, QUEUED_ATTR, READY_ATTR, RECONCILED_ATTR, RETRY_ATTR,
+    SPEC_ATTR, WORKER_ATTR,
+)
 
 SPEC_FORMAT = 2
-SPEC_ATTR = "saver_search:spec"
-INFO_ATTR = "saver_search:info"
-CREATOR_ATTR = "saver_search:creator"  # who creates the study (host, pid, start), written first
-READY_ATTR = "saver_search:queued"  # the creator's queue is complete (how many items), written last
-WORKER_ATTR = "worker"
-QUEUED_ATTR = "queued"
-RETRY_ATTR = "retry_of"
-RECONCILED_ATTR = "reconciled"
 HEARTBEAT_S = 5.0
 GRACE_S = 30.0  # a trial of another host with no heartbeat for this long is dead
 POLL_S = 0.25
@@ -452,11 +448,14 @@ def _wait_for_spec(study: optuna.Study) -> StudySpec | None:
             return StudySpec.from_json(attrs[SPEC_ATTR])
         waited = time.monotonic() - started
         creator = attrs.get(CREATOR_ATTR)
+        if creator is None and (attrs or study.get_trials(deepcopy=False)):  # our creator writes its name first
+            raise SaverSearchError(f"study '{study.study_name}' has no saver_search spec: it was not created by "
+                                   "saver_search; give another study name")
         creator_gone = waited > ADOPT_AFTER_S if creator is None else not _creator_alive(creator, study.study_name)
         if set(attrs) <= {CREATOR_ATTR, INFO_ATTR} and not study.get_trials(deepcopy=False):
             if creator_gone:
                 return None
-        elif creator_gone and (creator is not None or waited > SPEC_WAIT_S):
+        elif creator_gone:
             raise SaverSearchError(
                 f"study '{study.study_name}' has no saver_search spec: it was not created by saver_search; "
                 "give another study name"
@@ -509,7 +508,7 @@ def trial_param(trial: FrozenTrial, name: str) -> Any:
 
 def trial_candidate(trial: FrozenTrial) -> str | None:
     """The candidate a trial evaluates, known from the moment it is queued."""
-    return trial_param(trial, "candidate")
+    return trial_param(trial, CANDIDATE_PARAM)
 
 
 @dataclass(frozen=True)
@@ -798,7 +797,7 @@ class StudyWorker:
             trial = optuna.Trial(self.study, trial_id)
             duplicate = self._duplicate_of(self.storage.get_trial(trial_id))
             if duplicate is not None:
-                self.storage.set_trial_user_attr(trial_id, "duplicate_of", duplicate)
+                self.storage.set_trial_user_attr(trial_id, DUPLICATE_ATTR, duplicate)
                 self.study.tell(trial, state=TrialState.PRUNED)
                 return
             self._execute(trial, trial_id)
