@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_main
 
 from saver_search.cli.main import main
 from saver_search.inference import cache as caching
@@ -92,13 +92,19 @@ def cli(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
 # ---------------------------------------------------------------- plan
 
 
-def test_plan_lists_the_default_answer_first_and_gpu_hours_cut_it(tmp_path: Path, capsys) -> None:
+@pytest.fixture(scope="module")
+def default_plan(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """``plan --json`` of the default command, made once, and the models file it wrote."""
+    out = tmp_path_factory.mktemp("plan") / "models.txt"
+    proc = run_main("plan", "--target", "convnextv2_huge", "--max-drop", "0.5", "--json", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout), out
+
+
+def test_plan_lists_the_default_answer_first_and_gpu_hours_cut_it(default_plan, tmp_path: Path, capsys) -> None:
     code, out, _ = cli(capsys, "search", "--target", "convnextv2_huge", "--max-drop", "0.5", "--json")
     answer = [stage["models"] for stage in json.loads(out)["best"]["stages"]]
-    code, out, err = cli(capsys, "plan", "--target", "convnextv2_huge", "--max-drop", "0.5", "--json",
-                         "--out", tmp_path / "models.txt")
-    assert code == 0, err
-    plan = json.loads(out)
+    plan, models_file = default_plan
     names = [model["name"] for model in plan["models"]]
     members = [m for stage in answer for m in stage]
     assert names[:len(members)] == [members[-1], *members[:-1]]  # the target, then the answer's stages
@@ -108,7 +114,7 @@ def test_plan_lists_the_default_answer_first_and_gpu_hours_cut_it(tmp_path: Path
     assert plan["gpu_hours"] == pytest.approx(sum(hours))
     target = plan["models"][0]
     assert target["gpu_hours"] == pytest.approx(50_000 / target["images_per_s"] / 3600)
-    listed = [line for line in (tmp_path / "models.txt").read_text().splitlines() if not line.startswith("#")]
+    listed = [line for line in models_file.read_text().splitlines() if not line.startswith("#")]
     assert listed == names
 
     limit = sum(hours[:len(members)]) + 1e-9  # room for the answer's cascade only
@@ -123,7 +129,7 @@ def test_plan_lists_the_default_answer_first_and_gpu_hours_cut_it(tmp_path: Path
 
 @pytest.mark.parametrize("args, fragment", [
     (["--gpu-hours", "0.01"], "--gpu-hours is 0.01, but caching the target"),
-    (["--gpu-hours", "-1"], "--gpu-hours must be a positive number"),
+    (["--gpu-hours", "-1"], "--gpu-hours must be more than 0 GPU-hours"),
     (["--out", "/nonexistent-folder/m.txt"], "folder /nonexistent-folder does not exist"),
 ])
 def test_plan_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, capsys, monkeypatch, args, fragment) -> None:
@@ -349,12 +355,10 @@ def test_a_shared_pass_interrupted_resumes_each_model_from_its_own_chunks(photos
     assert_same_store(tmp_path / "s", tmp_path / "reference")
 
 
-def test_plan_prices_models_a_store_already_has_at_no_gpu_time(tmp_path: Path, capsys) -> None:
+def test_plan_prices_models_a_store_already_has_at_no_gpu_time(default_plan, tmp_path: Path, capsys) -> None:
     from conftest import make_store
 
-    code, out, _ = cli(capsys, "plan", "--target", "convnextv2_huge", "--max-drop", "0.5", "--json", "--out",
-                       tmp_path / "a.txt")
-    first = json.loads(out)
+    first = default_plan[0]
     companion = first["models"][1]["name"]
     make_store(tmp_path / "store", n=20, models={companion: (0.8, 25.0)})
     code, out, err = cli(capsys, "plan", "--target", "convnextv2_huge", "--max-drop", "0.5", "--json", "--out",

@@ -14,10 +14,10 @@ from optuna.storages import JournalStorage, RDBStorage
 from optuna.trial import TrialState
 
 from saver_search.predictions.sources import ArraySource
+from saver_search.search.keys import READY_ATTR, SPEC_ATTR
 from saver_search.search.objective import CascadeObjective
 from saver_search.search.run import SearchInterrupted, prepare_search
 from saver_search.search.space import SearchSpace
-from saver_search.search.keys import READY_ATTR, SPEC_ATTR
 from saver_search.search.study import trial_work, work_key
 
 SPACES = {"pairs": SearchSpace(), "cascades": SearchSpace(min_stages=2, max_stages=3, committee_members=2)}
@@ -99,7 +99,7 @@ def new_storage(request, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
 def test_a_study_interrupted_at_any_step_of_its_life_finishes_on_rerun_with_every_item_once(new_storage, sig):
-    data = source()
+    data = source(n_candidates=3)  # 3 pairs and the 3-stage families of their prefixes: every step is reached
     space = SPACES["cascades"]
     reference = prepare_search(data, "big", 1.0, space).run().best
     for index, step in enumerate(STEPS):

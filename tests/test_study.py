@@ -7,9 +7,9 @@ import shutil
 import signal
 import sqlite3
 import time
-from pathlib import Path
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 
 import optuna
 import pytest
@@ -178,6 +178,16 @@ def snapshot(storage):
     return study.user_attrs, [(t.number, t.state, t.params, t.user_attrs, t.values) for t in study.trials]
 
 
+@pytest.fixture(scope="module")
+def created_study(store, tmp_path_factory) -> Path:
+    """An SQLite study of the default search, made once; each test resumes a copy."""
+    path = tmp_path_factory.mktemp("created") / "study.db"
+    assert run_main(*search_args(store, f"sqlite:///{path}")).returncode == 0
+    with sqlite3.connect(path) as db:  # into the main file: a copy of it alone is then the whole study
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return path
+
+
 @pytest.mark.parametrize("extra, fragment", [
     (["--threshold", "sampled"], "--threshold exact"),
     (["--pareto"], "no --pareto"),
@@ -191,11 +201,10 @@ def snapshot(storage):
     (["--candidates", "cand_0.x,cand_1.x"], "--candidates 6 candidates"),
     (["--target", "cand_5.x"], "--target big.x"),
 ])
-def test_resume_mismatch_is_refused_and_the_study_is_unchanged(store, tmp_path, extra, fragment):
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
-    assert run_cli(*search_args(store, storage)).returncode == 0
+def test_resume_mismatch_is_refused_and_the_study_is_unchanged(store, created_study, tmp_path, extra, fragment):
+    storage = f"sqlite:///{shutil.copy(created_study, tmp_path / 'study.db')}"
     before = snapshot(storage)
-    proc = run_cli(*search_args(store, storage), *extra)  # a flag given twice: the last one counts
+    proc = run_main(*search_args(store, storage), *extra)  # a flag given twice: the last one counts
     assert proc.returncode == 2, proc.stdout
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: study 's' was created with") and fragment in lines[0], lines

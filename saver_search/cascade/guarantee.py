@@ -46,6 +46,7 @@ from typing import Callable, Literal
 
 import numpy as np
 
+from saver_search._validation import check_choice, check_number, check_share, number_from_text
 from saver_search.errors import InvalidParameter
 
 BoundName = Literal["betting", "binomial", "bernstein"]
@@ -121,45 +122,24 @@ class Split:
         return np.bincount(self.blocks, minlength=len(BLOCK_FRACTIONS))
 
 
-def _share_or_none(value: float | str | None, parameter: str, none_word: str, example: str) -> float | None:
-    """A number strictly between 0 and 1, or None for ``none_word``; errors name ``parameter``."""
-    if value is None or (isinstance(value, str) and value.strip().lower() == none_word):
-        return None
-    hint = f"such as {example}, or '{none_word}'"
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InvalidParameter(parameter, f"must be a number strictly between 0 and 1 {hint}, got {value!r}") from None
-    if not (0.0 < number < 1.0):
-        raise InvalidParameter(parameter, f"must be strictly between 0 and 1 ({hint}), got {value}")
-    return number
-
-
 def check_fraction(fraction: float | str | None) -> float | None:
     """The calibration share in (0, 1), or None for ``all`` (in-sample)."""
-    return _share_or_none(fraction, "calibration", "all", "0.5")
+    return check_share(fraction, "calibration", none_word="all", example="0.5")
 
 
 def check_level(level: float | str | None) -> float | None:
     """The guarantee level in (0, 1), or None for ``none`` (plug-in choice)."""
-    return _share_or_none(level, "guarantee", "none", "0.95")
+    return check_share(level, "guarantee", none_word="none", example="0.95")
 
 
-def check_seed(seed: object) -> int:
-    """The split seed: an integer >= 0 (NumPy seeds are non-negative)."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        if not (isinstance(seed, str) and seed.strip().lstrip("-").isdigit()):
-            raise InvalidParameter("split_seed", f"must be an integer, got {seed!r}")
-        seed = int(seed)
-    if seed < 0:
-        raise InvalidParameter("split_seed", f"must be an integer >= 0, got {seed}")
-    return int(seed)
+def check_seed(seed: int | str) -> int:
+    """The split seed: an integer >= 0 (NumPy seeds are non-negative); text from a flag is read as an integer."""
+    seed = number_from_text(seed, "split_seed", integer=True) if isinstance(seed, str) else seed
+    return int(check_number(seed, "split_seed", low=0, integer=True))
 
 
 def check_bound(bound: str) -> BoundName:
-    if bound not in BOUNDS:
-        raise InvalidParameter("bound", f"must be one of {', '.join(BOUNDS)}, got {bound!r}")
-    return bound  # type: ignore[return-value]
+    return check_choice(bound, "bound", BOUNDS)  # type: ignore[return-value]
 
 
 def make_split(labels: np.ndarray, fraction: float | None, seed: int, selection: float | None = None) -> Split:

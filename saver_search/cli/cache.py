@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from saver_search.cli.main import non_negative_int, positive_int
+from saver_search.cli.main import checkpoint_files, non_negative_int, positive_int
 from saver_search.errors import SaverSearchError
 
 
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     devices = _devices(args)
     names = _model_names(args.models, resolve_timm_name)
-    checkpoints = _checkpoints(args.checkpoint, names, resolve_timm_name)
+    checkpoints = checkpoint_files(args.checkpoint, resolve_timm_name, names, "in --models")
     dataset = images.list_images(args.images, args.labels)
     with contextlib.ExitStack() as cleanup:
         engine = None
@@ -156,23 +156,6 @@ def _model_names(text: str, resolve: Any) -> list[str]:
     if not names:
         raise SaverSearchError("--models is empty: name at least one timm model, e.g. --models resnet50,mobilenetv3_small_100")
     return list(dict.fromkeys(names))
-
-
-def _checkpoints(specs: list[str], names: list[str], resolve: Any) -> dict[str, Path]:
-    """``--checkpoint NAME=FILE`` options as {resolved tag: file}; every NAME must be among --models."""
-    checkpoints: dict[str, Path] = {}
-    for spec in specs:
-        name, sep, file = spec.partition("=")
-        if not (sep and name.strip() and file.strip()):
-            raise SaverSearchError(f"--checkpoint {spec!r} must be NAME=FILE, e.g. --checkpoint resnet50=weights.pth")
-        tag = resolve(name.strip())
-        if tag not in names:
-            raise SaverSearchError(f"--checkpoint names {tag}, which is not in --models ({', '.join(names)}); add it there")
-        path = Path(file.strip())
-        if not path.is_file():
-            raise SaverSearchError(f"checkpoint file {path} for {tag} does not exist")
-        checkpoints[tag] = path
-    return checkpoints
 
 
 def _shard(text: str) -> tuple[int, int]:

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
 from saver_search.errors import InvalidParameter, SaverSearchError, StudyMismatch
@@ -74,6 +75,26 @@ def stage_range(text: str) -> tuple[int, int]:
     if low is None or high is None:
         raise InvalidParameter("stages", f"must be a number of stages such as 3, or a range such as 2..4; got {text!r}")
     return low, high
+
+
+def checkpoint_files(specs: Sequence[str], match: Callable[[str], str | None], models: Sequence[str],
+                     among: str) -> dict[str, Path]:
+    """``--checkpoint NAME=FILE`` options (``cache`` and ``predict``) as {model: file}: ``match`` gives the model of
+    ``models`` a NAME means (None: none of them; ``among`` says where they come from); each file must exist."""
+    found: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, file = spec.partition("=")
+        if not (sep and name.strip() and file.strip()):
+            raise SaverSearchError(f"--checkpoint {spec!r} must be NAME=FILE, e.g. --checkpoint resnet50=weights.pth")
+        model = match(name.strip())
+        if model not in models:
+            raise SaverSearchError(f"--checkpoint names {model or name.strip()}, which is not {among} "
+                                   f"({', '.join(models)})")
+        path = Path(file.strip())
+        if not path.is_file():
+            raise SaverSearchError(f"checkpoint file {path} for {model} does not exist")
+        found[model] = path
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> None:

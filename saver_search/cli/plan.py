@@ -41,13 +41,13 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from saver_search._validation import number_from_text
     from saver_search.files import atomic_write_text
     from saver_search.predictions.store import PredictionStore
     from saver_search.search.plan import plan_caching
-    from saver_search.search.run import check_max_drop
     from saver_search.search.space import load_space
 
-    max_drop = check_max_drop(args.max_drop, text=True)
+    max_drop = number_from_text(args.max_drop, "max_drop", example="0.5")
     if not args.out.parent.is_dir():
         raise SaverSearchError(f"--out {args.out}: folder {args.out.parent} does not exist; create it or write elsewhere")
     if args.out.is_dir():

@@ -8,9 +8,10 @@ import io
 from pathlib import Path
 from typing import Any
 
-from saver_search.cli.main import non_negative_int, positive_int
+from saver_search.cli.main import checkpoint_files, non_negative_int, positive_int
 from saver_search.errors import SaverSearchError
 from saver_search.report.tables import percent
+from saver_search.zoo.names import split_name
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,7 +55,9 @@ def run(args: argparse.Namespace) -> None:
         raise SaverSearchError("--split test and --data STORE go together: the store the search ran on makes its "
                                "split again")
     cascade_file = CascadeFile.load(args.cascade)
-    checkpoints = _checkpoints(args.checkpoint, list(cascade_file.models))
+    models = list(cascade_file.models)
+    checkpoints = checkpoint_files(args.checkpoint, lambda name: next(
+        (m for m in models if name in (m, split_name(m)[0])), None), models, "one of the cascade's models")
     dataset = list_any_images(args.images, args.labels)
     if args.split == "test":
         ids = test_sample_ids(cascade_file, PredictionStore(args.data), str(args.cascade))
@@ -70,23 +73,8 @@ def run(args: argparse.Namespace) -> None:
         atomic_write_text(args.out, _csv(run_, cascade_file, labelled))
     except OSError as err:
         raise SaverSearchError(f"cannot write {args.out}: {err.strerror or err}") from err
-    print(summary(run_, cascade_file, dataset.layout, labelled))
+    print(summary(run_.measured(cascade_file.stage_gmacs()), cascade_file, dataset.layout))
     print(f"predictions written to {args.out}")
-
-
-def _checkpoints(specs: list[str], models: list[str]) -> dict[str, Path]:
-    """``--checkpoint NAME=FILE`` as {model: file}; NAME is the tag or architecture of a model of the cascade."""
-    from saver_search.zoo.names import split_name
-
-    found: dict[str, Path] = {}
-    for spec in specs:
-        name, sep, file = spec.partition("=")
-        matches = [m for m in models if name in (m, split_name(m)[0])]
-        if not (sep and file.strip()) or not matches:
-            raise SaverSearchError(f"--checkpoint {spec!r} must be NAME=FILE with NAME one of the cascade's models "
-                                   f"({', '.join(models)})")
-        found[matches[0]] = Path(file.strip())
-    return found
 
 
 def _csv(run_: Any, cascade_file: Any, labelled: bool) -> str:
@@ -102,30 +90,25 @@ def _csv(run_: Any, cascade_file: Any, labelled: bool) -> str:
     return out.getvalue()
 
 
-def summary(run_: Any, cascade_file: Any, layout: str, labelled: bool) -> str:
-    """What was measured, beside what the search expected."""
-    labels, own_gmacs, n = cascade_file.labels, cascade_file.stage_gmacs(), len(run_.sample_ids)
-    if n == 0:
+def summary(figures: Any, cascade_file: Any, layout: str) -> str:
+    """What was measured (a ``RunFigures``, None: no image), beside what the search expected."""
+    if figures is None:
         return "no readable image: nothing was predicted"
-    expected = cascade_file.expected
-    reaching = [sum(stage >= i for stage in run_.exit_stage) / n for i in range(len(labels))]
-    gmacs = sum(cost * share for cost, share in zip(own_gmacs, reaching))
+    labels, expected = cascade_file.labels, cascade_file.expected
     target_gmacs = cascade_file.models[cascade_file.cascade.target].gmacs
-    shares = ", ".join(f"{label} {percent(sum(s == i for s in run_.exit_stage) / n)} %" for i, label in enumerate(labels))
+    shares = ", ".join(f"{label} {percent(share)} %" for label, share in zip(labels, figures.exit_shares))
     where = f"{expected.get('images', '?')} images{', SIMULATED' if expected.get('simulated') else ''}"
-    lines = [f"cascade: {' -> '.join(labels)}; {n} images of {layout}",
+    lines = [f"cascade: {' -> '.join(labels)}; {figures.images} images of {layout}",
              f"exit shares: {shares}"]
     if "exit_share" in expected and len(labels) > 1:
         lines[-1] += f"  (search expected {percent(expected['exit_share'])} % before the target, on {where})"
-    if labelled:
-        top1 = 100 * sum(p == y for p, y in zip(run_.predicted, run_.labels)) / n
-        target_top1 = 100 * sum(p == y for p, y in zip(run_.target_predicted, run_.labels)) / n
+    if figures.top1 is not None:
+        top1, target_top1 = 100 * figures.top1, 100 * figures.target_top1
         lines.append(f"top-1: cascade {top1:.2f} %, target alone {target_top1:.2f} % (drop {target_top1 - top1:+.2f} points)")
         if "top1" in expected:
             lines[-1] += (f"  (search expected top-1 {100 * expected['top1']:.2f} %, drop {100 * expected['drop']:+.2f} "
                           f"points, on {where})")
-    cascade_rate, target_rate = n / run_.cascade_seconds, n / run_.target_seconds
-    lines.append(f"speed: cascade {cascade_rate:.1f} images/s vs target alone {target_rate:.1f} images/s on the same images: "
-                 f"{run_.target_seconds / run_.cascade_seconds:.2f}x measured; GMACs predict "
-                 f"{target_gmacs / gmacs:.2f}x ({gmacs:.3g} vs {target_gmacs:.3g} GMACs/image)")
+    lines.append(f"speed: cascade {figures.images_per_s:.1f} images/s vs target alone {figures.target_images_per_s:.1f} "
+                 f"images/s on the same images: {figures.speedup:.2f}x measured; GMACs predict "
+                 f"{target_gmacs / figures.gmacs:.2f}x ({figures.gmacs:.3g} vs {target_gmacs:.3g} GMACs/image)")
     return "\n".join(lines)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -92,12 +90,13 @@ def _space(args: argparse.Namespace) -> SearchSpace:
 def run(args: argparse.Namespace) -> int | None:
     import optuna
 
+    from saver_search._validation import number_from_text
     from saver_search.report.console import to_json, to_text
-    from saver_search.search.run import check_max_drop, prepare_search
+    from saver_search.search.run import prepare_search
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the CLI prints its own summary
 
-    max_drop = check_max_drop(args.max_drop, text=True)
+    max_drop = number_from_text(args.max_drop, "max_drop", example="0.5")
     space = _space(args)
     if args.workers > 1 and args.storage is None:
         raise InvalidParameter("workers", "needs --storage: a database or journal file that the workers share")
@@ -118,9 +117,7 @@ def run(args: argparse.Namespace) -> int | None:
         print(f"note: --max-drop is in top-1 points: {max_drop:g} lets the cascade lose {max_drop:g} points of the "
               f"target's top-1 (did you mean {max_drop / 100:g}?)", file=sys.stderr)
     if args.workers > 1:
-        result, code = _run_workers(args, prepared, space.seed)
-        if code:
-            return code
+        result = _run_workers(args, prepared, space.seed)
     else:
         result = prepared.run(progress=not (args.json or args.as_worker) and sys.stderr.isatty())
         if args.as_worker:
@@ -160,31 +157,14 @@ def _worker_argv(argv: list[str], seed: int) -> list[str]:
     return [*out, "--seed", str(seed), WORKER_FLAG]
 
 
-def _run_workers(args: argparse.Namespace, prepared: Any, seed: int) -> tuple[Any, int]:
-    """Start ``--workers`` processes on the study (created here first), show their progress, summarise the study."""
-    from saver_search.search.run import SearchInterrupted, StudyProgress, summarise
-
-    study = prepared.open()
+def _run_workers(args: argparse.Namespace, prepared: Any, seed: int) -> Any:
+    """Start ``--workers`` copies of this command on the study (created here first); report failed workers."""
     commands = [[sys.executable, "-m", "saver_search", *_worker_argv(list(args.argv), seed + i)]
                 for i in range(args.workers)]
-    started = time.perf_counter()
-    processes = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                 for command in commands]
-    show = not args.json and sys.stderr.isatty()
-    try:
-        with StudyProgress(study, prepared.spec, None, show and prepared.spec.exact, prepared.work) as bar:
-            while any(p.poll() is None for p in processes):
-                bar.update()
-                time.sleep(0.2)
-    except KeyboardInterrupt:
-        for process in processes:
-            process.wait()
-        raise SearchInterrupted(prepared.interrupted_message(study)) from None
-    errors = [(p.returncode, p.stderr.read().strip()) for p in processes if p.returncode]
-    if errors:  # this process finishes what the failed workers left (nothing, if the others did it all)
-        for line in dict.fromkeys(text.splitlines()[-1] for _, text in errors if text):
+    result, errors = prepared.run_processes(commands, progress=not args.json and sys.stderr.isatty())
+    if errors:
+        for line in dict.fromkeys(errors):
             print(line, file=sys.stderr)
         print(f"warning: {len(errors)} of {args.workers} workers failed; this process finished the study",
               file=sys.stderr)
-        prepared.run()
-    return summarise(study, seconds=time.perf_counter() - started, storage=prepared.storage_label), 0
+    return result

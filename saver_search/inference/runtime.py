@@ -32,6 +32,7 @@ from saver_search.cascade.evaluate import CascadeSpec
 from saver_search.cascade.scores import get_score
 from saver_search.errors import InvalidParameter, SaverSearchError
 from saver_search.inference.cascade_file import CascadeFile, ModelFile
+from saver_search.inference.images import UNLABELLED
 from saver_search.inference.models import Weights, file_sha256, load_model, resolve_amp, resolve_device
 from saver_search.inference.preprocess import DataConfig, normalize, resize_crop
 
@@ -205,6 +206,38 @@ class FolderRun:
     cascade_seconds: float
     target_seconds: float
     skipped: list[tuple[str, str]]
+
+    def measured(self, stage_gmacs: Sequence[float]) -> "RunFigures | None":
+        """The run's figures, given each stage's own GMACs (its models no earlier stage ran); None: no image."""
+        n = len(self.sample_ids)
+        if n == 0:
+            return None
+        exits = [sum(stage == i for stage in self.exit_stage) / n for i in range(len(stage_gmacs))]
+        reaching = [sum(stage >= i for stage in self.exit_stage) / n for i in range(len(stage_gmacs))]
+        labelled = all(label != UNLABELLED for label in self.labels)
+        return RunFigures(
+            images=n, exit_shares=exits, gmacs=sum(cost * share for cost, share in zip(stage_gmacs, reaching)),
+            top1=sum(p == y for p, y in zip(self.predicted, self.labels)) / n if labelled else None,
+            target_top1=sum(p == y for p, y in zip(self.target_predicted, self.labels)) / n if labelled else None,
+            images_per_s=n / self.cascade_seconds, target_images_per_s=n / self.target_seconds)
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    """What a folder run measured: the share of images each stage answered, the GMACs per image they imply, top-1 of
+    the cascade and of the target alone (fractions; None without labels) and both measured speeds."""
+
+    images: int
+    exit_shares: list[float]
+    gmacs: float
+    top1: float | None
+    target_top1: float | None
+    images_per_s: float
+    target_images_per_s: float
+
+    @property
+    def speedup(self) -> float:
+        return self.images_per_s / self.target_images_per_s
 
 
 class _Decoded(torch.utils.data.Dataset):

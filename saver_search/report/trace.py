@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class ThresholdCurve:
-    """A candidate's cascade at evenly spaced thresholds on the calibration images (its first trial's ``curve``)."""
+class SampledCurve:
+    """A candidate's cascade at evenly spaced thresholds on the calibration images, as its first trial stored it
+    (:meth:`saver_search.cascade.evaluate.ThresholdCurve.sampled`)."""
 
     candidate: str
     threshold: list[float]
@@ -43,7 +44,7 @@ class SearchTrace:
     spec: StudySpec
     info: StudyInfo
     outcomes: list[Outcome]
-    curves: dict[str, ThresholdCurve]
+    curves: dict[str, SampledCurve]
     result: SearchResult
 
     @property
@@ -74,11 +75,11 @@ def load_trace(study: optuna.Study) -> SearchTrace:
         raise SaverSearchError(
             f"study '{study.study_name}' has no complete trial yet; run the search again with the same <storage>"
         )
-    curves: dict[str, ThresholdCurve] = {}
+    curves: dict[str, SampledCurve] = {}
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         candidate = trial_candidate(trial)  # pair searches store each candidate's curve once
         if CURVE_ATTR in trial.user_attrs and candidate not in curves:
-            curves[candidate] = ThresholdCurve(candidate=candidate, **trial.user_attrs[CURVE_ATTR])
+            curves[candidate] = SampledCurve(candidate=candidate, **trial.user_attrs[CURVE_ATTR])
     return SearchTrace(study_name=study.study_name, spec=spec, info=info, outcomes=outcomes, curves=curves,
                        result=summarise(study))
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cache
 from typing import Any, Iterable
 
+from saver_search._validation import check_number
 from saver_search.cascade.results import Outcome, rank_outcomes
 from saver_search.errors import InvalidParameter
 from saver_search.predictions.sources import PredictionSource, open_source
@@ -81,15 +82,6 @@ class CachingPlan:
         return "\n".join([*header, *(model.name for model in self.models)]) + "\n"
 
 
-def check_positive(value: Any, parameter: str, *, integer: bool = False) -> float:
-    """A positive number (an int where ``integer``), or :class:`InvalidParameter` naming ``parameter``."""
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0 or value != value:
-        kind = "a positive integer" if integer else "a positive number"
-        raise InvalidParameter(parameter, f"must be {kind}, got {value!r}")
-    return value
-
-
 @cache
 def _gmac_rate() -> float:
     """Median published images/s x GMACs over the zoo: prices a model the benchmark does not list by its GMACs."""
@@ -130,12 +122,18 @@ def plan_caching(
         cached: models already cached (e.g. a store's ``model_names()``): listed, at no GPU time.
     """
     max_drop = check_max_drop(max_drop)
-    check_positive(images, "images", integer=True)
-    check_positive(cascades, "cascades", integer=True)
+    check_number(images, "images", low=1, integer=True)
+    check_number(cascades, "cascades", low=1, integer=True)
     if gpu_hours is not None:
-        check_positive(gpu_hours, "gpu_hours")
+        check_number(gpu_hours, "gpu_hours", low=0, low_open=True, unit="GPU-hours")
     space = load_space(None) if space is None else space
     source = open_source(None) if source is None else source
+    if gpu_hours is not None:  # known before any search: the target alone must fit
+        resolved = source.resolve(target)
+        target_hours = images / images_per_s(resolved, source.gmacs(resolved))[0] / 3600
+        if target_hours > gpu_hours:
+            raise InvalidParameter("gpu_hours", f"is {gpu_hours:g}, but caching the target {resolved} "
+                                   f"alone takes {target_hours:.2f} GPU-hours on {images:,} images: give at least that")
     shapes = [space] if space.min_stages <= 2 else [space.with_overrides(min_stages=2, max_stages=2), space]
     answers: list[Outcome] = []
     ranked: list[Outcome] = []
@@ -203,9 +201,6 @@ def _price(target: str, target_gmacs: float, max_drop: float, images: int, limit
                          gpu_hours=0.0 if name in cached else images / rate / 3600)
 
     head = priced(target, "target", answers[0] if answers else None)
-    if limit is not None and head.gpu_hours > limit:
-        raise InvalidParameter("gpu_hours", f"is {limit:g}, but caching the target {target} alone takes "
-                               f"{head.gpu_hours:.2f} GPU-hours on {images:,} images: give at least that")
     kept, left_out, used, listed = [head], [], head.gpu_hours, {target}
     for outcome in cascades:
         new = [priced(m, "answer" if m in answer_models else "companion", outcome)

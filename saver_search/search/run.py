@@ -12,7 +12,7 @@ samples the threshold too (the paper-style search); a trial is feasible when its
 from __future__ import annotations
 
 import hashlib
-import math
+import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import optuna
 
+from saver_search._validation import check_number, number_from_text
 from saver_search._version import __version__
 from saver_search.cascade.guarantee import (
     DEFAULT_BOUND, DEFAULT_FRACTION, DEFAULT_LEVEL, DEFAULT_SELECTION, BoundName, SplitInfo, check_bound,
@@ -87,30 +88,15 @@ class SearchInterrupted(KeyboardInterrupt):
     """Ctrl-C during a search; the message says what was kept and how to resume."""
 
 
-def check_selection(selection: Any) -> float:
+def check_selection(selection: float | str) -> float:
     """The share of the calibration images that select (Learn-then-Test), strictly between 0 and 1."""
-    try:
-        value = float(selection)
-    except (TypeError, ValueError):
-        raise InvalidParameter("selection", f"must be a number strictly between 0 and 1 such as 0.5, got {selection!r}") from None
-    if not 0.0 < value < 1.0:
-        raise InvalidParameter("selection", f"must be strictly between 0 and 1 (such as 0.5), got {selection}")
-    return value
+    selection = number_from_text(selection, "selection", example="0.5") if isinstance(selection, str) else selection
+    return float(check_number(selection, "selection", low=0.0, high=1.0, low_open=True, high_open=True, example="0.5"))
 
 
-def check_max_drop(max_drop: Any, *, text: bool = False) -> float:
-    """Validate the accuracy-drop budget (top-1 points): a number (with ``text``, as the CLI reads it: a string)."""
-    kinds = (int, float, np.integer, np.floating, *((str,) if text else ()))
-    not_a_number = InvalidParameter("max_drop", f"must be a number of top-1 points such as 0.5, got {max_drop!r}")
-    if isinstance(max_drop, bool) or not isinstance(max_drop, kinds):
-        raise not_a_number
-    try:
-        value = float(max_drop)
-    except ValueError:
-        raise not_a_number from None
-    if not math.isfinite(value) or value < 0 or value > 100:
-        raise InvalidParameter("max_drop", f"must be between 0 and 100 top-1 points (e.g. 0.5), got {max_drop}")
-    return value
+def check_max_drop(max_drop: float) -> float:
+    """The accuracy-drop budget: a number of top-1 points in [0, 100]."""
+    return float(check_number(max_drop, "max_drop", low=0.0, high=100.0, unit="top-1 points", example="0.5"))
 
 
 def select_candidates(source: PredictionSource, target: str, space: SearchSpace, explicit: Sequence[str] | None) -> list[str]:
@@ -238,6 +224,30 @@ class PreparedSearch:
                                        "resume") from err
         return summarise(study, seconds=time.perf_counter() - started, storage=self.storage_label,
                          ran_here=worker.completed)
+
+    def run_processes(self, commands: Sequence[Sequence[str]], progress: bool = False) -> tuple[SearchResult, list[str]]:
+        """Run the study in one process per command (each a worker on this study's storage, e.g. the same search
+        command with ``--as-worker``), show their joint progress, and summarise the study. A worker that fails leaves
+        its share to this process, which finishes the study; returns the summary and each failed worker's last error
+        line (none: every worker succeeded)."""
+        study = self.open()
+        started = time.perf_counter()
+        processes = [subprocess.Popen(list(command), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                     for command in commands]
+        try:
+            with StudyProgress(study, self.spec, None, progress and self.spec.exact, self.work) as bar:
+                while any(p.poll() is None for p in processes):
+                    bar.update()
+                    time.sleep(0.2)
+        except KeyboardInterrupt:
+            for process in processes:
+                process.wait()
+            raise SearchInterrupted(self.interrupted_message(study)) from None
+        errors = [p.stderr.read().strip() for p in processes if p.returncode]
+        if errors:
+            self.run()
+        lines = [text.splitlines()[-1] if text else "exited without a message" for text in errors]
+        return summarise(study, seconds=time.perf_counter() - started, storage=self.storage_label), lines
 
     def certify(self, study: optuna.Study) -> None:
         """Certify the best learned path of the complete work on the certification images and keep the answer with

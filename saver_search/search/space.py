@@ -57,6 +57,12 @@ class CandidateFilter:
         )
 
 
+def searches_cascades(stages: tuple[int, int], committee_members: int, scores: tuple[str, ...]) -> bool:
+    """The one rule: a space of more than 2 stages, committees or another score than the default searches cascades
+    (families of structures); otherwise it searches plain pairs (one trial per candidate)."""
+    return stages != (2, 2) or committee_members > 1 or tuple(scores) != (DEFAULT_SCORE,)
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     """Everything a search explores besides the data, the target and the budget."""
@@ -81,7 +87,7 @@ class SearchSpace:
     @property
     def cascades(self) -> bool:
         """Whether this space searches cascades (more stages, committees or other scores) rather than pairs."""
-        return self.max_stages > 2 or self.min_stages > 2 or self.committee_members > 1 or self.scores != (DEFAULT_SCORE,)
+        return searches_cascades((self.min_stages, self.max_stages), self.committee_members, self.scores)
 
     def with_overrides(self, **changes: Any) -> "SearchSpace":
         """A copy with the given fields replaced, skipping those given as None."""

@@ -49,6 +49,7 @@ from saver_search.search.keys import (
     CANDIDATE_PARAM, CREATOR_ATTR, DUPLICATE_ATTR, INFO_ATTR, QUEUED_ATTR, READY_ATTR, RECONCILED_ATTR, RETRY_ATTR,
     SPEC_ATTR, WORKER_ATTR,
 )
+from saver_search.search.space import searches_cascades
 
 SPEC_FORMAT = 2
 HEARTBEAT_S = 5.0
@@ -99,7 +100,7 @@ class StudySpec:
     @property
     def cascades(self) -> bool:
         """A cascade search (more stages, committees or other scores; see :mod:`saver_search.search.space`)."""
-        return self.stages != (2, 2) or self.committee_members > 1 or self.scores != ("maxprob",)
+        return searches_cascades(self.stages, self.committee_members, self.scores)
 
     @property
     def exact(self) -> bool:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from saver_search._validation import check_img_size
+from saver_search._validation import check_img_size, check_number
 from saver_search.compat import import_torch
 from saver_search.errors import InvalidParameter, SaverSearchError
 from saver_search.zoo.costs import cost_key, get_cost, read_cache, update_cache, warn_malformed
@@ -46,9 +46,8 @@ def measure_latency(
 ) -> Latency:
     """Seconds per image over ``repeats`` real forward passes of a randomly initialised model (median, spread)."""
     check_img_size(img_size)
-    for label, value in (("batch_size", batch_size), ("repeats", repeats)):
-        if value < 1:
-            raise InvalidParameter(label, f"must be a positive integer, got {value}")
+    check_number(batch_size, "batch_size", low=1, integer=True)
+    check_number(repeats, "repeats", low=1, integer=True)
     torch = import_torch()
     target = _torch_device(device)
     _, model, (height, width) = build_model(name, img_size, target)
