@@ -53,8 +53,8 @@ def check_choice(value: Any, name: str, choices: Collection[str]) -> str:
 
 def check_img_size(img_size: int | None) -> None:
     """Raise unless ``img_size`` is None or a positive number of pixels."""
-    if img_size is not None:
-        check_number(img_size, "img_size", low=1, integer=True, unit="pixels per side")
+    if img_size is not None and (isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1):
+        raise InvalidParameter("img_size", f"must be a positive integer (pixels per side), got {img_size!r}")
 
 
 def number_from_text(text: str, name: str, *, integer: bool = False, example: str = "") -> Any:

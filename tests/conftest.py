@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,9 @@ import pytest
 from saver_search.predictions.store import PredictionStore
 
 REPO = Path(__file__).resolve().parent.parent
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one torch thread per worker (and per CLI process it starts): the
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # workers already fill the cores; more threads only contend
 IMAGENET_X = REPO.parent / "shared" / "data" / "imagenet-x"
 
 
