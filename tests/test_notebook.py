@@ -15,6 +15,7 @@ from nbclient import NotebookClient
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "explore_search.ipynb"
 MIN_FIGURES = 5
 MIN_PNG_BYTES = 10_000
+SMALLER = "TRIALS, BUDGETS = 30, [0.25, 1.0]  # the test's parameters: every cell runs, on less work"
 
 
 def kernel_manager(folder: Path) -> AsyncKernelManager:
@@ -35,6 +36,9 @@ def png_sizes(notebook: nbformat.NotebookNode) -> list[int]:
 @pytest.mark.slow
 def test_notebook_executes_and_draws_figures(tmp_path):
     notebook = nbformat.read(NOTEBOOK, as_version=4)
+    parameters = next(i for i, cell in enumerate(notebook.cells) if cell.cell_type == "code")
+    assert "TRIALS =" in notebook.cells[parameters].source and "BUDGETS =" in notebook.cells[parameters].source
+    notebook.cells.insert(parameters + 1, nbformat.v4.new_code_cell(SMALLER))  # as papermill injects parameters
     client = NotebookClient(notebook, km=kernel_manager(tmp_path / "kernels"), timeout=300,
                             resources={"metadata": {"path": str(NOTEBOOK.parent)}})
     client.execute(cleanup_kc=True)  # raises CellExecutionError, with the failing cell's traceback

@@ -194,7 +194,7 @@ def test_a_learn_then_test_report_gives_the_certified_answer_and_names_the_selec
     from saver_search.report.console import to_text
     from saver_search.report.files import write_report
 
-    zoo = SimulatedZoo()
+    zoo = SimulatedZoo(n_samples=10_000)
     space = SearchSpace(min_stages=2, max_stages=3, committee_members=2,
                         candidates=CandidateFilter(include=("tf_efficientnet_b[0-4].ns_jft_in1k", "convnext_*in12k*")))
     storage = str(tmp_path / "ltt.journal")

@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_store, run_main
+from conftest import IMAGENET_X, make_store, run_main
 
 from saver_search.errors import InvalidParameter, SaverSearchError, StudyMismatch
 from saver_search.predictions.importers import import_predictions
@@ -25,43 +25,56 @@ def read_column(path, column, kind):
         return np.array([kind(row[column]) for row in csv.DictReader(handle)])
 
 
-def brute_force_sweep(confidence, first_correct, target_correct, g_first, g_target, max_drop):
-    """Every distinct threshold evaluated from its own exit mask (chunked matrix products), cheapest feasible."""
-    n = confidence.size
+def brute_force_sweep(confidence, first_correct, target_correct):
+    """Every distinct threshold evaluated from its own exit mask (chunked matrix products): the thresholds, and at
+    each the images answered right and the images that exit at the first stage."""
     thresholds = np.unique(np.concatenate((confidence, [0.0])))
-    allowed = np.floor(max_drop * n / 100 + 1e-9)
-    best = None
+    correct, n_exit = [], []
     for chunk in np.array_split(thresholds, max(1, thresholds.size // 500)):
         exits = (confidence[None, :] > chunk[:, None]).astype(np.float32)
-        correct = exits @ first_correct + (1 - exits) @ target_correct
-        n_exit = exits.sum(axis=1)
-        gmacs = g_first + g_target * (n - n_exit) / n
-        ok = target_correct.sum() - np.rint(correct) <= allowed
-        if ok.any():
-            i = np.flatnonzero(ok)[np.argmin(gmacs[ok])]
-            if best is None or gmacs[i] < best[2]:
-                best = (chunk[i], int(np.rint(correct[i])), gmacs[i], int(n_exit[i]))
-    return best
+        correct.append(np.rint(exits @ first_correct + (1 - exits) @ target_correct))
+        n_exit.append(exits.sum(axis=1))
+    return thresholds, np.concatenate(correct), np.concatenate(n_exit)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("max_drop", [0.5, 1.0])
-def test_imagenet_x_in_sample_search_equals_brute_force(tmp_path, imagenet_x, max_drop):
-    labels_csv = imagenet_x / "filename_label.csv"
+def cheapest_feasible(sweep, n_target_correct, g_first, g_target, max_drop):
+    """Of the sweep, the cheapest threshold within ``max_drop`` points: (threshold, correct, GMACs, exits)."""
+    thresholds, correct, n_exit = sweep
+    n = n_target_correct.size
+    gmacs = g_first + g_target * (n - n_exit) / n
+    ok = np.flatnonzero(n_target_correct.sum() - correct <= np.floor(max_drop * n / 100 + 1e-9))
+    i = ok[np.argmin(gmacs[ok])]
+    return thresholds[i], int(correct[i]), gmacs[i], int(n_exit[i])
+
+
+@pytest.fixture(scope="module")
+def imagenet_x_pair(tmp_path_factory):
+    """The real pair as a store, its columns, and the brute-force sweep of every threshold (made once)."""
+    imagenet_x = IMAGENET_X
+    if not (imagenet_x / "filename_label.csv").exists():
+        pytest.skip("../shared/data/imagenet-x is not available")
+    store, labels_csv = tmp_path_factory.mktemp("imagenet-x") / "s", imagenet_x / "filename_label.csv"
     for name, gmacs in (("ViT", 17.58), ("ResNet50", 4.11)):
-        import_predictions(tmp_path / "s", name, imagenet_x / f"{name}.csv", gmacs=gmacs, labels_path=labels_csv)
-    result = run_search(PredictionStore(tmp_path / "s"), "ViT", max_drop, SearchSpace(), **IN_SAMPLE)
+        import_predictions(store, name, imagenet_x / f"{name}.csv", gmacs=gmacs, labels_path=labels_csv)
     labels = read_column(labels_csv, "label", int)
     confidence = read_column(imagenet_x / "ResNet50.csv", "predicted_probability", float).astype(np.float32)
     first_correct = (read_column(imagenet_x / "ResNet50.csv", "predicted_class", int) == labels).astype(np.float32)
     target_correct = (read_column(imagenet_x / "ViT.csv", "predicted_class", int) == labels).astype(np.float32)
-    threshold, n_correct, gmacs, n_exit = brute_force_sweep(confidence, first_correct, target_correct, 4.11, 17.58, max_drop)
+    return PredictionStore(store), confidence, target_correct, brute_force_sweep(confidence, first_correct, target_correct)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("max_drop", [0.5, 1.0])
+def test_imagenet_x_in_sample_search_equals_brute_force(imagenet_x_pair, max_drop):
+    store, confidence, target_correct, sweep = imagenet_x_pair
+    result = run_search(store, "ViT", max_drop, SearchSpace(), **IN_SAMPLE)
+    threshold, n_correct, gmacs, n_exit = cheapest_feasible(sweep, target_correct, 4.11, 17.58, max_drop)
     best = result.best
     assert best.stages == ["ResNet50", "ViT"] and best.test is None and result.split.in_sample
     above = confidence[confidence > threshold].min()  # the boundary lies between the last that stays and the next
     assert best.thresholds[0] == (float(threshold) + float(above)) / 2
-    assert round(best.calibration.accuracy * labels.size / 100) == n_correct
-    assert best.calibration.exit_ratio * labels.size == n_exit
+    assert round(best.calibration.accuracy * confidence.size / 100) == n_correct
+    assert best.calibration.exit_ratio * confidence.size == n_exit
     assert best.calibration.gmacs == pytest.approx(gmacs, rel=1e-6)
     assert best.calibration.drop <= max_drop + 1e-9 and best.feasible
 
