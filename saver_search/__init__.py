@@ -37,7 +37,7 @@ _EXPORTS = {
     "Outcome": "cascade.results", "Figures": "cascade.results",
     "Interval": "cascade.guarantee", "SplitInfo": "cascade.guarantee", "BOUNDS": "cascade.guarantee",
     # studies and traces
-    "load_study": "search.run", "summarise": "search.run", "open_storage": "search.study", "StudySpec": "search.study",
+    "load_study": "search.run", "summarise": "search.run", "open_storage": "search.storages", "StudySpec": "search.spec",
     "load_trace": "report.trace", "SearchTrace": "report.trace", "trials_frame": "report.trace", "write_report": "report.files",
     # caching at scale
     "plan_caching": "search.plan", "CachingPlan": "search.plan",
@@ -83,6 +83,7 @@ if TYPE_CHECKING:  # noqa: F401 (for type checkers and IDEs; at run time names l
     from saver_search.predictions.sources import ArraySource, PredictionSource, open_source
     from saver_search.search.space import CandidateFilter, SearchSpace, load_space
     from saver_search.predictions.store import ModelMeta, ModelPredictions, PredictionStore
-    from saver_search.search.study import StudySpec, open_storage
+    from saver_search.search.spec import StudySpec
+    from saver_search.search.storages import open_storage
     from saver_search.report.files import write_report
     from saver_search.report.trace import SearchTrace, load_trace, trials_frame

@@ -12,7 +12,7 @@ import pytest
 
 import saver_search
 from saver_search.cli import main as cli_main
-from saver_search.search.study import StudySpec
+from saver_search.search.spec import StudySpec
 
 PACKAGE = Path(saver_search.__file__).parent
 # Each layer may import only itself and the layers before it (the base: errors, files, compat, _version,

@@ -15,7 +15,7 @@ from saver_search.report.plots import REPORT_FIGURES, plot_budget_sweep
 from saver_search.report.trace import best_per_candidate, best_so_far, load_trace, pareto_front, trials_frame
 from saver_search.search.run import load_study, run_search, summarise
 from saver_search.search.space import CandidateFilter, SearchSpace
-from saver_search.search.study import open_storage
+from saver_search.search.storages import open_storage
 
 MODELS = {"tiny_a.x": (0.70, 0.5), "tiny_b.x": (0.78, 1.0), "mid_c.x": (0.85, 3.0), "big_t.x": (0.90, 10.0)}
 TARGET = "big_t.x"

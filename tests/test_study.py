@@ -19,7 +19,9 @@ from optuna.trial import TrialState
 from saver_search.errors import StudyMismatch
 from saver_search.search.run import load_study, run_search, summarise
 from saver_search.search.space import SearchSpace
-from saver_search.search.study import GRACE_S, HOST, SPEC_WAIT_S, StudySpec, open_storage, worker_is_dead
+from saver_search.search.spec import StudySpec
+from saver_search.search.storages import open_storage
+from saver_search.search.study import GRACE_S, HOST, SPEC_WAIT_S, worker_is_dead
 
 MODELS = {**{f"cand_{i}.x": (0.62 + 0.04 * i, 0.4 + 0.6 * i) for i in range(6)}, "big.x": (0.9, 20.0)}
 TARGET = "big.x"
@@ -321,7 +323,7 @@ def test_a_killed_lock_holder_leaves_no_stale_journal_lock(tmp_path):
     journal = tmp_path / "locked.log"
     journal.touch()
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from saver_search.search.study import FlockLock; lock = FlockLock(sys.argv[1]); lock.acquire(); "
+        "import sys, time; from saver_search.search.storages import FlockLock; lock = FlockLock(sys.argv[1]); lock.acquire(); "
         "print('held', flush=True); time.sleep(600)"), str(journal)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     fd = os.open(journal, os.O_WRONLY | os.O_APPEND)

@@ -17,7 +17,8 @@ from saver_search.cascade.results import Outcome, rank_outcomes
 from saver_search.errors import SaverSearchError
 from saver_search.search.keys import CURVE_ATTR
 from saver_search.search.run import SearchResult, read_study, study_outcomes, summarise
-from saver_search.search.study import StudyInfo, StudySpec, trial_candidate
+from saver_search.search.spec import StudyInfo, StudySpec
+from saver_search.search.study import trial_candidate
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -31,7 +31,7 @@ from saver_search.search.keys import (
     CANDIDATE_PARAM, CURVE_ATTR, OUTCOME_ATTR, PATH_ATTR, PREFIX_PARAM, SCORE_PARAM, SHAPE_PARAM, THRESHOLD_PARAM,
 )
 from saver_search.search.space import SearchSpace, Shape, space_shapes
-from saver_search.search.study import ModelInfo
+from saver_search.search.spec import ModelInfo
 from saver_search.zoo.tables import table_cost
 
 STAGE_SEPARATOR = " -> "

@@ -34,9 +34,10 @@ from saver_search.predictions.sources import PredictionSource, model_meta
 from saver_search.search.keys import CERTIFIED_ATTR, OUTCOME_ATTR, PATH_ATTR
 from saver_search.search.objective import CascadeObjective, model_info, target_alone_outcome
 from saver_search.search.space import SearchSpace
+from saver_search.search.spec import ModelInfo, StudyInfo, StudySpec, data_fingerprint
+from saver_search.search.storages import open_storage, storage_exists
 from saver_search.search.study import (
-    ModelInfo, Progress, StudyInfo, StudySpec, StudyWorker, candidate_progress, create_or_load, data_fingerprint,
-    open_storage, read_info, read_spec, storage_exists, trial_work, work_progress,
+    Progress, StudyWorker, candidate_progress, create_or_load, read_info, read_spec, trial_work, work_progress,
 )
 
 DEFAULT_SAMPLED_TRIALS = 300  # a sampled pair search's trials
@@ -319,7 +320,7 @@ def prepare_search(
         guarantee: level at which the true drop stays within ``max_drop``; None or ``"none"``: plug-in choice.
         bound: the test behind the guarantee (see :mod:`saver_search.cascade.guarantee`).
         latency_ms: milliseconds per image of a model; the study then minimises expected latency.
-        sqlite_wal: switch an SQLite storage to write-ahead logging (see :func:`~saver_search.search.study.open_storage`).
+        sqlite_wal: switch an SQLite storage to write-ahead logging (see :func:`~saver_search.search.storages.open_storage`).
         selection: with a guarantee in exact mode, the share of the calibration images that select the cascade and
             its path of thresholds; the rest certify that path alone (Learn-then-Test, see
             :mod:`saver_search.cascade.guarantee`).

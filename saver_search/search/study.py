@@ -1,14 +1,12 @@
-"""Stored studies you can trust: one spec per study, race-free creation, workers that lose and repeat nothing.
+"""Stored studies you can trust: race-free creation, workers that lose and repeat nothing.
 
-* **One study spec** (:class:`StudySpec`): everything that makes two runs' trials comparable (target, budget,
-  cost, threshold mode, stages, objectives, candidates, calibration split, guarantee, and a content
-  fingerprint of the data, never a path). The process that creates a study writes it once, before queueing
-  the work; every later process reads it with :func:`read_spec` and compares it whole. A resume never
-  writes to the study's attributes (only a caller that finishes a creation whose creator died does).
-* **Race-free, resumable creation**: any number of workers may start at once on an empty storage. Schema
-  creation is retried when two processes race for it; ``create_new_study`` lets exactly one of them create the
-  study, the others wait for its spec and its queue while its creator lives. A creation stopped at any step is
-  finished by the next caller (:func:`create_or_load`).
+* **One study spec** (:class:`~saver_search.search.spec.StudySpec`): the process that creates a study writes it
+  once, before queueing the work; every later process reads it with :func:`read_spec` and compares it whole. A
+  resume never writes to the study's attributes (only a caller that finishes a creation whose creator died does).
+* **Race-free, resumable creation**: any number of workers may start at once on an empty storage
+  (:mod:`saver_search.search.storages` retries the schema race); ``create_new_study`` lets exactly one of them
+  create the study, the others wait for its spec and its queue while its creator lives. A creation stopped at any
+  step is finished by the next caller (:func:`create_or_load`).
 * **Workers** (:class:`StudyWorker`): in exact mode each work item (a candidate, or a family of cascades) is
   queued once (``enqueue_trial``) and workers pop the queue. A trial records its worker (host, pid, heartbeat); a trial whose worker died
   (its process is gone on this host, or its heartbeat is older than :data:`GRACE_S` elsewhere) is failed by
@@ -16,15 +14,10 @@
   queued again by its own worker. A worker whose queue is empty waits for the other workers' trials, then
   queues any work item still missing; a retried trial whose item is already complete, or queued earlier, is
   pruned as a duplicate. So every work item ends with exactly one complete trial.
-* **Storages**: an Optuna ``BaseStorage`` object, an RDB URL (``sqlite:///PATH``,
-  ``postgresql+psycopg://...``) or a journal file path, locked with ``flock`` so that a killed worker never
-  leaves a stale lock behind. Nothing here changes global state; :func:`open_storage` switches SQLite to
-  WAL only when asked (the CLI asks).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -32,346 +25,28 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-import numpy as np
 import optuna
 from optuna.exceptions import DuplicatedStudyError, UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from saver_search.errors import InvalidParameter, SaverSearchError, StudyMismatch, first_line
-from saver_search.predictions.store import Provenance
+from saver_search.errors import SaverSearchError
 from saver_search.search.keys import (
     CANDIDATE_PARAM, CREATOR_ATTR, DUPLICATE_ATTR, INFO_ATTR, QUEUED_ATTR, READY_ATTR, RECONCILED_ATTR, RETRY_ATTR,
     SPEC_ATTR, WORKER_ATTR,
 )
-from saver_search.search.space import searches_cascades
+from saver_search.search.spec import StudyInfo, StudySpec
 
-SPEC_FORMAT = 2
 HEARTBEAT_S = 5.0
 GRACE_S = 30.0  # a trial of another host with no heartbeat for this long is dead
 POLL_S = 0.25
 SPEC_WAIT_S = 60.0  # how long a creator on another host may take to write a study's spec and queue
 ADOPT_AFTER_S = 3.0  # a study still empty after this long lost its creator between its first two writes
-SCHEMA_RETRIES = 12
-SQLITE_TIMEOUT_S = 60.0  # how long an SQLite connection waits for another's lock
-SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
-RACE_MARKERS = ("already exists", "unique constraint", "duplicate key", "database is locked", "alembic_version")
-
-
-@dataclass(frozen=True)
-class StudySpec:
-    """What a study was created for; two runs share a study only if their specs are equal.
-
-    ``calibration`` None: in-sample (all images calibrate); ``guarantee`` None: plug-in choice.
-    ``data`` is a content fingerprint (:func:`data_fingerprint`).
-    """
-
-    target: str
-    max_drop: float
-    cost: str
-    threshold_mode: str
-    threshold_range: tuple[float, float]
-    stages: tuple[int, int]
-    objectives: tuple[str, ...]
-    directions: tuple[str, ...]
-    sampler: str
-    candidates: tuple[str, ...]
-    calibration: float | None
-    split_seed: int
-    guarantee: float | None
-    bound: str
-    data: str
-    format: int = SPEC_FORMAT
-    committee_members: int = 1
-    scores: tuple[str, ...] = ("maxprob",)
-    threshold_grid: int = 20
-    selection: float | None = None
-    enumeration: tuple[int, int, int] = (0, 0, 0)
-
-    @property
-    def pareto(self) -> bool:
-        return len(self.objectives) > 1
-
-    @property
-    def cascades(self) -> bool:
-        """A cascade search (more stages, committees or other scores; see :mod:`saver_search.search.space`)."""
-        return searches_cascades(self.stages, self.committee_members, self.scores)
-
-    @property
-    def exact(self) -> bool:
-        """Exact mode: the work is queued (one trial per candidate, or per family of cascades), thresholds solved."""
-        return self.threshold_mode == "exact" and not self.pareto
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "StudySpec":
-        data = json.loads(text)
-        for key in ("threshold_range", "objectives", "directions", "candidates", "scores", "enumeration"):
-            if key in data:
-                data[key] = tuple(data[key])
-        data["stages"] = tuple(data["stages"])
-        return cls(**data)
-
-    def check_resumes(self, stored: "StudySpec", study_name: str) -> None:
-        """Raise :class:`StudyMismatch` naming the first key where ``stored`` differs from this spec."""
-        for key in (f.name for f in fields(self)):
-            mine, theirs = getattr(self, key), getattr(stored, key)
-            if mine == theirs:
-                continue
-            if key == "candidates":
-                missing = [c for c in theirs if c not in mine] or [c for c in mine if c not in theirs]
-                theirs = f"{len(theirs)} candidates"
-                mine = f"{len(mine)} candidates (differing: {', '.join(missing[:3]) or 'order'})"
-            raise StudyMismatch(study_name, key, theirs, mine)
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """A model's own cost and size (GMACs per image, input side in pixels, parameters in millions; None: unknown)
-    and, for models a store ran itself, how to run it again."""
-
-    gmacs: float
-    img_size: int | None
-    params_m: float | None
-    provenance: Provenance | None = None
-
-
-@dataclass(frozen=True)
-class StudyInfo:
-    """What a study records about its data and target besides its identity (written once, never compared)."""
-
-    data: str
-    simulated: bool
-    space: str
-    target_gmacs: float
-    target_accuracy: float
-    target_test_accuracy: float | None
-    target_latency_ms: float | None
-    calibration_images: int
-    test_images: int
-    stratified: bool
-    created: str
-    version: str
-    models: dict[str, ModelInfo] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> "StudyInfo":
-        data = json.loads(text)
-        data["models"] = {name: ModelInfo(**{**info, "provenance": Provenance.from_dict(info.get("provenance"))})
-                          for name, info in data.get("models", {}).items()}
-        return cls(**data)
-
-
-def data_fingerprint(labels: np.ndarray, sample_ids: np.ndarray | None, models: Iterable[Any]) -> str:
-    """A hash of what a search reads: labels, sample ids and, per model, its identity and top-k arrays.
-
-    ``models`` yields ``ModelPredictions``, or ``(meta, content digest)`` pairs from a source that identifies its
-    predictions without making them (the simulated zoo); ``created`` times and ``source`` texts are left out, so
-    two copies of the same data (another path, another machine) fingerprint alike.
-    """
-    digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(labels, dtype=np.int64).data)
-    if sample_ids is not None:
-        digest.update("\n".join(map(str, sample_ids)).encode())
-    for model in models:
-        meta, content = model if isinstance(model, tuple) else (model.meta, None)
-        identity = {"name": meta.name, "gmacs": meta.gmacs, "k": meta.k, "arch": meta.arch, "img_size": meta.img_size}
-        digest.update(json.dumps(identity, sort_keys=True).encode())
-        if content is not None:
-            digest.update(content.encode())
-            continue
-        for array in (model.classes, model.probs):
-            digest.update(np.ascontiguousarray(array).data)
-    return "sha256:" + digest.hexdigest()
-
-
-# ----------------------------------------------------------------------------------------------- storages
-
-
-class FlockLock:
-    """A journal file lock held with ``flock(2)`` on the journal itself: the kernel drops it when its process
-    dies, so a killed worker never leaves a stale lock (Optuna's file locks wait 30 s for one)."""
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._fd: int | None = None
-
-    def acquire(self) -> bool:
-        import fcntl
-
-        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        self._fd = fd
-        return True
-
-    def release(self) -> None:
-        import fcntl
-
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-
-def open_storage(storage: str | BaseStorage | None, *, sqlite_wal: bool = False) -> BaseStorage | None:
-    """An Optuna storage from an object (returned as is), an RDB URL or a journal file path; None in memory.
-
-    Args:
-        storage: ``sqlite:///PATH``, ``postgresql+psycopg://USER@HOST/DB`` (any SQLAlchemy URL), a journal
-            file path, or a ``BaseStorage``.
-        sqlite_wal: switch an SQLite database to write-ahead logging with ``synchronous=NORMAL`` (persistent
-            in the file; faster, and readers no longer block the writer). Off by default: the library does
-            not change a user's database settings.
-    """
-    if storage is None or isinstance(storage, BaseStorage):
-        return storage
-    if not isinstance(storage, (str, os.PathLike)):
-        raise InvalidParameter("storage", f"must be a URL, a journal file path or an optuna storage, got {type(storage).__name__}")
-    storage = str(storage)
-    if "://" in storage:
-        return _open_rdb(storage, sqlite_wal)
-    path = Path(storage)
-    if path.exists() and not path.is_file():
-        raise InvalidParameter("storage", f"{storage} is not a regular file: give a journal file path or an RDB URL")
-    if path.suffix in SQLITE_SUFFIXES and (not path.exists() or _is_sqlite(path)):
-        raise InvalidParameter("storage", f"{storage} names an SQLite database by its file name: pass "
-                               f"sqlite:///{storage} (a plain path is a journal file; give it another suffix, e.g. .journal)")
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-    try:
-        _drop_torn_record(storage)
-        return JournalStorage(JournalFileBackend(storage, lock_obj=FlockLock(storage)))  # type: ignore[arg-type]
-    except OSError as err:
-        raise SaverSearchError(f"cannot open journal file {storage}: {err.strerror or err}") from err
-    except (ValueError, AssertionError, KeyError, TypeError) as err:  # replayed at once: a damaged file fails
-        raise SaverSearchError(f"{storage} is not an Optuna storage this version can read (a journal file holds one "
-                               f"JSON record of a known kind a line: {first_line(err)}); pass the storage the search "
-                               "was run with") from err
-
-
-def _is_sqlite(path: Path) -> bool:
-    with open(path, "rb") as file:
-        return file.read(16) == b"SQLite format 3\x00"
-
-
-def _drop_torn_record(path: str) -> None:
-    """Cut a journal's last line when a writer was killed (or ran out of disk) halfway through it.
-
-    Optuna skips a torn last line, but the next record is appended to it and both become one unreadable line,
-    after which the journal cannot be read at all. Writers append under the journal's lock, so under the lock a
-    line without its newline is no longer being written: it was never a record, and nothing complete is lost."""
-    if not Path(path).is_file() or Path(path).stat().st_size == 0:
-        return
-    lock = FlockLock(path)
-    lock.acquire()
-    try:
-        with open(path, "rb+") as file:
-            size = file.seek(0, os.SEEK_END)
-            file.seek(max(size - 1, 0))
-            if file.read(1) == b"\n":
-                return
-            keep = size
-            while keep > 0:
-                start = max(keep - 65536, 0)
-                file.seek(start)
-                newline = file.read(keep - start).rfind(b"\n")
-                if newline >= 0:
-                    keep = start + newline + 1
-                    break
-                keep = start
-            file.truncate(keep)
-    finally:
-        lock.release()
-
-
-def _open_rdb(url: str, sqlite_wal: bool) -> BaseStorage:
-    """An RDB storage; schema creation is retried while other processes race to create the same tables. A new
-    SQLite file that could not be made a storage (a full disk, a read-only folder) is removed, not left half-made."""
-    engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {}
-    sqlite_path = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
-    new_file = sqlite_path if sqlite_path is not None and not storage_exists(url) else None
-    for attempt in range(SCHEMA_RETRIES):
-        try:
-            if sqlite_wal and sqlite_path is not None:
-                _sqlite_wal_file(sqlite_path)
-            rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-            break
-        except ModuleNotFoundError as err:
-            raise SaverSearchError(
-                f"cannot open storage {url}: the database driver '{err.name}' is not installed; for PostgreSQL "
-                "install the extra: pip install 'saver_search[postgres]'"
-            ) from err
-        except Exception as err:  # SQLAlchemy raises many types for bad URLs, races and unreachable servers
-            text = str(err).lower()
-            if attempt + 1 < SCHEMA_RETRIES and any(marker in text for marker in RACE_MARKERS):
-                time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))
-                continue
-            if new_file is not None:
-                new_file.unlink(missing_ok=True)
-                Path(f"{new_file}-wal").unlink(missing_ok=True)
-                Path(f"{new_file}-shm").unlink(missing_ok=True)
-            raise SaverSearchError(f"cannot open storage {url}: {str(err).splitlines()[0]}") from err
-    if sqlite_wal and url.startswith("sqlite"):
-        _sqlite_synchronous_normal(rdb)
-    return rdb
-
-
-def _sqlite_wal_file(path: Path) -> None:
-    """Put the SQLite file in write-ahead logging (a setting stored in the file) before any table is made.
-
-    Why here and not on each connection: switching the journal mode takes an exclusive lock, and when a
-    connection that holds a shared lock meets another one's pending lock SQLite answers "database is locked"
-    at once, without waiting its busy timeout. Eight workers started at one barrier hit that in CI when every
-    new pooled connection asked for WAL while others created the schema in rollback mode. Here the switch
-    happens once, before the schema, and a lost race is retried until ``SQLITE_TIMEOUT_S``."""
-    import sqlite3
-
-    deadline = time.monotonic() + SQLITE_TIMEOUT_S
-    while True:
-        connection = sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S)
-        try:
-            connection.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as err:
-            if "locked" not in str(err) or time.monotonic() > deadline:
-                raise
-            time.sleep(random.uniform(0.01, 0.1))
-        finally:
-            connection.close()
-
-
-def _sqlite_synchronous_normal(rdb: optuna.storages.RDBStorage) -> None:
-    """No fsync per commit (a per-connection setting): a trial makes a few small commits, each ~0.1 s with
-    fsync. In WAL a killed process loses nothing; only an OS crash may lose the last trials, never the database."""
-    from sqlalchemy import event
-
-    def on_connect(connection: Any, _record: Any) -> None:
-        cursor = connection.cursor()
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    event.listen(rdb.engine, "connect", on_connect)
-    rdb.engine.dispose()
-
-
-def storage_exists(storage: str | BaseStorage) -> bool:
-    """False for a SQLite or journal path with no file yet (opening it would create one)."""
-    if not isinstance(storage, str):
-        return True
-    sqlite = "sqlite:///"
-    if storage.startswith(sqlite):
-        return Path(storage[len(sqlite):]).is_file()
-    return "://" in storage or Path(storage).is_file()
 
 
 # ------------------------------------------------------------------------------------------ creation, specs
