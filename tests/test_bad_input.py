@@ -207,11 +207,12 @@ def test_a_journal_torn_by_a_kill_mid_write_loses_its_partial_record_only(world,
     assert journal.read_bytes().startswith(b"".join(lines))  # every complete record kept
 
 
-def test_a_reader_that_stops_early_ends_the_listing_quietly():
+@pytest.mark.parametrize("args", [["costs", "--list", "*"], ["--help"]])
+def test_a_reader_that_stops_early_ends_the_listing_quietly(args):
     import subprocess
     import sys
 
-    listing = subprocess.Popen([sys.executable, "-m", "saver_search", "costs", "--list", "*"], stdout=subprocess.PIPE,
+    listing = subprocess.Popen([sys.executable, "-m", "saver_search", *args], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
     listing.stdout.readline()
     listing.stdout.close()  # as `| head -1` does

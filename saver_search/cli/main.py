@@ -99,7 +99,14 @@ def checkpoint_files(specs: Sequence[str], match: Callable[[str], str | None], m
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse ``argv``, run the subcommand, and turn user errors into one line on stderr with exit code 2."""
-    args_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _dispatch(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:  # the reader stopped early (`costs --list '*' | head`, `--help | head`): nothing to add
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
+
+
+def _dispatch(args_list: list[str]) -> None:
     if args_list and args_list[0] in ("-h", "--help"):
         print(_overview())
         return
@@ -124,9 +131,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt as interrupt:
         print(str(interrupt) or "interrupted: finished work is kept; rerun the same command to resume.", file=sys.stderr)
         sys.exit(130)
-    except BrokenPipeError:  # the reader stopped early (`costs --list '*' | head`): nothing more to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(141)
     sys.exit(code or 0)
 
 
