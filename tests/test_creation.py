@@ -47,7 +47,7 @@ STEPS = {
     "2 of n queued": ("create_new_trial", "before", lambda args: True, 3),
     "spec written": ("set_study_user_attr", "after", lambda args: SPEC_ATTR in args, 1),
     "queue complete": ("set_study_user_attr", "after", lambda args: READY_ATTR in args, 1),
-    "2 complete": ("set_trial_state_values", "after", lambda args: TrialState.COMPLETE in args, 2),
+    "2 complete": ("set_trial_state_values", "after", lambda args: any(a is TrialState.COMPLETE for a in args), 2),
 }
 
 

@@ -21,7 +21,7 @@ from saver_search.search.run import load_study, run_search, summarise
 from saver_search.search.space import SearchSpace
 from saver_search.search.spec import StudySpec
 from saver_search.search.storages import open_storage
-from saver_search.search.study import GRACE_S, HOST, SPEC_WAIT_S, worker_is_dead
+from saver_search.search.study import GRACE_S, HOST, NO_RECORD_S, SPEC_WAIT_S, worker_is_dead
 
 MODELS = {**{f"cand_{i}.x": (0.62 + 0.04 * i, 0.4 + 0.6 * i) for i in range(6)}, "big.x": (0.9, 20.0)}
 TARGET = "big.x"
@@ -271,9 +271,11 @@ def test_spec_round_trips_and_names_the_first_difference():
     assert (error.value.key, error.value.stored, error.value.given) == ("split_seed", 0, 4)
 
 
-def running_trial(worker):
+def running_trial(worker, age_s: float = 0.0):
+    from datetime import datetime, timedelta
+
     return optuna.trial.FrozenTrial(
-        number=0, state=TrialState.RUNNING, value=None, datetime_start=__import__("datetime").datetime.now(),
+        number=0, state=TrialState.RUNNING, value=None, datetime_start=datetime.now() - timedelta(seconds=age_s),
         datetime_complete=None, params={}, distributions={}, user_attrs={} if worker is None else {"worker": worker},
         system_attrs={}, intermediate_values={}, trial_id=0)
 
@@ -302,6 +304,28 @@ def test_dead_workers_are_told_from_live_ones():
     assert not worker_is_dead(running_trial({"host": "elsewhere", "pid": 1, "heartbeat": now - GRACE_S / 2}))
     assert worker_is_dead(running_trial({"host": "elsewhere", "pid": 1, "heartbeat": now - 2 * GRACE_S}))
     assert not worker_is_dead(running_trial(None))  # just claimed: its worker is writing its record
+    assert not worker_is_dead(running_trial(None, age_s=NO_RECORD_S / 2))
+    assert worker_is_dead(running_trial(None, age_s=NO_RECORD_S * 1.5))  # claimed, never recorded: its claimer died
+    assert NO_RECORD_S < GRACE_S
+
+
+def test_a_journal_claim_whose_worker_died_before_recording_itself_is_taken_over(store, tmp_path, monkeypatch):
+    """A worker killed between a journal's claim (WAITING -> RUNNING) and its record leaves a running trial that
+    names nobody: the next worker takes it over once :data:`NO_RECORD_S` has passed (1 s here), and every item ends
+    once."""
+    from saver_search.search import study as study_module
+
+    monkeypatch.setattr(study_module, "NO_RECORD_S", 1.0)
+    storage = str(tmp_path / "claimed.log")
+    assert run_main(*search_args(store, storage, "--trials", "1")).returncode == 0  # create and queue the study
+    backend = open_storage(storage)
+    study = optuna.load_study(study_name="s", storage=backend)
+    waiting = next(t for t in study.get_trials(deepcopy=False) if t.state == TrialState.WAITING)
+    assert backend.set_trial_state_values(waiting._trial_id, TrialState.RUNNING)  # the claim; then the kill
+    assert worker_is_dead(backend.get_trial(waiting._trial_id)) is False  # at first: its claimer may be recording
+    assert run_main(*search_args(store, storage)).returncode == 0
+    assert complete_per_candidate(trials_of(storage)) == Counter(CANDIDATES)
+    assert backend.get_trial(waiting._trial_id).state == TrialState.FAIL  # failed, and its item run by a retry
 
 
 def test_a_storage_object_works_through_the_python_api(store, tmp_path):

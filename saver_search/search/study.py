@@ -44,6 +44,7 @@ from saver_search.search.spec import StudyInfo, StudySpec
 
 HEARTBEAT_S = 5.0
 GRACE_S = 30.0  # a trial of another host with no heartbeat for this long is dead
+NO_RECORD_S = 2 * HEARTBEAT_S  # a claimer writes its record at once after its claim: none for this long, it died
 POLL_S = 0.25
 SPEC_WAIT_S = 60.0  # how long a creator on another host may take to write a study's spec and queue
 ADOPT_AFTER_S = 3.0  # a study still empty after this long lost its creator between its first two writes
@@ -289,11 +290,13 @@ def _process_alive(pid: int, started: str) -> bool:
 
 def worker_is_dead(trial: FrozenTrial, now: float | None = None) -> bool:
     """Whether a running trial's worker is gone: its process on this host has exited, or (another host) it
-    has not beaten for :data:`GRACE_S`. A trial that never recorded its worker counts from its start."""
+    has not beaten for :data:`GRACE_S`. A trial that never recorded its worker (killed between a journal's claim and
+    its record: on an RDB both are one transaction) is dead :data:`NO_RECORD_S` after its claim, as a live claimer
+    records itself at once; one judged dead too early finds its trial taken over and leaves it (exactly-once holds)."""
     worker = trial.user_attrs.get(WORKER_ATTR)
     if worker is None:
         started = trial.datetime_start
-        return started is not None and (datetime.now() - started).total_seconds() > GRACE_S
+        return started is not None and (datetime.now() - started).total_seconds() > NO_RECORD_S
     if worker.get("host") == HOST:
         if int(worker["pid"]) == os.getpid():  # this process: dead unless it is running the trial now
             return not _is_in_progress(("trial", trial._trial_id))
