@@ -342,7 +342,7 @@ def test_the_guarantee_holds_for_cascades_and_committees_on_data_with_a_known_tr
     population = logit_source(n=100_000, seed=11, models=models)
     truth = prepare_search(population, "big", 1.0, SearchSpace(), calibration="all", guarantee="none").objective
     space = SearchSpace(min_stages=2, max_stages=3, committee_members=2)
-    max_drop, n, datasets, plug_in_datasets = 1.0, 4000, 150, 30
+    max_drop, n, datasets, plug_in_datasets = 1.0, 4000, 100, 20
     violations = plug_in_violations = 0
     chosen = set()
     for seed in range(datasets):
