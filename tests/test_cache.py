@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, run_main
 from PIL import Image
 
 from saver_search.cli.main import main
@@ -372,7 +372,7 @@ def test_cuda_without_cuda(photos: Path, tmp_path: Path, capsys) -> None:
 
 def test_empty_folder_and_unreadable_image_via_cli(photos: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    result = run_cli("cache", "--data", tmp_path / "store", "--images", tmp_path / "empty", "--models", "test_vit", "--no-pretrained")
+    result = run_main("cache", "--data", tmp_path / "store", "--images", tmp_path / "empty", "--models", "test_vit", "--no-pretrained")
     assert result.returncode == 2
     assert "no images in" in error_line(result.stderr) and not (tmp_path / "store").exists()
 
@@ -383,7 +383,7 @@ def test_empty_folder_and_unreadable_image_via_cli(photos: Path, tmp_path: Path)
     broken = images / "n07920052" / "broken.jpg"
     broken.write_bytes((photos / "n07920052" / "coffee.jpg").read_bytes()[:5000])
     args = ["--data", tmp_path / "store", "--images", images, "--models", "test_vit", "--no-pretrained", "--workers", 0]
-    result = run_cli("cache", *args)
+    result = run_main("cache", *args)
     assert result.returncode == 2
     line = error_line(result.stderr)
     assert "1 of 9 images cannot be read, first:" in line and str(broken) in line and "--on-corrupt skip" in line

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_store, run_cli
+from conftest import make_store, run_main
 
 from saver_search.cascade.evaluate import threshold_curve
 from saver_search.cascade.guarantee import (
@@ -39,7 +39,7 @@ def test_a_class_with_one_image_falls_back_to_a_plain_split(tmp_path):
     rng = np.random.default_rng(0)
     for name, gmacs in (("a.x", 1.0), ("b.x", 9.0)):
         store.add_model(name, labels[None, :], rng.uniform(0.5, 1.0, (1, labels.size)), gmacs=gmacs, source="test")
-    proc = run_cli("--data", store.path, "--target", "b.x", "--max-drop", "5")
+    proc = run_main("--data", store.path, "--target", "b.x", "--max-drop", "5")
     assert proc.returncode == 0, proc.stderr
     assert "not stratified: a class has a single image" in proc.stdout
 

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_main
 from optuna.trial import TrialState
 
 from saver_search.cascade.committees import merged_topk, stage_outputs
@@ -212,7 +212,7 @@ def test_cli_three_stages_json_lists_stages_as_objects(tmp_path):
     for name in source.model_names():
         model = source.model(name)
         store.add_model(name, model.classes, model.probs, gmacs=model.gmacs, source="synthetic")
-    proc = run_cli("--data", store_path, "--target", "big", "--max-drop", "2", "--stages", "3",
+    proc = run_main("--data", store_path, "--target", "big", "--max-drop", "2", "--stages", "3",
                    "--json", "--guarantee", "none", "--save-cascade", tmp_path / "cascade.json")
     assert proc.returncode == 0, proc.stderr
     best = json.loads(proc.stdout)["best"]
@@ -222,7 +222,7 @@ def test_cli_three_stages_json_lists_stages_as_objects(tmp_path):
     assert len(best["stages"]) == 3 and best["stages"][-1]["models"] == ["big"]
     assert [s["threshold"] is None for s in best["stages"]] == [False, False, True]
     assert best["score"] == "maxprob" and len(best["thresholds"]) == 2
-    table = run_cli("--data", store_path, "--target", "big", "--max-drop", "2", "--stages", "3",
+    table = run_main("--data", store_path, "--target", "big", "--max-drop", "2", "--stages", "3",
                     "--guarantee", "none")
     assert table.returncode == 0 and "stage 2" in table.stdout and "cascades covered" not in table.stdout
 
@@ -250,7 +250,7 @@ def test_target_not_needed_is_said_plainly():
     (["--score", "maxprob_t"], "needs logits"),
 ])
 def test_bad_cascade_options_are_one_line_before_any_work(args, message):
-    proc = run_cli("--target", "convnextv2_huge", "--max-drop", "0.5", *args)
+    proc = run_main("--target", "convnextv2_huge", "--max-drop", "0.5", *args)
     assert proc.returncode == 2
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert proc.stdout == ""
@@ -310,9 +310,9 @@ def test_the_same_answer_with_one_two_or_four_workers_and_after_a_kill_and_resum
     _store(tmp_path / "store", logit_source(n=3000, seed=4))
     common = ["--data", str(tmp_path / "store"), "--target", "big", "--max-drop", "2", "--stages", "2..4",
               "--committee", "2", "--json"]
-    alone = run_cli(*common)
-    two = run_cli(*common, "--workers", "2", "--storage", str(tmp_path / "two.journal"))
-    four = run_cli(*common, "--workers", "4", "--storage", f"sqlite:///{tmp_path / 'four.db'}")
+    alone = run_main(*common)
+    two = run_main(*common, "--workers", "2", "--storage", str(tmp_path / "two.journal"))
+    four = run_main(*common, "--workers", "4", "--storage", f"sqlite:///{tmp_path / 'four.db'}")
     assert alone.returncode == two.returncode == four.returncode == 0, (alone.stderr, two.stderr, four.stderr)
     journal = tmp_path / "killed.journal"
     command = [sys.executable, "-m", "saver_search", *map(str, common), "--storage", str(journal)]
@@ -321,7 +321,7 @@ def test_the_same_answer_with_one_two_or_four_workers_and_after_a_kill_and_resum
         time.sleep(0.01)  # until three trials are complete (a journal record setting state COMPLETE), then kill
     worker.send_signal(signal.SIGKILL)
     assert worker.wait() == -signal.SIGKILL
-    resumed = run_cli(*common, "--storage", str(journal))
+    resumed = run_main(*common, "--storage", str(journal))
     assert resumed.returncode == 0, resumed.stderr
     answers = [json.loads(p.stdout)["best"] for p in (alone, two, four, resumed)]
     assert all(a["stages"] == answers[0]["stages"] and a["thresholds"] == answers[0]["thresholds"] for a in answers)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import run_main
 
 from saver_search.cli.main import main
 from saver_search.compat import import_timm
@@ -190,7 +190,7 @@ def test_bad_img_size(size: object) -> None:
 
 
 def test_cli_unknown_name_exits_2() -> None:
-    result = run_cli("costs", "resnet5")
+    result = run_main("costs", "resnet5")
     assert result.returncode == 2
     assert result.stderr.startswith("error: unknown model 'resnet5': did you mean resnet50")
     assert result.stderr.count("\n") == 1
