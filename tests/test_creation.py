@@ -18,6 +18,7 @@ from saver_search.search.keys import READY_ATTR, SPEC_ATTR
 from saver_search.search.objective import CascadeObjective
 from saver_search.search.run import SearchInterrupted, prepare_search
 from saver_search.search.space import SearchSpace
+from saver_search.search import study as study_module
 from saver_search.search.study import trial_work, work_key
 
 SPACES = {"pairs": SearchSpace(), "cascades": SearchSpace(min_stages=2, max_stages=3, committee_members=2)}
@@ -98,8 +99,11 @@ def new_storage(request, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
-def test_a_study_interrupted_at_any_step_of_its_life_finishes_on_rerun_with_every_item_once(new_storage, sig):
-    data = source(n_candidates=3)  # 3 pairs and the 3-stage families of their prefixes: every step is reached
+def test_a_study_interrupted_at_any_step_of_its_life_finishes_on_rerun_with_every_item_once(new_storage, sig,
+                                                                                           monkeypatch):
+    # a study left empty by its killed creator is adopted after ADOPT_AFTER_S (3 s); 0.5 s here, the same rule
+    monkeypatch.setattr(study_module, "ADOPT_AFTER_S", 0.5)
+    data = source(n_candidates=2)  # 8 work items (pairs, committee pairs, 3-stage families): every step is reached
     space = SPACES["cascades"]
     reference = prepare_search(data, "big", 1.0, space).run().best
     for index, step in enumerate(STEPS):
