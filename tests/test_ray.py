@@ -1,9 +1,10 @@
 """``cache --engine ray`` on a local Ray cluster: the same bytes as the local engine, killed actors replaced, a
-killed driver resumed. The tests share one cluster (its teardown stops every Ray process of the machine), so they
-live in this one file, which one pytest worker runs (``--dist loadfile``)."""
+killed driver resumed. The tests share one cluster, so they live in this one file, which one pytest worker runs
+(``--dist loadfile``); its teardown stops that cluster's processes only."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -53,9 +54,33 @@ def ray_cluster() -> str:
         patch.undo()
         pytest.skip(f"a local Ray head could not be started: {started.stderr.strip().splitlines()[-1:]}")
     yield f"127.0.0.1:{port}"
-    subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, env=env, timeout=120)
+    for pid in cluster_processes(temp):  # this cluster only (`ray stop` would stop every cluster of the machine)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     shutil.rmtree(temp, ignore_errors=True)
     patch.undo()
+
+
+def cluster_processes(temp: str) -> list[int]:
+    """The processes of the cluster started with ``--temp-dir temp``: those whose command line names that folder
+    (GCS, raylet, monitors) and all their descendants (agents and workers rename themselves)."""
+    parent, named = {}, set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat, command = (entry / "stat").read_text(), (entry / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        parent[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+        if temp.encode() in command:
+            named.add(int(entry.name))
+    found, grew = set(named), True
+    while grew:
+        children = {pid for pid, ppid in parent.items() if ppid in found} - found
+        found |= children
+        grew = bool(children)
+    return sorted(found)
 
 
 def test_ray_engine_stores_the_local_engines_bytes(ray_cluster: str, photos: Path, reference: Path,
