@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -87,6 +88,8 @@ def interrupted_once(store, storage, sig, *extra, chosen=False):
             trial = trials_of(storage)[number]
             if trial.state != TrialState.COMPLETE and (trial.params or not chosen):
                 return process, stderr, number
+        with contextlib.suppress(KeyError):  # missed (the search ran on, e.g. under load): try on a new study
+            optuna.delete_study(study_name="s", storage=open_storage(storage))
     pytest.fail("no signal landed inside a trial in 8 tries")
 
 
@@ -382,6 +385,8 @@ def test_a_double_ctrl_c_still_prints_one_line_and_keeps_the_study_resumable(sto
         _, stderr = process.communicate()
         if sent and process.returncode == 130:
             break
+        with contextlib.suppress(KeyError):  # missed (the search ran on, e.g. under load): try on a new study
+            optuna.delete_study(study_name="s", storage=open_storage(storage))
     else:
         pytest.fail("no double Ctrl-C landed inside a trial in 20 tries")
     lines = stderr.strip().splitlines()
