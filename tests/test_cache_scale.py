@@ -263,3 +263,14 @@ def test_plan_prices_models_a_store_already_has_at_no_gpu_time(default_plan, tmp
     assert second["gpu_hours"] == pytest.approx(first["gpu_hours"] - first["models"][1]["gpu_hours"])
     code, _, err = cli(capsys, "plan", "--target", "convnextv2_huge", "--max-drop", "0.5", "--data", tmp_path / "none")
     assert code == 2 and "no prediction store at" in err and "--data" in err
+
+
+def test_plan_a_cached_target_fits_any_gpu_hours() -> None:
+    """The target already in the store takes no GPU time, so a limit below its own caching time is not refused."""
+    from saver_search.predictions.simulate import SimulatedZoo
+    from saver_search.search.plan import plan_caching
+
+    target = "convnextv2_huge.fcmae_ft_in22k_in1k_384"
+    plan = plan_caching("convnextv2_huge", 0.5, source=SimulatedZoo(n_samples=5_000), gpu_hours=0.001, cached=[target])
+    assert plan.models[0].name == target and plan.models[0].cached and plan.models[0].gpu_hours == 0.0
+    assert plan.gpu_hours <= 0.001

@@ -128,8 +128,9 @@ def plan_caching(
         check_number(gpu_hours, "gpu_hours", low=0, low_open=True, unit="GPU-hours")
     space = load_space(None) if space is None else space
     source = open_source(None) if source is None else source
-    if gpu_hours is not None:  # known before any search: the target alone must fit
-        resolved = source.resolve(target)
+    cached = set(cached)
+    resolved = source.resolve(target)
+    if gpu_hours is not None and resolved not in cached:  # known before any search: the target alone must fit
         target_hours = images / images_per_s(resolved, source.gmacs(resolved))[0] / 3600
         if target_hours > gpu_hours:
             raise InvalidParameter("gpu_hours", f"is {gpu_hours:g}, but caching the target {resolved} "
@@ -151,7 +152,7 @@ def plan_caching(
     order = [*answers, *(o for o in rank_outcomes(ranked) if not o.target_alone)]
     chosen = _distinct(order, cascades + len(answers))
     return _price(target_name, target_gmacs, max_drop, images, gpu_hours, chosen, answers, searches, source,
-                  set(cached))
+                  cached)
 
 
 class _quiet_optuna:
