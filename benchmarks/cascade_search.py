@@ -33,6 +33,7 @@ from saver_search.cascade.evaluate import StageOutputs, allowed_errors, path_cur
 from saver_search.predictions.simulate import SimulatedZoo
 from saver_search.search.run import prepare_search, run_search, select_candidates
 from saver_search.search.space import load_space
+from saver_search.units import from_points, points
 
 FIRST_STAGES = 40
 GRID = 20
@@ -49,7 +50,7 @@ def versus_enumeration(zoo: SimulatedZoo) -> None:
     labels = zoo.labels
     views = {name: StageOutputs(zoo.model(name).predicted, zoo.model(name).confidence.astype(np.float64),
                                 zoo.gmacs(name)) for name in [*names, target]}
-    allowed = allowed_errors(0.5, labels.size)
+    allowed = allowed_errors(from_points(0.5), labels.size)
 
     def cheapest(curve) -> float:
         feasible = curve.target_correct - curve.n_correct <= allowed
@@ -98,7 +99,7 @@ def default_table(quick: bool) -> None:
                     shown = result.best.reported
                     print(f"| {guarantee} | {'2..' + str(stages) if stages > 2 else '2'} | "
                           f"{'up to 2' if committee > 1 else '-'} | {','.join(score)} | {shown.gmacs:.3f} | "
-                          f"{shown.reduction:.1f} | {shown.drop:+.2f} | {found[(guarantee, score, committee, stages)]:.3f} "
+                          f"{points(shown.reduction):.1f} | {points(shown.drop):+.2f} | {found[(guarantee, score, committee, stages)]:.3f} "
                           f"| {result.n_trials} | {seconds:.1f} | `{' -> '.join(result.best.stages[:-1])} -> target` |")
     print()
     wider = [(key, (g, s, c, k - 1)) for key in found for g, s, c, k in [key] if k > 2]
@@ -128,7 +129,7 @@ def wisdom_of_committees() -> None:
         print(f"   {kind}: {' -> '.join(result.best.stages)}, thresholds "
               f"{', '.join(f'{t:.3f}' for t in result.best.thresholds)}")
         print(f"   {shown.gmacs:.3f} vs {b7:.3f} GMACs: {b7 / shown.gmacs:.2f}x fewer GMACs than B7 (paper: 5.4x, "
-              f"measured on real predictions); test drop {shown.drop:+.2f} points")
+              f"measured on real predictions); test drop {points(shown.drop):+.2f} points")
     print()
 
 

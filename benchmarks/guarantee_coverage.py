@@ -45,6 +45,7 @@ from saver_search.cascade.guarantee import (
 from saver_search.predictions.store import ModelPredictions, PredictionStore
 from saver_search.search.run import run_search
 from saver_search.search.space import SearchSpace
+from saver_search.units import from_points, points
 
 BUDGETS = (0.25, 0.5, 1.0)
 EB_REFERENCE = {0.5: 6.01}  # the issue's empirical-Bernstein reference (40 splits)
@@ -60,56 +61,56 @@ def take(model: ModelPredictions, indices: np.ndarray) -> ModelPredictions:
     return ModelPredictions(model.meta, model.classes[:, indices], model.probs[:, indices])
 
 
-def normal_index(curve: ThresholdCurve, max_drop: float, level: float) -> int:
+def normal_index(curve: ThresholdCurve, budget: float, level: float) -> int:
     """Fixed-sequence testing with the CLT bound mean + z * sd / sqrt(n) (two-sided rule): the invalid reference."""
     n = curve.n_samples
     plus, minus = curve.plus.sum(axis=0), curve.minus.sum(axis=0)
     mean = (plus - minus) / n
     upper = mean + norm.ppf(1.0 - test_level(level, PAIR_TESTS)) * np.sqrt(np.maximum((plus + minus) / n - mean**2, 0.0) / n)
     order = np.arange(len(curve.thresholds) - 2, -1, -1)
-    return int(len(curve.thresholds) - 1 - leading_passes(upper[order] <= max_drop / 100.0))
+    return int(len(curve.thresholds) - 1 - leading_passes(upper[order] <= budget))
 
 
-def choose(curve: ThresholdCurve, method: str, max_drop: float, block_sizes: np.ndarray) -> int:
+def choose(curve: ThresholdCurve, method: str, budget: float, block_sizes: np.ndarray) -> int:
     if method == "plug-in":
-        return curve.cheapest_within(max_drop)
+        return curve.cheapest_within(budget)
     if method == "normal (invalid)":
-        return normal_index(curve, max_drop, DEFAULT_LEVEL)
+        return normal_index(curve, budget, DEFAULT_LEVEL)
     if method == ONE_SIDED:  # the two-sided rule at 2 * (1 - level) - 1 tests each threshold at 1 - level
-        return curve.certified_index(max_drop, 2 * DEFAULT_LEVEL - 1, block_sizes, PAIR_TESTS, bound="betting")
-    return curve.certified_index(max_drop, DEFAULT_LEVEL, block_sizes, PAIR_TESTS, bound=method)  # type: ignore[arg-type]
+        return curve.certified_index(budget, 2 * DEFAULT_LEVEL - 1, block_sizes, PAIR_TESTS, bound="betting")
+    return curve.certified_index(budget, DEFAULT_LEVEL, block_sizes, PAIR_TESTS, bound=method)  # type: ignore[arg-type]
 
 
 def learn_then_test(first: ModelPredictions, target: ModelPredictions, labels: np.ndarray, split: Split,
-                    max_drop: float) -> float | None:
+                    budget: float) -> float | None:
     """The search's threshold for the pair: its path learned on the selection images, certified on the others alone
     (None: not even the first point passed)."""
     sel, cert = split.selection, split.certification
     options = StageOptions.build([(first.name,)], [first.confidence[sel]], [first.predicted[sel] == labels[sel]],
                                  [first.gmacs])
     rows = np.array([0])
-    frontier = learning_frontier((), options, rows, allowed_errors(max_drop, sel.size), test_level(DEFAULT_LEVEL),
+    frontier = learning_frontier((), options, rows, allowed_errors(budget, sel.size), test_level(DEFAULT_LEVEL),
                                  cert.size)
     frontier.extend(Prefix.empty(sel.size), options.gmacs.copy(), target.predicted[sel] == labels[sel], target.gmacs)
     thresholds = [point.thresholds[0] for point in frontier.path(0)]
     curve = threshold_curve(take(first, cert), take(target, cert), labels[cert], split.blocks)
     index = [curve.at_threshold(t) for t in thresholds]
-    passed = leading_passes(certify(curve.plus[:, index], curve.minus[:, index], split.block_sizes, max_drop,
+    passed = leading_passes(certify(curve.plus[:, index], curve.minus[:, index], split.block_sizes, budget,
                                     DEFAULT_LEVEL))
     return thresholds[passed - 1] if passed else None
 
 
 def on_test(first: ModelPredictions, target: ModelPredictions, labels: np.ndarray, threshold: float) -> tuple[float, float]:
-    """Drop (points) and GMACs per image of the cascade at ``threshold`` on these images."""
+    """Drop (a fraction of images) and GMACs per image of the cascade at ``threshold`` on these images."""
     exits = first.confidence > threshold
     cascade_right = np.where(exits, first.predicted == labels, target.predicted == labels)
-    drop = 100.0 * (np.mean(target.predicted == labels) - np.mean(cascade_right))
+    drop = np.mean(target.predicted == labels) - np.mean(cascade_right)
     return float(drop), float(first.gmacs + target.gmacs * (1.0 - exits.mean()))
 
 
 def measure(labels: np.ndarray, first: ModelPredictions, target: ModelPredictions, fraction: float,
             splits: int) -> dict[tuple[float, str], np.ndarray]:
-    """(budget, method) -> array of (test drop, test GMACs) per split."""
+    """(budget in points, method) -> array of (test drop as a fraction, test GMACs) per split."""
     results: dict[tuple[float, str], list[tuple[float, float]]] = {}
     for seed in range(splits):
         split = make_split(labels, fraction, seed)
@@ -120,11 +121,11 @@ def measure(labels: np.ndarray, first: ModelPredictions, target: ModelPrediction
         for budget in BUDGETS:
             for method in METHODS:
                 if method == LEARN_THEN_TEST:
-                    threshold = learn_then_test(first, target, labels, learning, budget)
+                    threshold = learn_then_test(first, target, labels, learning, from_points(budget))
                     saves = threshold is not None and first.gmacs + target.gmacs * float(
                         np.mean(first.confidence[cal] <= threshold)) < target.gmacs
                 else:
-                    index = choose(curve, method, budget, split.block_sizes)
+                    index = choose(curve, method, from_points(budget), split.block_sizes)
                     threshold, saves = curve.boundary(index), curve.gmacs[index] < target.gmacs
                 if not saves:  # saves nothing: the search returns the target alone
                     figures = (0.0, target.gmacs)
@@ -136,7 +137,7 @@ def measure(labels: np.ndarray, first: ModelPredictions, target: ModelPrediction
 
 def in_sample_optimum(labels: np.ndarray, first: ModelPredictions, target: ModelPredictions, budget: float) -> float:
     curve = threshold_curve(first, target, labels)
-    return float(curve.gmacs[curve.cheapest_within(budget)])
+    return float(curve.gmacs[curve.cheapest_within(from_points(budget))])
 
 
 def check_search_path(labels: np.ndarray, first: ModelPredictions, target: ModelPredictions) -> None:
@@ -146,7 +147,8 @@ def check_search_path(labels: np.ndarray, first: ModelPredictions, target: Model
         for model in (first, target):
             store.add_model(model.name, model.classes, model.probs, gmacs=model.gmacs, source="imagenet-x")
         result = run_search(store, target.name, 0.5, SearchSpace())
-    expected = learn_then_test(first, target, labels, make_split(labels, 0.5, 0, DEFAULT_SELECTION), 0.5)
+    expected = learn_then_test(first, target, labels, make_split(labels, 0.5, 0, DEFAULT_SELECTION),
+                               from_points(0.5))
     assert result.best.thresholds == [expected], (result.best.thresholds, expected)
     print(f"check: run_search (split seed 0, budget 0.5) chose threshold {expected:.6f}, as computed here\n")
 
@@ -163,11 +165,11 @@ def report(fraction: float, results: dict[tuple[float, str], np.ndarray], optimu
     for budget in BUDGETS:
         for method in METHODS:
             values = results[(budget, method)]
-            violations = 100.0 * np.mean(values[:, 0] > budget)
+            violations = points(np.mean(values[:, 0] > from_points(budget)))
             gmacs = values[:, 1].mean()
             label = f"**{method}** (default)" if method == DEFAULT_METHOD else method
             print(f"| {budget:g} | {label} | {violations:.1f} | {gmacs:.3f} | {100 * (gmacs / optimum[budget] - 1):+.1f} % "
-                  f"| {values[:, 0].mean():+.3f} |")
+                  f"| {points(values[:, 0].mean()):+.3f} |")
             if method == DEFAULT_METHOD:
                 passed &= violations <= TARGET_VIOLATIONS
         print(f"| {budget:g} | in-sample optimum (all images, optimistic) | | {optimum[budget]:.4f} | | |")

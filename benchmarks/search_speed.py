@@ -24,6 +24,7 @@ from saver_search.cascade.evaluate import allowed_errors, evaluate_cascade, thre
 from saver_search.predictions.store import ModelMeta, ModelPredictions, PredictionStore
 from saver_search.search.run import run_search
 from saver_search.search.space import SearchSpace
+from saver_search.units import from_points
 
 
 def stage(name: str, predicted: np.ndarray, confidence: np.ndarray, gmacs: float) -> ModelPredictions:
@@ -50,11 +51,11 @@ def synthetic_model(rng: np.random.Generator, labels: np.ndarray, accuracy: floa
 
 def sweep_1000(first: ModelPredictions, target: ModelPredictions, labels: np.ndarray, max_drop: float) -> tuple[float, float]:
     """TinySaver's search: evaluate the cascade at 1,000 evenly spaced thresholds, keep the cheapest feasible."""
-    target_accuracy = 100 * np.mean(target.predicted == labels)
+    target_accuracy = np.mean(target.predicted == labels)
     best = (np.inf, np.nan)
     for t in np.linspace(0, 1, 1000, endpoint=False):
         result = evaluate_cascade([first, target], [t], labels)
-        if target_accuracy - result.accuracy <= max_drop + 1e-9 and result.gmacs < best[0]:
+        if target_accuracy - result.accuracy <= from_points(max_drop) + 1e-9 and result.gmacs < best[0]:
             best = (result.gmacs, t)
     return best
 
@@ -72,13 +73,13 @@ def bench_curve(max_drops: tuple[float, ...] = (0.5, 1.0)) -> None:
     first, target, labels, what = load_pair(50_000)
     print(f"1. threshold search on {what}")
     for max_drop in max_drops:
-        t_curve, curve_best = time_best(lambda: (c := threshold_curve(first, target, labels), c.cheapest_within(max_drop), c), 5)
+        t_curve, curve_best = time_best(lambda: (c := threshold_curve(first, target, labels), c.cheapest_within(from_points(max_drop)), c), 5)
         _, index, curve = curve_best
         t_sweep, (sweep_gmacs, sweep_threshold) = time_best(lambda: sweep_1000(first, target, labels, max_drop), 1)
         on_grid = curve.at_threshold(sweep_threshold)
         direct = evaluate_cascade([first, target], [sweep_threshold], labels)
         grid = np.array([curve.at_threshold(t) for t in np.linspace(0, 1, 1000, endpoint=False)])
-        grid = grid[curve.target_correct - curve.n_correct[grid] <= allowed_errors(max_drop, labels.size)]
+        grid = grid[curve.target_correct - curve.n_correct[grid] <= allowed_errors(from_points(max_drop), labels.size)]
         same_thresholds_best = curve.gmacs[grid].min()
         print(f"   max-drop {max_drop}: curve {t_curve * 1e3:.1f} ms vs 1,000-step sweep {t_sweep * 1e3:.0f} ms "
               f"-> {t_sweep / t_curve:.0f}x faster")

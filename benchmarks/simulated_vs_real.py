@@ -30,6 +30,7 @@ from imagenet_x import load as load_real  # noqa: E402  (benchmarks/ is on sys.p
 from saver_search.cascade.evaluate import threshold_curve
 from saver_search.predictions.simulate import DEFAULT_PARAMS, ImageLatents, SimParams, simulate_predictions
 from saver_search.predictions.store import ModelMeta, ModelPredictions
+from saver_search.units import from_points
 
 # name: (published top-1 %, GMACs, family); both trained on ImageNet-1k only.
 PAIR = {FIRST: (76.13, 4.11, "resnet"), TARGET: (78.01, 17.58, "vit")}
@@ -96,7 +97,7 @@ def measure(labels: np.ndarray, models: dict[str, ModelPredictions], budgets: tu
         joint=joint,
         decile_accuracy=accuracy,
         decile_confidence=confidence,
-        cascade_gmacs={budget: float(curve.gmacs[curve.cheapest_within(budget)]) for budget in budgets},
+        cascade_gmacs={budget: float(curve.gmacs[curve.cheapest_within(from_points(budget))]) for budget in budgets},
         wrong_agreement=agreement,
         confidence_correlation=correlation,
         right_more_confident=100.0 * float(np.mean((first_surer == a)[one_right])),

@@ -57,5 +57,5 @@ def test_classes_only_models_serve_as_target_and_never_answer_as_candidates():
     probs = rng.dirichlet(np.ones(4), 4000)
     source = ArraySource.from_arrays(labels, {"guess": (probs, 0.1), "oracle": (labels.copy(), 5.0)})
     result = run_search(source, "oracle", 1.0)
-    assert result.target.accuracy == 100.0 and result.best.target_alone
+    assert result.target.accuracy == 1.0 and result.best.target_alone
     assert source.model("guess").probs.shape == (4, 4000)  # top-k kept

@@ -80,22 +80,22 @@ class Synthetic:
 
     @staticmethod
     def true_drop(threshold: float) -> float:
-        return 100.0 * 0.1 * (1.0 - threshold) ** 2
+        return 0.1 * (1.0 - threshold) ** 2
 
 
 @pytest.mark.parametrize("bound", BOUNDS)
 def test_the_guarantee_holds_on_data_with_a_known_true_drop(bound):
     """At level 0.95 the true drop of the chosen threshold exceeds the budget in at most 5 % of datasets (plus
     sampling slack); the plug-in choice, tuned to the sample, exceeds it about half the time."""
-    max_drop, n, datasets = 1.0, 4000, 300
+    budget, n, datasets = 0.01, 4000, 300
     violations = plug_in_violations = 0
     for seed in range(datasets):
         data = Synthetic(n, seed)
         split = make_split(data.labels, None, seed)
         curve = threshold_curve(data.first, data.target, data.labels, split.blocks)
-        chosen = curve.thresholds[curve.certified_index(max_drop, 0.95, split.block_sizes, bound=bound)]
-        violations += data.true_drop(chosen) > max_drop
-        plug_in_violations += data.true_drop(curve.thresholds[curve.cheapest_within(max_drop)]) > max_drop
+        chosen = curve.thresholds[curve.certified_index(budget, 0.95, split.block_sizes, bound=bound)]
+        violations += data.true_drop(chosen) > budget
+        plug_in_violations += data.true_drop(curve.thresholds[curve.cheapest_within(budget)]) > budget
     slack = 3 * np.sqrt(0.05 * 0.95 / datasets)
     assert violations / datasets <= 0.05 + slack
     assert plug_in_violations / datasets > 0.3
@@ -106,11 +106,11 @@ def test_certified_threshold_is_monotone_in_budget_and_level():
     split = make_split(data.labels, None, 0)
     curve = threshold_curve(data.first, data.target, data.labels, split.blocks)
     for bound in BOUNDS:
-        by_budget = [curve.certified_index(budget, 0.95, split.block_sizes, bound=bound) for budget in (0.5, 1.0, 2.0, 4.0)]
+        by_budget = [curve.certified_index(budget, 0.95, split.block_sizes, bound=bound) for budget in (0.005, 0.01, 0.02, 0.04)]
         assert by_budget == sorted(by_budget, reverse=True) and by_budget[0] > by_budget[-1]
-        by_level = [curve.certified_index(1.0, level, split.block_sizes, bound=bound) for level in (0.8, 0.95, 0.999)]
+        by_level = [curve.certified_index(0.01, level, split.block_sizes, bound=bound) for level in (0.8, 0.95, 0.999)]
         assert by_level == sorted(by_level)
-        assert curve.certified_index(1.0, 0.95, split.block_sizes, n_tests=100, bound=bound) >= by_level[1]
+        assert curve.certified_index(0.01, 0.95, split.block_sizes, n_tests=100, bound=bound) >= by_level[1]
 
 
 def test_a_path_of_three_stage_thresholds_is_tested_in_sequence():
@@ -128,8 +128,9 @@ def test_a_path_of_three_stage_thresholds_is_tested_in_sequence():
         d = np.where(exits, target_right.astype(int) - first_right.astype(int), 0)
         plus.append(np.bincount(split.blocks[d == 1], minlength=len(BLOCK_FRACTIONS)))
         minus.append(np.bincount(split.blocks[d == -1], minlength=len(BLOCK_FRACTIONS)))
-    passed = certify(np.array(plus).T, np.array(minus).T, split.block_sizes, 1.0, 0.95)
-    assert len(curve.thresholds) - 1 - leading_passes(passed) == curve.certified_index(1.0, 0.95, split.block_sizes)
+    passed = certify(np.array(plus).T, np.array(minus).T, split.block_sizes, 0.01, 0.95)
+    assert 0 < leading_passes(passed) < len(passed)  # the budget binds: some thresholds pass, not all
+    assert len(curve.thresholds) - 1 - leading_passes(passed) == curve.certified_index(0.01, 0.95, split.block_sizes)
 
 
 def test_bootstrap_by_groups_matches_resampling_images():
@@ -139,8 +140,8 @@ def test_bootstrap_by_groups_matches_resampling_images():
     grouped = bootstrap_interval(d, cost, draws=4000, seed=1)
     assert grouped == bootstrap_interval(d, cost, draws=4000, seed=1)
     picks = rng.integers(0, 600, (4000, 600))
-    naive_drop = np.percentile(100 * d[picks].mean(axis=1), [2.5, 97.5])
+    naive_drop = np.percentile(d[picks].mean(axis=1), [2.5, 97.5])
     naive_gmacs = np.percentile(cost[picks].mean(axis=1), [2.5, 97.5])
     assert np.allclose(grouped.drop, naive_drop, atol=0.1 * np.ptp(naive_drop))
     assert np.allclose(grouped.gmacs, naive_gmacs, atol=0.1 * np.ptp(naive_gmacs))
-    assert grouped.drop[0] < 100 * d.mean() < grouped.drop[1]
+    assert grouped.drop[0] < d.mean() < grouped.drop[1]

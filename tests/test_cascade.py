@@ -3,6 +3,7 @@ import pytest
 
 from saver_search.cascade.evaluate import allowed_errors, evaluate_cascade, threshold_curve
 from saver_search.predictions.store import ModelMeta, ModelPredictions
+from saver_search.units import from_points
 
 
 def stage(predicted, confidence, gmacs, name="m"):
@@ -10,14 +11,14 @@ def stage(predicted, confidence, gmacs, name="m"):
     return ModelPredictions(meta, np.asarray(predicted)[None, :], np.asarray(confidence, dtype=np.float32)[None, :])
 
 
-def brute_force(first, target, labels, max_drop):
+def brute_force(first, target, labels, budget):
     """Every threshold (each distinct confidence, and 0) evaluated directly from its exit mask."""
     conf = np.asarray(first.confidence)
     best = None
     target_correct = int((target.predicted == labels).sum())
     for t in np.unique(np.concatenate((conf, [0.0]))):
         result = evaluate_cascade([first, target], [t], labels)
-        if target_correct - result.n_correct <= allowed_errors(max_drop, labels.size):
+        if target_correct - result.n_correct <= allowed_errors(budget, labels.size):
             if best is None or result.gmacs < best[1].gmacs:
                 best = (t, result)
     return best
@@ -54,25 +55,26 @@ def test_curve_endpoints_and_ties():
 
 
 @pytest.mark.parametrize("seed", range(5))
-@pytest.mark.parametrize("max_drop", [0.0, 0.5, 2.0])
-def test_cheapest_within_matches_brute_force(seed, max_drop):
+@pytest.mark.parametrize("budget", [0.0, 0.005, 0.02])
+def test_cheapest_within_matches_brute_force(seed, budget):
     rng = np.random.default_rng(seed)
     n = 400
     labels = rng.integers(0, 5, n)
     first = stage(np.where(rng.random(n) < 0.6, labels, 0), np.round(rng.random(n), 2), 1.0)
     target = stage(np.where(rng.random(n) < 0.8, labels, 0), np.ones(n), 8.0)
     curve = threshold_curve(first, target, labels)
-    index = curve.cheapest_within(max_drop)
-    threshold, expected = brute_force(first, target, labels, max_drop)
+    index = curve.cheapest_within(budget)
+    threshold, expected = brute_force(first, target, labels, budget)
     assert curve.n_correct[index] == expected.n_correct
     assert curve.gmacs[index] == pytest.approx(expected.gmacs)
     assert evaluate_cascade([first, target], [curve.thresholds[index]], labels).n_correct == expected.n_correct
 
 
 def test_allowed_errors_exact_at_boundary():
-    assert allowed_errors(0.5, 50_000) == 250
+    assert allowed_errors(0.005, 50_000) == 250
     assert allowed_errors(0.0, 50_000) == 0
-    assert allowed_errors(1.0, 333) == 3
+    assert allowed_errors(0.01, 333) == 3
+    assert [allowed_errors(from_points(drop), 1000) for drop in (0.1, 0.3, 0.7, 2.9)] == [1, 3, 7, 29]  # float dust
 
 
 def test_at_threshold_behaves_like_the_threshold():

@@ -123,12 +123,14 @@ class CascadeResult:
 
     @property
     def accuracy(self) -> float:
-        return 100.0 * self.n_correct / self.n_samples
+        """Top-1 as a fraction of the samples."""
+        return self.n_correct / self.n_samples
 
 
-def allowed_errors(max_drop: float, n_samples: int) -> int:
-    """How many more errors than the target a cascade may make and stay within ``max_drop`` points."""
-    return int(np.floor(max_drop * n_samples / 100.0 + 1e-9))
+def allowed_errors(budget: float, n_samples: int) -> int:
+    """How many more errors than the target a cascade may make and keep its drop within ``budget`` (a fraction of
+    the samples)."""
+    return int(np.floor(budget * n_samples + 1e-9))
 
 
 def exit_stages(stages: Sequence[Stage], thresholds: Sequence[float]) -> np.ndarray:
@@ -184,24 +186,25 @@ class ThresholdCurve:
 
     @property
     def accuracy(self) -> np.ndarray:
-        return 100.0 * self.n_correct / self.n_samples
+        """Top-1 at each index, as a fraction of the samples."""
+        return self.n_correct / self.n_samples
 
     @property
     def exit_ratio(self) -> np.ndarray:
         return self.n_exit / self.n_samples
 
-    def cheapest_within(self, max_drop: float) -> int | None:
-        """Index of the cheapest threshold whose accuracy is at most ``max_drop`` points below the target's
+    def cheapest_within(self, budget: float) -> int | None:
+        """Index of the cheapest threshold whose top-1 is at most ``budget`` (a fraction) below the target's
         on these samples (the plug-in choice); None when there is none.
 
         Always exists for two stages: at the highest threshold nothing exits and the cascade equals the target
         (with earlier stages exiting at fixed thresholds, those exits alone may break the budget).
         """
-        feasible = self.target_correct - self.n_correct <= allowed_errors(max_drop, self.n_samples)
+        feasible = self.target_correct - self.n_correct <= allowed_errors(budget, self.n_samples)
         candidates = np.flatnonzero(feasible)
         return int(candidates[np.argmin(self.gmacs[candidates])]) if candidates.size else None
 
-    def certified_index(self, max_drop: float, level: float, block_sizes: np.ndarray, n_tests: float = 1,
+    def certified_index(self, budget: float, level: float, block_sizes: np.ndarray, n_tests: float = 1,
                         bound: BoundName = DEFAULT_BOUND) -> int | None:
         """Index of the lowest threshold certified by fixed-sequence testing from the highest one down; None when
         not even the highest is.
@@ -213,7 +216,7 @@ class ThresholdCurve:
         last = len(self.thresholds) - 1
         start = last - 1 if self.n_exit[last] == 0 else last
         order = np.arange(start, -1, -1)  # testing order: safest first
-        passes = leading_passes(certify(self.plus[:, order], self.minus[:, order], block_sizes, max_drop, level,
+        passes = leading_passes(certify(self.plus[:, order], self.minus[:, order], block_sizes, budget, level,
                                         n_tests, bound))
         if passes == 0:
             return last if start < last else None
@@ -238,7 +241,7 @@ class ThresholdCurve:
         index = np.maximum(np.searchsorted(self.thresholds, grid, side="right") - 1, 0)
         return {
             "threshold": [round(float(t), 4) for t in grid],
-            "accuracy": [round(float(a), 4) for a in self.accuracy[index]],
+            "accuracy": [round(float(a), 6) for a in self.accuracy[index]],
             "gmacs": [round(float(g), 5) for g in self.gmacs[index]],
             "exit_ratio": [round(float(e), 5) for e in self.exit_ratio[index]],
         }

@@ -252,17 +252,17 @@ def test_level(level: float, n_tests: float = 1) -> float:
     return (1.0 - level) / (2 * max(n_tests, 1))
 
 
-def certify(plus: np.ndarray, minus: np.ndarray, block_sizes: np.ndarray, max_drop: float, level: float,
+def certify(plus: np.ndarray, minus: np.ndarray, block_sizes: np.ndarray, budget: float, level: float,
             n_tests: float = 1, bound: BoundName = DEFAULT_BOUND) -> np.ndarray:
     """For each configuration (a column of ``plus``/``minus``), whether the upper end of ``bound``'s two-sided
-    ``level`` confidence interval of the true drop lies below ``max_drop`` (see :func:`test_level`).
+    ``level`` confidence interval of the true drop lies below ``budget`` (see :func:`test_level`).
 
     Args:
         plus: ``(blocks, configurations)`` counts of calibration images the target gets right and the cascade
             wrong, per betting block (see :attr:`Split.blocks`).
         minus: the same for images the cascade gets right and the target wrong.
         block_sizes: images per block.
-        max_drop: the budget in top-1 points.
+        budget: the largest allowed drop, a fraction of images.
         level: the guarantee level, e.g. 0.95.
         n_tests: the number of cascade structures the search chooses from (Bonferroni).
         bound: one of :data:`BOUNDS`.
@@ -273,8 +273,7 @@ def certify(plus: np.ndarray, minus: np.ndarray, block_sizes: np.ndarray, max_dr
     plus = np.atleast_2d(np.asarray(plus, dtype=np.float64))
     minus = np.atleast_2d(np.asarray(minus, dtype=np.float64))
     sizes = np.asarray(block_sizes, dtype=np.float64)
-    budget = max_drop / 100.0
-    if budget >= 1.0:  # the drop can never exceed 100 points
+    if budget >= 1.0:  # the drop can never exceed every image
         return np.ones(plus.shape[1], dtype=bool)
     return _TESTS[check_bound(bound)](plus, minus, sizes, budget, test_level(level, n_tests))
 
@@ -287,7 +286,8 @@ def leading_passes(passed: np.ndarray) -> int:
 
 @dataclass(frozen=True)
 class Interval:
-    """Bootstrap intervals (percentile, over test images) of a cascade's drop (points) and GMACs per image."""
+    """Bootstrap intervals (percentile, over test images) of a cascade's drop (a fraction of images) and GMACs per
+    image."""
 
     level: float
     drop: tuple[float, float]
@@ -296,7 +296,7 @@ class Interval:
 
 def bootstrap_interval(d: np.ndarray, cost: np.ndarray, level: float = 0.95, draws: int = BOOTSTRAP_DRAWS,
                        seed: int = 0) -> Interval:
-    """Percentile bootstrap of the mean drop (``100 * mean(d)``) and mean cost over images.
+    """Percentile bootstrap of the mean drop (``mean(d)``, a fraction of images) and mean cost over images.
 
     Images are grouped by their ``(d, cost)`` value, so each resample is one multinomial draw of the group
     counts: exact resampling at O(groups) per draw.
@@ -309,12 +309,8 @@ def bootstrap_interval(d: np.ndarray, cost: np.ndarray, level: float = 0.95, dra
     counts = counts[groups]
     n = int(counts.sum())
     resampled = np.random.default_rng(seed).multinomial(n, counts / n, size=draws)
-    drops = 100.0 * resampled @ values[:, 0] / n
+    drops = resampled @ values[:, 0] / n
     gmacs = resampled @ values[:, 1] / n
-    tail = 100.0 * (1.0 - level) / 2.0
-    lo, hi = tail, 100.0 - tail
-    return Interval(
-        level=level,
-        drop=(float(np.percentile(drops, lo)), float(np.percentile(drops, hi))),
-        gmacs=(float(np.percentile(gmacs, lo)), float(np.percentile(gmacs, hi))),
-    )
+    tails = [(1.0 - level) / 2.0, (1.0 + level) / 2.0]
+    return Interval(level=level, drop=tuple(float(q) for q in np.quantile(drops, tails)),
+                    gmacs=tuple(float(q) for q in np.quantile(gmacs, tails)))

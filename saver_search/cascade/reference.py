@@ -25,17 +25,17 @@ class ReferenceBest:
     evaluated: int
 
 
-def brute_force(views: Mapping[str, StageOutputs], target: str, labels: np.ndarray, max_drop: float, n_stages: int,
+def brute_force(views: Mapping[str, StageOutputs], target: str, labels: np.ndarray, budget: float, n_stages: int,
                 grid: Sequence[float]) -> ReferenceBest:
     """The cheapest ``n_stages``-stage cascade of single models (in increasing cost, ``target`` last) whose top-1 is
-    within ``max_drop`` points of the target's on these images, every threshold taken from ``grid``.
+    within ``budget`` (a fraction of the images) of the target's, every threshold taken from ``grid``.
 
     ``views``: each model's answers, oriented scores and own GMACs on the images (``target`` among them).
     """
     labels = np.asarray(labels)
     target_view = views[target]
     target_correct = int((np.asarray(target_view.predicted) == labels).sum())
-    budget = allowed_errors(max_drop, labels.size)
+    allowed = allowed_errors(budget, labels.size)
     best = ReferenceBest(CascadeSpec(((target,),), ()), float(target_view.gmacs), 0)
     evaluated = 0
     others = sorted((name for name in views if name != target), key=lambda name: (views[name].gmacs, name))
@@ -44,7 +44,7 @@ def brute_force(views: Mapping[str, StageOutputs], target: str, labels: np.ndarr
         for thresholds in itertools.product(grid, repeat=n_stages - 1):
             result = evaluate_cascade(stages, thresholds, labels)
             evaluated += 1
-            if target_correct - result.n_correct <= budget and result.gmacs < best.gmacs:
+            if target_correct - result.n_correct <= allowed and result.gmacs < best.gmacs:
                 cascade = CascadeSpec(tuple((name,) for name in (*chosen, target)), tuple(float(t) for t in thresholds))
                 best = ReferenceBest(cascade, result.gmacs, 0)
     return ReferenceBest(best.cascade, best.gmacs, evaluated)

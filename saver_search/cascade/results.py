@@ -16,9 +16,9 @@ from saver_search.cascade.guarantee import Interval
 
 @dataclass(frozen=True)
 class Figures:
-    """A cascade on one set of images: top-1 (%), drop below the target on the same images (points),
-    GMACs per image, compute saved (%), share of images answered before the target, optional ms/image, and
-    the share answered by each stage (None in studies written before k-stage cascades)."""
+    """A cascade on one set of images. Top-1, drop below the target on the same images, compute saved, the share
+    answered before the target and the share answered by each stage are fractions in [0, 1]
+    (:mod:`saver_search.units`: tables print them in percent); GMACs and optional ms per image."""
 
     images: int
     accuracy: float
@@ -30,12 +30,10 @@ class Figures:
     stage_shares: list[float] | None = None
 
     def shares(self, n_stages: int) -> list[float]:
-        """The share of images each of ``n_stages`` stages answers (a pair's from ``exit_ratio`` in old studies)."""
+        """The share of images each of ``n_stages`` stages answers."""
         if self.stage_shares is not None:
             return list(self.stage_shares)
-        if n_stages == 1:
-            return [1.0]
-        return [self.exit_ratio, 1.0 - self.exit_ratio]  # old studies hold pairs only
+        return [1.0] if n_stages == 1 else [self.exit_ratio, 1.0 - self.exit_ratio]
 
 
 @dataclass(frozen=True)
@@ -117,7 +115,7 @@ def rank_outcomes(outcomes: Iterable[Outcome], by_latency: bool = False) -> list
 
 @dataclass(frozen=True)
 class TargetInfo:
-    """The target served alone: top-1 (%) on the calibration and test images, GMACs, optional ms/image."""
+    """The target served alone: top-1 (a fraction) on the calibration and test images, GMACs, optional ms/image."""
 
     name: str
     gmacs: float

@@ -10,7 +10,7 @@ from typing import Any
 
 from saver_search.cli.main import checkpoint_files, non_negative_int, positive_int
 from saver_search.errors import SaverSearchError
-from saver_search.report.tables import percent
+from saver_search.report.tables import drop, percent, top1
 from saver_search.zoo.names import split_name
 
 
@@ -103,10 +103,10 @@ def summary(figures: Any, cascade_file: Any, layout: str) -> str:
     if "exit_share" in expected and len(labels) > 1:
         lines[-1] += f"  (search expected {percent(expected['exit_share'])} % before the target, on {where})"
     if figures.top1 is not None:
-        top1, target_top1 = 100 * figures.top1, 100 * figures.target_top1
-        lines.append(f"top-1: cascade {top1:.2f} %, target alone {target_top1:.2f} % (drop {target_top1 - top1:+.2f} points)")
+        lines.append(f"top-1: cascade {top1(figures.top1)} %, target alone {top1(figures.target_top1)} % "
+                     f"(drop {drop(figures.target_top1 - figures.top1)} points)")
         if "top1" in expected:
-            lines[-1] += (f"  (search expected top-1 {100 * expected['top1']:.2f} %, drop {100 * expected['drop']:+.2f} "
+            lines[-1] += (f"  (search expected top-1 {top1(expected['top1'])} %, drop {drop(expected['drop'])} "
                           f"points, on {where})")
     lines.append(f"speed: cascade {figures.images_per_s:.1f} images/s vs target alone {figures.target_images_per_s:.1f} "
                  f"images/s on the same images: {figures.speedup:.2f}x measured; GMACs predict "

@@ -212,13 +212,13 @@ def cascade_from_result(result: Any) -> CascadeFile:
                 provenance = replace(provenance, weights="hub")  # the simulated zoo names timm's pretrained tags
             models[name] = ModelFile(gmacs=info.gmacs if info is not None else result.target.gmacs, provenance=provenance)
     shown = best.reported
-    expected = {  # shares of images as fractions, as in every JSON output
+    expected = {  # shares of images as fractions, as in every figure and JSON output
         "images": "test (held-out)" if best.test is not None else "calibration (in-sample, optimistic)",
-        "n_images": shown.images, "top1": shown.accuracy / 100, "drop": shown.drop / 100, "gmacs": shown.gmacs,
-        "reduction": shown.reduction / 100, "exit_share": shown.exit_ratio,
+        "n_images": shown.images, "top1": shown.accuracy, "drop": shown.drop, "gmacs": shown.gmacs,
+        "reduction": shown.reduction, "exit_share": shown.exit_ratio,
         "stage_shares": shown.shares(len(best.stages)),
-        "target_top1": result.target.reported_accuracy / 100, "target_gmacs": result.target.gmacs,
-        "max_drop": result.max_drop / 100, "simulated": result.simulated,
+        "target_top1": result.target.reported_accuracy, "target_gmacs": result.target.gmacs,
+        "max_drop": result.budget, "simulated": result.simulated,
         "guarantee": None if result.guarantee is None else result.guarantee.level, "data": result.data,
         "split": None if result.split.in_sample else {
             "fraction": result.split.fraction, "seed": result.split.seed,

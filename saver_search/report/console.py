@@ -13,7 +13,7 @@ from typing import Any
 
 from saver_search.cascade.results import Figures, Outcome
 from saver_search.cascade.scores import get_score
-from saver_search.report.tables import percent, text_table
+from saver_search.report.tables import drop, percent, text_table, top1
 from saver_search.search.run import SearchResult
 
 SIMULATED_NOTE = (
@@ -51,8 +51,8 @@ def guarantee_line(result: SearchResult) -> str:
             f"{guarantee.covers} covered)")
 
 
-# Figures the tables give in percent (or points, for drops); JSON gives them as fractions of images.
-PERCENT_KEYS = frozenset({"accuracy", "test_accuracy", "drop", "reduction", "max_drop"})
+# The tables print shares of images in percent (top-1 points, for drops); the JSON gives them as the library holds
+# them, fractions of images (saver_search.units), the budget too.
 JSON_UNITS = ("accuracy, test_accuracy, drop, max_drop, reduction, exit_ratio (answered before the target), "
               "stage_shares and exit_share (answered by each stage) are fractions of images in [0, 1] (drop: target "
               "top-1 minus cascade top-1); gmacs and own_gmacs per image; latency_ms per image; thresholds in the "
@@ -60,17 +60,17 @@ JSON_UNITS = ("accuracy, test_accuracy, drop, max_drop, reduction, exit_ratio (a
 DIGITS = 6
 
 
-def _fractions(value: Any, key: str | None = None) -> Any:
-    """The result's dict with percent figures as fractions and every float rounded to DIGITS decimals, but
-    thresholds: they stay exact, as rounding one could move images across it."""
+def _rounded(value: Any, key: str | None = None) -> Any:
+    """The result's dict with every float rounded to DIGITS decimals, but thresholds: they stay exact, as rounding
+    one could move images across it."""
     if key in ("thresholds", "threshold"):
         return value
     if isinstance(value, dict):
-        return {k: _fractions(v, k) for k, v in value.items()}
+        return {k: _rounded(v, k) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_fractions(v, key) for v in value]
+        return [_rounded(v, key) for v in value]
     if isinstance(value, float):
-        return round(value / 100.0 if key in PERCENT_KEYS else value, DIGITS)
+        return round(value, DIGITS)
     return value
 
 
@@ -107,7 +107,8 @@ def to_json(result: SearchResult) -> str:
     data["best"] = _outcome_dict(result, result.best)
     data["alternatives"] = [_outcome_dict(result, o) for o in result.alternatives]
     data["pareto"] = [_outcome_dict(result, o) for o in result.pareto]
-    payload = _fractions(data)
+    data["max_drop"] = result.budget
+    payload = _rounded(data)
     payload["units"] = JSON_UNITS
     payload["figures"] = "calibration (in-sample, optimistic)" if result.split.in_sample else "test (held-out)"
     if result.simulated:
@@ -135,15 +136,15 @@ def _row(result: SearchResult, outcome: Outcome, latency: bool) -> list[str]:
         str(sizes.pop()) if len(sizes) == 1 and None not in sizes else "-",
         ", ".join(f"{t:.4f}" for t in outcome.thresholds) or "-",
         percent(shown.exit_ratio),
-        f"{shown.accuracy:.2f}",
-        f"{shown.drop:+.2f}",
+        top1(shown.accuracy),
+        drop(shown.drop),
         _cost(shown),
-        f"{shown.reduction:.1f}",
+        percent(shown.reduction),
     ]
     if latency:
         row.append("-" if shown.latency_ms is None else f"{shown.latency_ms:.2f}")
     if outcome.test is not None:
-        row += [f"{cal.drop:+.2f}", _cost(cal)]
+        row += [drop(cal.drop), _cost(cal)]
     return row
 
 
@@ -163,12 +164,12 @@ def _figures_rows(result: SearchResult, best: Outcome) -> list[str]:
     header = ["figures on", "images", "exit %", "top-1 %", "drop (points)", "GMACs / image", "saved %"]
 
     def row(label: str, figures: Figures, interval: bool) -> list[str]:
-        drop, gmacs = f"{figures.drop:+.2f}", f"{figures.gmacs:.3f}"
+        drop_cell, gmacs = drop(figures.drop), f"{figures.gmacs:.3f}"
         if interval and best.interval is not None:
-            drop += f" [{best.interval.drop[0]:+.2f}, {best.interval.drop[1]:+.2f}]"
+            drop_cell += f" [{drop(best.interval.drop[0])}, {drop(best.interval.drop[1])}]"
             gmacs += f" [{best.interval.gmacs[0]:.3f}, {best.interval.gmacs[1]:.3f}]"
-        return [label, f"{figures.images:,}", percent(figures.exit_ratio), f"{figures.accuracy:.2f}", drop,
-                gmacs, f"{figures.reduction:.1f}"]
+        return [label, f"{figures.images:,}", percent(figures.exit_ratio), top1(figures.accuracy), drop_cell,
+                gmacs, percent(figures.reduction)]
 
     rows = []
     if best.test is not None:
@@ -223,12 +224,12 @@ def _best_lines(result: SearchResult) -> list[str]:
         lines.append(f"  the target is not needed at this budget: every one of the {where} left before it")
     lines.append(
         f"  {percent(shown.exit_ratio)} % of {where} answered before the target; "
-        f"{shown.gmacs:.3f} vs {target.gmacs:.3f} GMACs/image ({shown.reduction:.1f} % less compute), "
-        f"top-1 {shown.accuracy:.2f} % ({shown.drop:+.2f} points)"
+        f"{shown.gmacs:.3f} vs {target.gmacs:.3f} GMACs/image ({percent(shown.reduction)} % less compute), "
+        f"top-1 {top1(shown.accuracy)} % ({drop(shown.drop)} points)"
     )
     if shown.latency_ms is not None and target.latency_ms:
         lines.append(f"  measured latency {shown.latency_ms:.2f} vs {target.latency_ms:.2f} ms/image "
-                     f"({100 * (1 - shown.latency_ms / target.latency_ms):.1f} % less); ranked by latency")
+                     f"({percent(1 - shown.latency_ms / target.latency_ms)} % less); ranked by latency")
     return lines
 
 
@@ -252,9 +253,9 @@ def to_text(result: SearchResult) -> str:
     """The search result as a table for people."""
     target = result.target
     lines = [SIMULATED_NOTE, ""] if result.simulated else []
-    target_acc = f"top-1 {target.reported_accuracy:.2f} % on {'test' if target.test_accuracy is not None else 'all'} images"
+    target_acc = f"top-1 {top1(target.reported_accuracy)} % on {'test' if target.test_accuracy is not None else 'all'} images"
     if target.test_accuracy is not None:
-        target_acc += f" ({target.accuracy:.2f} % on calibration)"
+        target_acc += f" ({top1(target.accuracy)} % on calibration)"
     lines += [
         f"data:      {result.data}",
         f"target:    {target.name}  {target_acc}  {target.gmacs:.3f} GMACs/image"

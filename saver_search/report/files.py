@@ -14,7 +14,7 @@ from saver_search.cascade.results import Outcome
 from saver_search.errors import SaverSearchError
 from saver_search.report.console import SIMULATED_NOTE, guarantee_line, split_line
 from saver_search.report.plots import save_report_figures
-from saver_search.report.tables import percent
+from saver_search.report.tables import drop, percent, top1
 from saver_search.report.trace import SearchTrace, best_per_candidate, load_trace
 from saver_search.search.run import load_study
 
@@ -59,8 +59,8 @@ def _table(trace: SearchTrace, outcomes: list[Outcome]) -> list[str]:
         shown, cal = outcome.reported, outcome.calibration
         rows.append([" -> ".join(f"`{stage}`" for stage in outcome.stages[:-1]),
                      ", ".join(f"{t:.4f}" for t in outcome.thresholds), percent(shown.exit_ratio),
-                     f"{shown.accuracy:.2f}", f"{shown.drop:+.2f}", f"{shown.gmacs:.3f}", f"{shown.reduction:.1f}",
-                     f"{cal.drop:+.2f}", f"{cal.gmacs:.3f}", str(outcome.trial)])
+                     top1(shown.accuracy), drop(shown.drop), f"{shown.gmacs:.3f}", percent(shown.reduction),
+                     drop(cal.drop), f"{cal.gmacs:.3f}", str(outcome.trial)])
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
@@ -76,15 +76,15 @@ def _best_lines(trace: SearchTrace) -> list[str]:
         f"**{' -> '.join(top.stages)}**, score {top.cascade.score}, threshold{'s' * (len(top.thresholds) > 1)} "
         f"{', '.join(f'{t:.4f}' for t in top.thresholds)} (chosen on the calibration images): on the {shown.images:,} "
         f"{where}, {percent(shown.exit_ratio)} % answered before the target; "
-        f"**{shown.gmacs:.3f} GMACs / image** vs {trace.info.target_gmacs:.3f} (**{shown.reduction:.1f} % less "
-        f"compute**), top-1 {shown.accuracy:.2f} % ({shown.drop:+.2f} points drop).",
+        f"**{shown.gmacs:.3f} GMACs / image** vs {trace.info.target_gmacs:.3f} (**{percent(shown.reduction)} % less "
+        f"compute**), top-1 {top1(shown.accuracy)} % ({drop(shown.drop)} points drop).",
     ]
     if top.interval is not None:
         lines.append(f"{top.interval.level:.0%} bootstrap interval over the test images: drop "
-                     f"[{top.interval.drop[0]:+.2f}, {top.interval.drop[1]:+.2f}] points, GMACs "
+                     f"[{drop(top.interval.drop[0])}, {drop(top.interval.drop[1])}] points, GMACs "
                      f"[{top.interval.gmacs[0]:.3f}, {top.interval.gmacs[1]:.3f}].")
     if top.test is not None:
-        lines.append(f"On the calibration images: {top.calibration.gmacs:.3f} GMACs, drop {top.calibration.drop:+.2f} points.")
+        lines.append(f"On the calibration images: {top.calibration.gmacs:.3f} GMACs, drop {drop(top.calibration.drop)} points.")
     if result.note:
         lines.append(f"\nNote: {result.note}.")
     if shown.shares(len(top.stages))[-1] == 0:
@@ -103,16 +103,16 @@ def summary_markdown(trace: SearchTrace, storage: str, figures: dict[str, Path])
     spec, info = trace.spec, trace.info
     best = best_per_candidate(trace)
     n_feasible = sum(o.feasible for o in trace.outcomes)
-    target_test = "" if info.target_test_accuracy is None else f" ({info.target_test_accuracy:.2f} % on the test images)"
+    target_test = "" if info.target_test_accuracy is None else f" ({top1(info.target_test_accuracy)} % on the test images)"
     lines = [f"# Cascade search for {spec.target}{trace.tag}", ""]
     if info.simulated:
         lines += [f"> **{SIMULATED_NOTE}**", ""]
     lines += [
         f"- **data:** {info.data}",
-        f"- **target:** `{spec.target}`, top-1 {info.target_accuracy:.2f} % on the calibration images{target_test}, "
+        f"- **target:** `{spec.target}`, top-1 {top1(info.target_accuracy)} % on the calibration images{target_test}, "
         f"{info.target_gmacs:.3f} GMACs / image",
         f"- **budget:** at most {spec.max_drop:g} top-1 points below the target (calibration top-1 >= "
-        f"{trace.min_accuracy:.2f} %)",
+        f"{top1(trace.min_accuracy)} %)",
         *_setting_lines(trace),
         f"- **search:** {len(trace.outcomes)} trials ({n_feasible} within budget) over {len(spec.candidates)} "
         f"candidates; threshold {'pareto (sampled)' if spec.pareto else spec.threshold_mode}, "

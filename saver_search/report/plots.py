@@ -20,6 +20,7 @@ from matplotlib.ticker import FormatStrFormatter, LogLocator
 from saver_search.cascade.results import Outcome
 from saver_search.report.trace import SearchTrace, best_per_candidate, best_so_far, pareto_front
 from saver_search.search.run import SearchResult
+from saver_search.units import points
 
 GMACS = "GMACs / image"
 ACCURACY = "top-1 accuracy (%)"
@@ -52,23 +53,23 @@ def _legend_below(fig: Figure) -> None:
 
 def _zoom_on_budget(ax: Axes, trace: SearchTrace) -> None:
     """Focus the accuracy axis on the budget band; trials far below it are counted, not drawn."""
-    floor = trace.min_accuracy - max(2.0, 4 * trace.spec.max_drop)
-    hidden = sum(o.calibration.accuracy < floor for o in trace.outcomes)
+    floor = points(trace.min_accuracy) - max(2.0, 4 * trace.spec.max_drop)
+    hidden = sum(points(o.calibration.accuracy) < floor for o in trace.outcomes)
     if hidden:
-        top = max(trace.info.target_accuracy, *(o.calibration.accuracy for o in trace.outcomes))
+        top = points(max(trace.info.target_accuracy, *(o.calibration.accuracy for o in trace.outcomes)))
         ax.set_ylim(floor, top + 0.05 * (top - floor))
         ax.text(0.99, 0.01, f"{hidden} trials below {floor:.1f} % not shown", transform=ax.transAxes,
                 ha="right", fontsize="small", color="0.4")
 
 
 def _target_label(trace: SearchTrace) -> str:
-    return f"target alone: {trace.info.target_accuracy:.2f} %, {trace.info.target_gmacs:.3g} GMACs"
+    return f"target alone: {points(trace.info.target_accuracy):.2f} %, {trace.info.target_gmacs:.3g} GMACs"
 
 
 def _budget_line(ax: Axes, trace: SearchTrace) -> None:
     """The lowest calibration accuracy within the budget, as a dashed horizontal line."""
-    ax.axhline(trace.min_accuracy, color=TARGET_COLOR, ls="--", lw=1.2,
-               label=f"budget: target - {trace.spec.max_drop:g} pts = {trace.min_accuracy:.2f} %")
+    ax.axhline(points(trace.min_accuracy), color=TARGET_COLOR, ls="--", lw=1.2,
+               label=f"budget: target - {trace.spec.max_drop:g} pts = {points(trace.min_accuracy):.2f} %")
 
 
 def _target_gmacs_line(ax: Axes, trace: SearchTrace, vertical: bool = False) -> None:
@@ -98,9 +99,9 @@ def _held_out_note(ax: Axes, trace: SearchTrace) -> None:
     text = f"answer on {best.test.images:,} held-out test images: {best.test.gmacs:.3g} GMACs"
     if best.interval is not None:
         text += f" [{best.interval.gmacs[0]:.3g}, {best.interval.gmacs[1]:.3g}]"
-    text += f", drop {best.test.drop:+.2f} pts"
+    text += f", drop {points(best.test.drop):+.2f} pts"
     if best.interval is not None:
-        text += f" [{best.interval.drop[0]:+.2f}, {best.interval.drop[1]:+.2f}]"
+        text += f" [{points(best.interval.drop[0]):+.2f}, {points(best.interval.drop[1]):+.2f}]"
     ax.text(0.01, 0.99, text, transform=ax.transAxes, va="top", fontsize="small", color="0.2")
 
 
@@ -108,16 +109,17 @@ def plot_trials(trace: SearchTrace) -> Figure:
     """GMACs vs top-1 of every trial on the calibration images, with the Pareto front, the target (a star), the
     budget line and the best cascade's held-out figures."""
     fig, (ax,) = _figure(height=5.5)
-    _scatter_trials(ax, trace.outcomes, lambda o: o.calibration.gmacs, lambda o: o.calibration.accuracy)
+    _scatter_trials(ax, trace.outcomes, lambda o: o.calibration.gmacs, lambda o: points(o.calibration.accuracy))
     front = pareto_front(trace.outcomes)
-    ax.plot([o.calibration.gmacs for o in front], [o.calibration.accuracy for o in front], color="tab:green", lw=1.5,
+    ax.plot([o.calibration.gmacs for o in front], [points(o.calibration.accuracy) for o in front], color="tab:green",
+            lw=1.5,
             drawstyle="steps-post", label="Pareto front (all trials)")
-    ax.scatter([trace.info.target_gmacs], [trace.info.target_accuracy], marker="*", s=250, color=TARGET_COLOR,
+    ax.scatter([trace.info.target_gmacs], [points(trace.info.target_accuracy)], marker="*", s=250, color=TARGET_COLOR,
                edgecolor="black", zorder=5, label=_target_label(trace))
     _budget_line(ax, trace)
     best = best_per_candidate(trace)
     if best:
-        ax.scatter([best[0].calibration.gmacs], [best[0].calibration.accuracy], s=180, facecolor="none",
+        ax.scatter([best[0].calibration.gmacs], [points(best[0].calibration.accuracy)], s=180, facecolor="none",
                    edgecolor="black", lw=1.5, zorder=6,
                    label=f"best trial: {best[0].first} first, {best[0].calibration.gmacs:.3g} GMACs")
     _held_out_note(ax, trace)
@@ -145,7 +147,7 @@ def plot_candidates(trace: SearchTrace, top: int = TOP_BARS) -> Figure:
     for name, outcome in zip(names, best[::-1]):
         shown = outcome.reported
         where = "test" if outcome.test is not None else "in-sample"
-        ax.annotate(f" {shown.reduction:.1f} % saved ({where}; threshold{'s' * (len(outcome.thresholds) > 1)} "
+        ax.annotate(f" {points(shown.reduction):.1f} % saved ({where}; threshold{'s' * (len(outcome.thresholds) > 1)} "
                     f"{', '.join(f'{t:.3f}' for t in outcome.thresholds)})",
                     (max(shown.gmacs, outcome.calibration.gmacs), name), va="center", fontsize="small")
     _target_gmacs_line(ax, trace, vertical=True)
@@ -170,14 +172,14 @@ def plot_curves(trace: SearchTrace, top: int = TOP_CURVES) -> Figure:
     fig, (acc_ax, cost_ax) = _figure(rows=2, height=7.5)
     for name, color in zip(names, CANDIDATE_COLORS):
         curve = trace.curves[name]
-        acc_ax.plot(curve.threshold, curve.accuracy, color=color, label=name)
+        acc_ax.plot(curve.threshold, [points(a) for a in curve.accuracy], color=color, label=name)
         cost_ax.plot(curve.threshold, curve.gmacs, color=color)
         if name in chosen:
             outcome = chosen[name]
-            acc_ax.plot(outcome.thresholds[0], outcome.calibration.accuracy, "o", color=color, mec="black", ms=8)
+            acc_ax.plot(outcome.thresholds[0], points(outcome.calibration.accuracy), "o", color=color, mec="black", ms=8)
             cost_ax.plot(outcome.thresholds[0], outcome.calibration.gmacs, "o", color=color, mec="black", ms=8)
-    acc_ax.axhline(trace.info.target_accuracy, color=TARGET_COLOR, lw=1, alpha=0.7,
-                   label=f"target {trace.info.target_accuracy:.2f} %")
+    acc_ax.axhline(points(trace.info.target_accuracy), color=TARGET_COLOR, lw=1, alpha=0.7,
+                   label=f"target {points(trace.info.target_accuracy):.2f} %")
     _budget_line(acc_ax, trace)
     _target_gmacs_line(cost_ax, trace)
     acc_ax.set(ylabel=f"{ACCURACY}\n({trace.images_label})",
@@ -214,7 +216,7 @@ def plot_budget_sweep(results: Sequence[SearchResult]) -> Figure:
         label = "target alone" if best.target_alone else f"{best.first} first"
         ax.scatter([result.max_drop], [best.reported.gmacs], s=60, color=colors.get(best.first, "0.3"),
                    edgecolor="black", zorder=2, label=label)
-        ax.annotate(f"{best.reported.reduction:.0f} % saved", (result.max_drop, best.reported.gmacs),
+        ax.annotate(f"{points(best.reported.reduction):.0f} % saved", (result.max_drop, best.reported.gmacs),
                     textcoords="offset points", xytext=(0, 9), ha="center", fontsize="small")
     ax.axhline(target.gmacs, color=TARGET_COLOR, lw=1.2, label=f"target {target.name} alone: {target.gmacs:.3g} GMACs")
     log_x = all(r.max_drop > 0 for r in found)

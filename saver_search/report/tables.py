@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Collection, Sequence
 
+from saver_search.units import points
+
 
 def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: Collection[int] = (0,),
                rule: bool = True) -> list[str]:
@@ -19,4 +21,14 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: Colle
 def percent(fraction: float) -> str:
     """A share of images in percent, one decimal. The share is rounded to 9 digits first, so the same share
     computed two ways (a stage's share, one minus the rest) prints the same (0.6505 is 65.0 in every table)."""
-    return f"{100 * round(fraction, 9):.1f}"
+    return f"{points(round(fraction, 9)):.1f}"
+
+
+def top1(fraction: float) -> str:
+    """A top-1 (a fraction of images) in percent, two decimals."""
+    return f"{points(fraction):.2f}"
+
+
+def drop(fraction: float) -> str:
+    """A drop (a fraction of images) in signed top-1 points, two decimals."""
+    return f"{points(fraction):+.2f}"

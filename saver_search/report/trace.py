@@ -19,6 +19,7 @@ from saver_search.search.keys import CURVE_ATTR
 from saver_search.search.run import SearchResult, read_study, study_outcomes, summarise
 from saver_search.search.spec import StudyInfo, StudySpec
 from saver_search.search.study import trial_candidate
+from saver_search.units import from_points
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,8 +51,8 @@ class SearchTrace:
 
     @property
     def min_accuracy(self) -> float:
-        """The lowest calibration top-1 (%) within the budget."""
-        return self.info.target_accuracy - self.spec.max_drop
+        """The lowest calibration top-1 (a fraction) within the budget."""
+        return self.info.target_accuracy - from_points(self.spec.max_drop)
 
     @property
     def tag(self) -> str:
@@ -119,7 +120,7 @@ def trials_frame(trace: SearchTrace) -> "pd.DataFrame":
     """All trials as a DataFrame indexed by trial number (needs pandas): the cascade (its stages joined by " -> ",
     their number, the first stage as ``candidate``), the score, the thresholds (``threshold``: the first), feasible,
     the calibration figures as ``cal_*`` and the held-out ones as ``test_*`` (NaN in-sample), and the bootstrap
-    interval of the test drop and GMACs."""
+    interval of the test drop and GMACs. Shares of images are fractions, as in :class:`Figures`."""
     import pandas as pd
 
     rows = []

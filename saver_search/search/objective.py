@@ -89,7 +89,7 @@ class CascadeObjective:
     same; only the ranking of cascades differs.
     """
 
-    def __init__(self, source: PredictionSource, target: str, candidates: Sequence[str], max_drop: float,
+    def __init__(self, source: PredictionSource, target: str, candidates: Sequence[str], budget: float,
                  space: SearchSpace, pareto: bool, split: Split, guarantee: float | None, bound: BoundName,
                  latency_ms: Callable[[str], float] | None = None) -> None:
         self.source = source
@@ -101,7 +101,7 @@ class CascadeObjective:
         self.labels = {part: labels[indices] for part, indices in self.indices.items()}
         self.target = target
         self.candidates = list(candidates)
-        self.max_drop = max_drop
+        self.budget = budget
         self.space = space
         self.pareto = pareto
         self.cascades = space.cascades
@@ -134,7 +134,7 @@ class CascadeObjective:
         return self._parts[name, part]
 
     def _accuracy(self, name: str, part: str) -> float:
-        return 100.0 * float(np.mean(np.asarray(self._part(name, part).predicted) == self.labels[part]))
+        return float(np.mean(np.asarray(self._part(name, part).predicted) == self.labels[part]))
 
     def _logits(self, name: str, part: str) -> np.ndarray:
         return np.asarray(self.source.logits(name))[self.indices[part]]  # type: ignore[attr-defined]
@@ -167,7 +167,7 @@ class CascadeObjective:
     @property
     def allowed(self) -> int:
         """How many more selection images than the target a cascade may get wrong."""
-        return allowed_errors(self.max_drop, int(self.labels["sel"].size))
+        return allowed_errors(self.budget, int(self.labels["sel"].size))
 
     def new_frontier(self, prefix: tuple[tuple[str, ...], ...], options: StageOptions, rows: np.ndarray) -> Frontier:
         """A family's frontier (see :func:`~saver_search.cascade.frontier.learning_frontier`)."""
@@ -269,7 +269,7 @@ class CascadeObjective:
             pair = CascadeSpec.pair(candidate, self.target, 0.0)
             curve = path_curve(self.stage_views(pair, "cal"), [], self.labels["cal"], self.split.blocks)
             certified = None if self.guarantee is None else curve.certified_index(
-                self.max_drop, self.guarantee, self.split.block_sizes, len(self.candidates), self.bound)
+                self.budget, self.guarantee, self.split.block_sizes, len(self.candidates), self.bound)
             self._prepared[candidate] = _Candidate(curve, certified)
         return self._prepared[candidate]
 
@@ -283,8 +283,8 @@ class CascadeObjective:
         threshold = trial.suggest_float(THRESHOLD_PARAM, self.space.threshold_low, self.space.threshold_high)
         index = curve.at_threshold(threshold)
         if self.guarantee is None:
-            feasible = bool(curve.target_correct - curve.n_correct[index] <= allowed_errors(self.max_drop, curve.n_samples))
-            over = float(self.target_info.accuracy - curve.accuracy[index] - self.max_drop)
+            feasible = bool(curve.target_correct - curve.n_correct[index] <= allowed_errors(self.budget, curve.n_samples))
+            over = float(self.target_info.accuracy - curve.accuracy[index] - self.budget)
         else:  # how much larger the exit share is than at the lowest certified threshold
             certified = len(curve.thresholds) - 1 if prepared.certified is None else prepared.certified
             feasible = index >= certified
@@ -405,7 +405,7 @@ class CascadeObjective:
         cascades = [self._unoriented(CascadeSpec((*stages, (self.target,)), tuple(point[3:]), score_name,
                                                  self._fitted(stages, score_name))) for point in best["points"]]
         plus, minus = zip(*(self.discordance(c, "cert") for c in cascades))
-        passed = certify(np.array(plus).T, np.array(minus).T, self.split.block_sizes, self.max_drop,
+        passed = certify(np.array(plus).T, np.array(minus).T, self.split.block_sizes, self.budget,
                          float(self.guarantee or DEFAULT_LEVEL), 1, self.bound)
         reached = leading_passes(passed)
         label = STAGE_SEPARATOR.join(stage_label(m) for m in stages)
@@ -432,12 +432,12 @@ class CascadeObjective:
         right = predicted == labels
         target_right = np.asarray(views[-1].predicted) == labels
         shares = np.bincount(exit_at, minlength=len(views)) / labels.size
-        accuracy = 100.0 * float(right.mean())
-        target_accuracy = 100.0 * float(target_right.mean())
+        n_right, n_target_right = int(right.sum()), int(target_right.sum())
         gmacs = float(cost.mean())
-        figures = Figures(
-            images=int(labels.size), accuracy=accuracy, drop=target_accuracy - accuracy, gmacs=gmacs,
-            reduction=100.0 * (1.0 - gmacs / self.target_info.gmacs), exit_ratio=float(1.0 - shares[-1]),
+        figures = Figures(  # shares from counts: a drop of k images is exactly k / n, never k / n plus float dust
+            images=int(labels.size), accuracy=n_right / labels.size, drop=(n_target_right - n_right) / labels.size,
+            gmacs=gmacs,
+            reduction=1.0 - gmacs / self.target_info.gmacs, exit_ratio=float(1.0 - shares[-1]),
             latency_ms=self._latency(cascade, shares), stage_shares=[float(x) for x in shares],
         )
         return figures, target_right.astype(np.int8) - right.astype(np.int8), cost

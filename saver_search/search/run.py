@@ -34,11 +34,12 @@ from saver_search.predictions.sources import PredictionSource, model_meta
 from saver_search.search.keys import CERTIFIED_ATTR, OUTCOME_ATTR, PATH_ATTR
 from saver_search.search.objective import CascadeObjective, model_info, target_alone_outcome
 from saver_search.search.space import SearchSpace
-from saver_search.search.spec import ModelInfo, StudyInfo, StudySpec, data_fingerprint
+from saver_search.search.spec import SPEC_FORMAT, ModelInfo, StudyInfo, StudySpec, data_fingerprint
 from saver_search.search.storages import open_storage, storage_exists
 from saver_search.search.study import (
     Progress, StudyWorker, candidate_progress, create_or_load, read_info, read_spec, trial_work, work_progress,
 )
+from saver_search.units import from_points, points
 
 DEFAULT_SAMPLED_TRIALS = 300  # a sampled pair search's trials
 N_ALTERNATIVES = 5
@@ -80,6 +81,11 @@ class SearchResult:
     note: str | None = None
     models: dict[str, ModelInfo] = field(default_factory=dict)
     ran_here: int | None = None
+
+    @property
+    def budget(self) -> float:
+        """``max_drop`` (top-1 points, as given) as a fraction of images, the unit of every figure."""
+        return from_points(self.max_drop)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -346,10 +352,11 @@ def prepare_search(
                                "give fewer stages or more <candidates>")
     learn_then_test = level is not None and space.threshold_mode == "exact" and not pareto
     split = make_split(np.asarray(source.labels), fraction, split_seed, selection if learn_then_test else None)
-    objective = CascadeObjective(source, target, names, max_drop, space, pareto, split, level, bound, latency_ms)
-    if max_drop >= objective.target_info.accuracy:
+    objective = CascadeObjective(source, target, names, from_points(max_drop), space, pareto, split, level, bound,
+                                 latency_ms)
+    if from_points(max_drop) >= objective.target_info.accuracy:
         raise InvalidParameter("max_drop", f"is {max_drop:g} top-1 points, at least the target's own top-1 "
-                               f"({objective.target_info.accuracy:.1f} %): any cascade keeps such a budget; it is "
+                               f"({points(objective.target_info.accuracy):.1f} %): any cascade keeps such a budget; it is "
                                "given in top-1 points, e.g. 0.5")
     cost = "gmacs" if latency_ms is None else "latency"
     spec = StudySpec(
@@ -476,6 +483,9 @@ def read_study(study: optuna.Study) -> tuple[StudySpec, StudyInfo]:
     if spec is None or info is None:
         raise SaverSearchError(f"study '{study.study_name}' was not written by saver_search {__version__} (it has no "
                                "saver_search spec): give the study name of a saver_search search")
+    if spec.format != SPEC_FORMAT:
+        raise SaverSearchError(f"study '{study.study_name}' was written in study format {spec.format}, this "
+                               f"saver_search reads format {SPEC_FORMAT}: run the search again in a new storage")
     return spec, info
 
 

@@ -19,7 +19,7 @@ from saver_search.errors import StudyMismatch
 from saver_search.predictions.store import Provenance
 from saver_search.search.space import searches_cascades
 
-SPEC_FORMAT = 2
+SPEC_FORMAT = 3  # 3: every share of images a fraction (saver_search.units)
 
 
 @dataclass(frozen=True)
