@@ -69,7 +69,7 @@ def versus_enumeration(zoo: SimulatedZoo) -> None:
     gmacs = result.best.calibration.gmacs
     print("1. --stages 3, in-sample, plug-in, --max-drop 0.5 (simulated default, 251 candidates x 50,000 images; "
           "SIMULATED)")
-    print(f"   search:      {gmacs:.4f} GMACs  {' -> '.join(result.best.stages[:-1])} -> target  in {search_s:.1f} s "
+    print(f"   search:      {gmacs:.4f} GMACs  {' -> '.join(result.best.labels[:-1])} -> target  in {search_s:.1f} s "
           f"({result.n_trials} trials)")
     print(f"   enumeration: {best:.4f} GMACs  {found[0]} -> {found[1]} (first threshold {found[2]:.2f}) -> target  "
           f"in {enumeration_s:.1f} s ({curves:,} curves)")
@@ -100,7 +100,7 @@ def default_table(quick: bool) -> None:
                     print(f"| {guarantee} | {'2..' + str(stages) if stages > 2 else '2'} | "
                           f"{'up to 2' if committee > 1 else '-'} | {','.join(score)} | {shown.gmacs:.3f} | "
                           f"{points(shown.reduction):.1f} | {points(shown.drop):+.2f} | {found[(guarantee, score, committee, stages)]:.3f} "
-                          f"| {result.n_trials} | {seconds:.1f} | `{' -> '.join(result.best.stages[:-1])} -> target` |")
+                          f"| {result.n_trials} | {seconds:.1f} | `{' -> '.join(result.best.labels[:-1])} -> target` |")
     print()
     wider = [(key, (g, s, c, k - 1)) for key in found for g, s, c, k in [key] if k > 2]
     wider += [(key, (g, s, 1, k)) for key in found for g, s, c, k in [key] if c > 1]
@@ -126,7 +126,7 @@ def wisdom_of_committees() -> None:
         shown = result.best.reported
         b7 = result.target.gmacs
         kind = "committees of up to 2" if committee > 1 else "single models"
-        print(f"   {kind}: {' -> '.join(result.best.stages)}, thresholds "
+        print(f"   {kind}: {' -> '.join(result.best.labels)}, thresholds "
               f"{', '.join(f'{t:.3f}' for t in result.best.thresholds)}")
         print(f"   {shown.gmacs:.3f} vs {b7:.3f} GMACs: {b7 / shown.gmacs:.2f}x fewer GMACs than B7 (paper: 5.4x, "
               f"measured on real predictions); test drop {points(shown.drop):+.2f} points")

@@ -7,7 +7,7 @@ Searching::
     from saver_search import ArraySource, run_search
     source = ArraySource.from_arrays(labels, {"small": (small_logits, 0.5), "big": (big_logits, 10.0)})
     result = run_search(source, "big", max_drop=1.0)
-    result.best.stages, result.best.thresholds, result.best.test.reduction
+    result.best.labels, result.best.thresholds, result.best.test.reduction
 
 Sources: :class:`ArraySource` (your arrays), :class:`PredictionStore` (a folder), :class:`SimulatedZoo` (the
 embedded default), :func:`open_source`; :class:`PredictionSource` is the contract. Studies and traces:

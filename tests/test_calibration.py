@@ -59,7 +59,7 @@ def test_thresholds_never_see_test_images(tmp_path):
     honest = run_search(store, "big_t.x", 2.0, SearchSpace())
     noisy = run_search(corrupt, "big_t.x", 2.0, SearchSpace())
     for a, b in zip([honest.best, *honest.alternatives], [noisy.best, *noisy.alternatives]):
-        assert a.stages == b.stages and a.thresholds == b.thresholds and a.calibration == b.calibration
+        assert a.labels == b.labels and a.thresholds == b.thresholds and a.calibration == b.calibration
     assert honest.best.test != noisy.best.test
 
 

@@ -66,7 +66,7 @@ def test_three_stage_search_equals_brute_force_on_the_same_grid():
     assert len(reference.cascade.stages) == 3 and reference.gmacs < source.gmacs("big")
     # the enumeration solves the last threshold at every cut, the brute force only on the grid: never costlier
     assert result.best.calibration.gmacs <= reference.gmacs + 1e-12
-    assert len(result.best.stages) == 3 and result.best.calibration.drop <= 0.01
+    assert len(result.best.labels) == 3 and result.best.calibration.drop <= 0.01
 
 
 def test_more_stages_are_never_worse_than_pairs():
@@ -201,7 +201,7 @@ def test_outcomes_read_back_as_written():
                "latency_ms": None}
     outcome = Outcome(cascade=CascadeSpec.pair("a", "big", 0.7), calibration=Figures(**figures), test=None,
                       interval=None, feasible=True, trial=3)
-    assert outcome.stages == ["a", "big"] and outcome.calibration.shares(2) == [0.8, pytest.approx(0.2)]
+    assert outcome.labels == ["a", "big"] and outcome.calibration.shares(2) == [0.8, pytest.approx(0.2)]
     assert Outcome.from_attrs(outcome.to_attrs(), 3) == outcome
 
 
@@ -357,7 +357,7 @@ def test_the_guarantee_holds_for_cascades_and_committees_on_data_with_a_known_tr
         options = {"calibration": 0.99, "split_seed": seed}
         best = run_search(source, "big", max_drop, space, **options).best
         violations += truth.figures(best.cascade, "cal")[0].drop > max_drop / 100
-        chosen.add((len(best.stages), any(" + " in stage for stage in best.stages)))
+        chosen.add((len(best.labels), any(" + " in stage for stage in best.labels)))
         if seed < plug_in_datasets:
             plug_in = run_search(source, "big", max_drop, space, guarantee="none", **options).best
             plug_in_violations += truth.figures(plug_in.cascade, "cal")[0].drop > max_drop / 100

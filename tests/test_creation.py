@@ -117,7 +117,7 @@ def test_a_study_interrupted_at_any_step_of_its_life_finishes_on_rerun_with_ever
         trials = search.open().get_trials(deepcopy=False)
         complete = Counter(trial_work(t) for t in trials if t.state == TrialState.COMPLETE)
         assert complete == Counter(work_key(w) for w in search.work), step
-        assert result.best.stages == reference.stages and result.best.thresholds == reference.thresholds, step
+        assert result.best.labels == reference.labels and result.best.thresholds == reference.thresholds, step
 
 
 def _recording_worker(data: ArraySource, storage: str, space: SearchSpace, record: str, start) -> None:

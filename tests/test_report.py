@@ -203,7 +203,7 @@ def test_a_learn_then_test_report_gives_the_certified_answer_and_names_the_selec
     write_report(storage, "ltt", tmp_path / "report")
     summary = (tmp_path / "report" / "summary.md").read_text()
     answer = result.best
-    assert f"**{' -> '.join(answer.stages)}**" in summary and f"**{answer.test.gmacs:.3f} GMACs / image**" in summary
+    assert f"**{' -> '.join(answer.labels)}**" in summary and f"**{answer.test.gmacs:.3f} GMACs / image**" in summary
     selection = f"{result.split.selection_images:,} selection images"
     assert f"chosen on the {selection} and are not certified" in summary and "GMACs (sel.)" in summary
     assert load_trace(load_study(storage, "ltt")).images_label == selection

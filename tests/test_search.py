@@ -70,7 +70,7 @@ def test_imagenet_x_in_sample_search_equals_brute_force(imagenet_x_pair, max_dro
     result = run_search(store, "ViT", max_drop, SearchSpace(), **IN_SAMPLE)
     threshold, n_correct, gmacs, n_exit = cheapest_feasible(sweep, target_correct, 4.11, 17.58, max_drop)
     best = result.best
-    assert best.stages == ["ResNet50", "ViT"] and best.test is None and result.split.in_sample
+    assert best.labels == ["ResNet50", "ViT"] and best.test is None and result.split.in_sample
     above = confidence[confidence > threshold].min()  # the boundary lies between the last that stays and the next
     assert best.thresholds[0] == (float(threshold) + float(above)) / 2
     assert round(best.calibration.accuracy * confidence.size) == n_correct
@@ -126,7 +126,7 @@ def test_guarantee_is_more_cautious_than_the_plug_in_choice(store):
 def test_too_few_calibration_images_return_the_target_alone(tmp_path):
     small = make_store(tmp_path / "small", n=400, models=MODELS)
     result = run_search(small, "big_t.x", 0.5, SearchSpace())
-    assert result.best.target_alone and result.best.stages == ["big_t.x"]
+    assert result.best.target_alone and result.best.labels == ["big_t.x"]
     assert result.split.calibration_images == 200
     assert "with 200 calibration images (100 certify the learned path of" in result.note
     assert "no cascade cheaper than the target keeps 0.5 points at 95%" in result.note
@@ -171,7 +171,7 @@ def test_candidate_filter_and_cost_ceiling(store):
 
 def test_explicit_candidates_override(store):
     result = run_search(store, "big_t.x", 1.0, SearchSpace(), candidates=["mid_c.x"], **IN_SAMPLE)
-    assert result.n_candidates == 1 and result.best.stages == ["mid_c.x", "big_t.x"]
+    assert result.n_candidates == 1 and result.best.labels == ["mid_c.x", "big_t.x"]
 
 
 def test_empty_candidate_set_is_an_error(store):

@@ -52,8 +52,9 @@ class Outcome:
     trial: int | None = None
 
     @property
-    def stages(self) -> list[str]:
-        """The stages as people read them, first .. target ("a + b" for a committee)."""
+    def labels(self) -> list[str]:
+        """The stages as people read them, first .. target ("a + b" for a committee); ``cascade.stages`` holds
+        their member tuples."""
         return self.cascade.labels
 
     @property
@@ -64,11 +65,11 @@ class Outcome:
     @property
     def first(self) -> str:
         """The first stage (the target itself when the target is served alone)."""
-        return self.stages[0]
+        return self.labels[0]
 
     @property
     def target_alone(self) -> bool:
-        return len(self.stages) == 1
+        return len(self.labels) == 1
 
     @property
     def reported(self) -> Figures:
@@ -109,7 +110,7 @@ def rank_outcomes(outcomes: Iterable[Outcome], by_latency: bool = False) -> list
 
     best: dict[str, Outcome] = {}
     for outcome in sorted((o for o in outcomes if o.feasible), key=lambda o: (cost(o), -o.calibration.accuracy)):
-        best.setdefault(" -> ".join(outcome.stages), outcome)
+        best.setdefault(" -> ".join(outcome.labels), outcome)
     return list(best.values())
 
 

@@ -216,7 +216,7 @@ def cascade_from_result(result: Any) -> CascadeFile:
         "images": "test (held-out)" if best.test is not None else "calibration (in-sample, optimistic)",
         "n_images": shown.images, "top1": shown.accuracy, "drop": shown.drop, "gmacs": shown.gmacs,
         "reduction": shown.reduction, "exit_share": shown.exit_ratio,
-        "stage_shares": shown.shares(len(best.stages)),
+        "stage_shares": shown.shares(len(best.labels)),
         "target_top1": result.target.reported_accuracy, "target_gmacs": result.target.gmacs,
         "max_drop": result.budget, "simulated": result.simulated,
         "guarantee": None if result.guarantee is None else result.guarantee.level, "data": result.data,

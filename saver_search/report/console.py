@@ -131,7 +131,7 @@ def _row(result: SearchResult, outcome: Outcome, latency: bool) -> list[str]:
     own = sum(row["own_gmacs"] for row in rows)
     sizes = {row["img_size"] for row in rows}
     row = [
-        " -> ".join(outcome.stages[:-1]) or outcome.first,
+        " -> ".join(outcome.labels[:-1]) or outcome.first,
         f"{own:.3g}" if rows and not math.isnan(own) else "-",  # NaN: a model the study has no cost for
         str(sizes.pop()) if len(sizes) == 1 and None not in sizes else "-",
         ", ".join(f"{t:.4f}" for t in outcome.thresholds) or "-",
@@ -205,7 +205,7 @@ def _best_lines(result: SearchResult) -> list[str]:
     score = get_score(best.cascade.score)
     rows = []
     for i, stage in enumerate(stage_rows(result, best)):
-        last = i == len(best.stages) - 1
+        last = i == len(best.labels) - 1
         members = stage["models"]
         size = _model_size(result, members[0]) if len(members) == 1 else \
             f"committee: mean of {len(members)} models' probabilities; {stage['own_gmacs']:.3g} GMACs/image not run before"
@@ -214,12 +214,12 @@ def _best_lines(result: SearchResult) -> list[str]:
                      percent(stage['exit_share'] or 0.0)])
     thresholds = ", ".join(f"{t:.4f}" for t in best.thresholds)
     temperatures = "".join(f", T({m}) = {t:.3f}" for m, t in best.cascade.temperatures.items())
-    lines = [f"best cascade: {' -> '.join(best.stages)}, score {score.name}, threshold{'s' * (len(best.thresholds) > 1)} "
+    lines = [f"best cascade: {' -> '.join(best.labels)}, score {score.name}, threshold{'s' * (len(best.thresholds) > 1)} "
              f"{thresholds}{temperatures} (chosen on the calibration images)",
              *("  " + line for line in text_table(["", "model", "own cost", "answers when", f"exit % ({where})"],
                                                    rows, left=(0, 1, 2, 3))),
              "", *_figures_rows(result, best), ""]
-    shares = shown.shares(len(best.stages))
+    shares = shown.shares(len(best.labels))
     if shares[-1] == 0:
         lines.append(f"  the target is not needed at this budget: every one of the {where} left before it")
     lines.append(

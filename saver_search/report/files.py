@@ -57,7 +57,7 @@ def _table(trace: SearchTrace, outcomes: list[Outcome]) -> list[str]:
     rows = []
     for outcome in outcomes:
         shown, cal = outcome.reported, outcome.calibration
-        rows.append([" -> ".join(f"`{stage}`" for stage in outcome.stages[:-1]),
+        rows.append([" -> ".join(f"`{stage}`" for stage in outcome.labels[:-1]),
                      ", ".join(f"{t:.4f}" for t in outcome.thresholds), percent(shown.exit_ratio),
                      top1(shown.accuracy), drop(shown.drop), f"{shown.gmacs:.3f}", percent(shown.reduction),
                      drop(cal.drop), f"{cal.gmacs:.3f}", str(outcome.trial)])
@@ -73,7 +73,7 @@ def _best_lines(trace: SearchTrace) -> list[str]:
     shown = top.reported
     where = "held-out test images" if top.test is not None else "images (in-sample, optimistic)"
     lines = [
-        f"**{' -> '.join(top.stages)}**, score {top.cascade.score}, threshold{'s' * (len(top.thresholds) > 1)} "
+        f"**{' -> '.join(top.labels)}**, score {top.cascade.score}, threshold{'s' * (len(top.thresholds) > 1)} "
         f"{', '.join(f'{t:.4f}' for t in top.thresholds)} (chosen on the calibration images): on the {shown.images:,} "
         f"{where}, {percent(shown.exit_ratio)} % answered before the target; "
         f"**{shown.gmacs:.3f} GMACs / image** vs {trace.info.target_gmacs:.3f} (**{percent(shown.reduction)} % less "
@@ -87,7 +87,7 @@ def _best_lines(trace: SearchTrace) -> list[str]:
         lines.append(f"On the calibration images: {top.calibration.gmacs:.3f} GMACs, drop {drop(top.calibration.drop)} points.")
     if result.note:
         lines.append(f"\nNote: {result.note}.")
-    if shown.shares(len(top.stages))[-1] == 0:
+    if shown.shares(len(top.labels))[-1] == 0:
         lines.append("\nThe target is not needed at this budget: the stages before it answer every image.")
     if shown.reduction <= 0:
         lines.append("\nNo candidate saves compute within this budget: serve the target alone.")

@@ -134,10 +134,10 @@ def plot_candidates(trace: SearchTrace, top: int = TOP_BARS) -> Figure:
     """The cheapest cascade within budget per first-stage candidate: calibration GMACs (which rank them) as bars,
     held-out test GMACs as dots, compute saved on the test images as text."""
     best = best_per_candidate(trace)[:top]
-    pairs = all(len(o.stages) == 2 for o in best)
-    extra_lines = sum(len(o.stages) - 2 for o in best)  # a line per stage before the target: long names fit
+    pairs = all(len(o.labels) == 2 for o in best)
+    extra_lines = sum(len(o.labels) - 2 for o in best)  # a line per stage before the target: long names fit
     fig, (ax,) = _figure(height=1.6 + 0.35 * max(len(best), 2) + 0.15 * extra_lines)
-    names = [" ->\n".join(o.stages[:-1]) for o in best][::-1]
+    names = [" ->\n".join(o.labels[:-1]) for o in best][::-1]
     ax.barh(names, [o.calibration.gmacs for o in best][::-1], height=0.6, color="tab:blue", alpha=0.8,
             label=f"GMACs on {trace.images_label} (ranks them)")
     tested = [(name, o) for name, o in zip(names, best[::-1]) if o.test is not None]
@@ -152,7 +152,7 @@ def plot_candidates(trace: SearchTrace, top: int = TOP_BARS) -> Figure:
                     (max(shown.gmacs, outcome.calibration.gmacs), name), va="center", fontsize="small")
     _target_gmacs_line(ax, trace, vertical=True)
     ax.set_xlim(0, 1.1 * max([trace.info.target_gmacs, *(1.6 * o.calibration.gmacs for o in best)]))
-    n_feasible = len({tuple(o.stages) for o in trace.outcomes if o.feasible})
+    n_feasible = len({tuple(o.labels) for o in trace.outcomes if o.feasible})
     per = "first-stage candidate" if pairs else "set of stages"
     fig.suptitle(f"Best cascade per {per}, max drop {trace.spec.max_drop:g} pts{trace.tag}")
     shown_count = "all" if len(best) == n_feasible else f"cheapest {len(best)} of the"
@@ -167,7 +167,7 @@ def plot_candidates(trace: SearchTrace, top: int = TOP_BARS) -> Figure:
 def plot_curves(trace: SearchTrace, top: int = TOP_CURVES) -> Figure:
     """Accuracy and GMACs vs threshold on the calibration images for the best candidates, their chosen
     thresholds marked."""
-    chosen = {o.first: o for o in best_per_candidate(trace) if o.first in trace.curves and len(o.stages) == 2}
+    chosen = {o.first: o for o in best_per_candidate(trace) if o.first in trace.curves and len(o.labels) == 2}
     names = (list(chosen) or list(trace.curves))[:min(top, len(CANDIDATE_COLORS))]
     fig, (acc_ax, cost_ax) = _figure(rows=2, height=7.5)
     for name, color in zip(names, CANDIDATE_COLORS):

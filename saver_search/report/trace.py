@@ -125,7 +125,7 @@ def trials_frame(trace: SearchTrace) -> "pd.DataFrame":
 
     rows = []
     for outcome in trace.outcomes:
-        row = {"trial": outcome.trial, "cascade": " -> ".join(outcome.stages), "stages": len(outcome.stages),
+        row = {"trial": outcome.trial, "cascade": " -> ".join(outcome.labels), "stages": len(outcome.labels),
                "candidate": outcome.first, "score": outcome.cascade.score,
                "threshold": outcome.thresholds[0] if outcome.thresholds else math.nan,
                "thresholds": ", ".join(f"{t:.4f}" for t in outcome.thresholds), "feasible": outcome.feasible}

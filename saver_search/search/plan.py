@@ -196,7 +196,7 @@ def _price(target: str, target_gmacs: float, max_drop: float, images: int, limit
         gmacs = target_gmacs if name == target else source.gmacs(name)
         rate, origin = images_per_s(name, gmacs)
         cascade_gmacs = target_gmacs if outcome is None else outcome.reported.gmacs
-        return PlanModel(name=name, role=role, cascade=[target] if outcome is None else outcome.stages,
+        return PlanModel(name=name, role=role, cascade=[target] if outcome is None else outcome.labels,
                          cascade_gmacs=cascade_gmacs, saving=1.0 - cascade_gmacs / target_gmacs,
                          images_per_s=rate, throughput=origin, cached=name in cached,
                          gpu_hours=0.0 if name in cached else images / rate / 3600)

@@ -549,7 +549,7 @@ def summarise(study: optuna.Study, *, seconds: float = 0.0, storage: str | None 
         guarantee=None if spec.guarantee is None else GuaranteeInfo(
             spec.guarantee, spec.bound, guarantee_tests(spec),
             "learned path" if spec.selection is not None else "candidates"),
-        best=best, alternatives=[o for o in ranked if o.stages != best.stages][:N_ALTERNATIVES], pareto=front,
+        best=best, alternatives=[o for o in ranked if o.labels != best.labels][:N_ALTERNATIVES], pareto=front,
         n_trials=len(outcomes), n_candidates=len(spec.candidates), evaluated=state.evaluated, running=state.running,
         missing=state.missing, seconds=seconds, study_name=study.study_name, storage=storage, space=info.space,
         cost=spec.cost, note=note, models=info.models, ran_here=ran_here,
