@@ -28,7 +28,7 @@ from saver_search.units import from_points
 
 
 def stage(name: str, predicted: np.ndarray, confidence: np.ndarray, gmacs: float) -> ModelPredictions:
-    return ModelPredictions(ModelMeta(name, gmacs, 1, "benchmark", ""), predicted[None, :], confidence[None, :].astype(np.float32))
+    return ModelPredictions(ModelMeta(name=name, gmacs=gmacs, k=1, source="benchmark", created=""), predicted[None, :], confidence[None, :].astype(np.float32))
 
 
 def load_pair(n: int) -> tuple[ModelPredictions, ModelPredictions, np.ndarray, str]:

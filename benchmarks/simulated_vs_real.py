@@ -59,7 +59,7 @@ def simulate_pair(latents: ImageLatents, params: SimParams = DEFAULT_PARAMS) -> 
     """The pair simulated with the same accuracies and costs (top-5 kept in ``classes``)."""
     models = {}
     for name, (top1, gmacs, family) in PAIR.items():
-        classes, probs = simulate_predictions(latents, name, top1, family, "in1k", params)
+        classes, probs = simulate_predictions(latents, name, from_points(top1), family, "in1k", params)
         meta = ModelMeta(name=name, gmacs=gmacs, k=classes.shape[0], source="simulated", created="")
         models[name] = ModelPredictions(meta, classes, probs)
     return models

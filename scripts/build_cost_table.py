@@ -48,7 +48,8 @@ def read_done(out: Path) -> dict[tuple[str, int], ModelCost]:
         rows = list(csv.DictReader(handle))
     return {
         (r["name"], int(r["img_size"])): ModelCost(
-            r["name"], int(r["img_size"]), float(r["gmacs"]), float(r["gflops"]), float(r["params_m"]), "table"
+            name=r["name"], img_size=int(r["img_size"]), gmacs=float(r["gmacs"]), gflops=float(r["gflops"]),
+            params_m=float(r["params_m"]), source="table",
         )
         for r in rows
     }

@@ -26,7 +26,7 @@ def world(tmp_path_factory) -> Path:
                  "--study-name", "s")[0] == 0
     random = {"provenance": {"weights": "random"}}
     (root / "cascade.json").write_text(json.dumps({  # two timm architectures with seeded random weights
-        "format": "saver_search.cascade/2",
+        "format": "saver_search.cascade/3",
         "cascade": {"stages": [["resnet10t.c3_in1k"], ["resnet14t.c3_in1k"]], "thresholds": [0.5], "score": "maxprob"},
         "models": {"resnet10t.c3_in1k": {"gmacs": 1.1, **random}, "resnet14t.c3_in1k": {"gmacs": 1.7, **random}},
         "expected": {}, "study": None}))

@@ -73,9 +73,9 @@ class Synthetic:
         u = rng.uniform(0, 1, n)
         d = np.where(u < 0.3 * (1 - self.confidence), 1, np.where(u > 1 - 0.1 * (1 - self.confidence), -1, 0))
         self.labels = np.zeros(n, dtype=np.int64)
-        self.target = ModelPredictions(ModelMeta("t", 10.0, 1, "test", ""), (d == -1).astype(np.int64)[None, :],
+        self.target = ModelPredictions(ModelMeta(name="t", gmacs=10.0, k=1, source="test", created=""), (d == -1).astype(np.int64)[None, :],
                                        np.ones((1, n)))
-        self.first = ModelPredictions(ModelMeta("f", 1.0, 1, "test", ""), (d == 1).astype(np.int64)[None, :],
+        self.first = ModelPredictions(ModelMeta(name="f", gmacs=1.0, k=1, source="test", created=""), (d == 1).astype(np.int64)[None, :],
                                       self.confidence[None, :])
 
     @staticmethod

@@ -14,11 +14,11 @@ from optuna.storages import JournalStorage, RDBStorage
 from optuna.trial import TrialState
 
 from saver_search.predictions.sources import ArraySource
+from saver_search.search import study as study_module
 from saver_search.search.keys import READY_ATTR, SPEC_ATTR
 from saver_search.search.objective import CascadeObjective
 from saver_search.search.run import SearchInterrupted, prepare_search
 from saver_search.search.space import SearchSpace
-from saver_search.search import study as study_module
 from saver_search.search.study import trial_work, work_key
 
 SPACES = {"pairs": SearchSpace(), "cascades": SearchSpace(min_stages=2, max_stages=3, committee_members=2)}

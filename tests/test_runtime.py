@@ -16,9 +16,10 @@ from saver_search.cascade.committees import stage_outputs
 from saver_search.cascade.evaluate import CascadeSpec, cascade_answers
 from saver_search.cascade.scores import get_score
 from saver_search.compat import import_timm
-from saver_search.inference.cascade_file import CascadeFile, ModelFile
-from saver_search.predictions.store import PredictionStore, Provenance
+from saver_search.inference.cascade_file import CascadeFile
+from saver_search.predictions.store import PredictionStore
 from saver_search.report.tables import percent
+from saver_search.zoo.record import ModelRecord, Provenance
 
 timm = import_timm()
 RANDOM = Provenance(weights="random")
@@ -71,7 +72,7 @@ def read_predictions(path: Path) -> dict[str, dict[str, str]]:
 def random_cascade(stages: list[tuple[str, ...]], thresholds: list[float], gmacs: dict[str, float]) -> CascadeFile:
     """A cascade of random-weight timm models."""
     return CascadeFile(cascade=CascadeSpec(tuple(stages), tuple(thresholds)),
-                       models={name: ModelFile(cost, RANDOM) for name, cost in gmacs.items()})
+                       models={name: ModelRecord(name, cost, provenance=RANDOM) for name, cost in gmacs.items()})
 
 
 TWO_RANDOM = {"test_efficientnet.r160_in1k": 0.06, "resnet10t.c3_in1k": 0.7}
@@ -169,7 +170,7 @@ def test_random_weights_three_stages_same_answer_offline_and_online(photos: Path
     thresholds = [float(np.median(np.asarray(store.model(name).confidence, dtype=np.float64))) + 1e-9
                   for name in models[:-1]]
     cascade = CascadeFile(cascade=CascadeSpec(tuple((name,) for name in models), tuple(thresholds)),
-                          models={name: ModelFile(store.model(name).meta.gmacs, store.model(name).meta.provenance)
+                          models={name: store.model(name).meta.record()
                                   for name in models})
     cascade.save(tmp_path / "cascade.json")
     predicted = run_main("predict", "--cascade", tmp_path / "cascade.json", "--images", photos,
@@ -201,7 +202,7 @@ def test_committee_stage_same_answer_offline_and_online_and_a_model_runs_once_pe
         widest = int(np.argmax(np.diff(ordered)))
         thresholds.append(float(ordered[widest: widest + 2].mean()))
     cascade = CascadeFile(cascade=CascadeSpec(stages, tuple(thresholds)),
-                          models={m: ModelFile(store.model(m).meta.gmacs, store.model(m).meta.provenance) for m in (a, b, c)})
+                          models={m: store.model(m).meta.record() for m in (a, b, c)})
     assert cascade.stage_gmacs() == [store.model(a).meta.gmacs, store.model(b).meta.gmacs, store.model(c).meta.gmacs]
     cascade.save(tmp_path / "cascade.json")
     predicted = run_main("predict", "--cascade", tmp_path / "cascade.json", "--images", photos,
@@ -245,7 +246,7 @@ FIRST, LAST = TWO_RANDOM
 
 
 def two_stage_file() -> dict:
-    return {"format": "saver_search.cascade/2",
+    return {"format": "saver_search.cascade/3",
             "cascade": {"stages": [[FIRST], [LAST]], "thresholds": [0.5], "score": "maxprob"},
             "models": {name: {"gmacs": gmacs, "provenance": {"weights": "random"}} for name, gmacs in TWO_RANDOM.items()}}
 
@@ -262,7 +263,10 @@ def two_stage_file() -> dict:
     (lambda d: d["models"][FIRST].update(provenance={"weights": "magic"}), "weights must be one of hub, checkpoint, random"),
     (lambda d: d["models"][FIRST].update(colour="red"), "unknown field 'colour'"),
     (lambda d: d["models"][FIRST].pop("gmacs"), "must be an object with its own 'gmacs'"),
-    (lambda d: d.update(format="saver_search.cascade/1"), "this saver_search reads 'saver_search.cascade/2'"),
+    (lambda d: d.update(format="saver_search.cascade/2"), "this saver_search reads 'saver_search.cascade/3'"),
+    (lambda d: d["models"][FIRST].update(name=LAST), "its record names model"),
+    (lambda d: d["models"][FIRST].update(top1=86.2), "'top1' must be a fraction in [0, 1]"),
+    (lambda d: d["models"][FIRST].update(img_size="big"), "'img_size' must be an integer > 0"),
 ])
 def test_bad_cascade_files_are_one_line_errors(tmp_path: Path, photos: Path, edit, fragment) -> None:
     data = two_stage_file()
@@ -278,8 +282,9 @@ def test_mismatched_checkpoint_names_the_tensor_and_class_sets_must_agree(tmp_pa
     wrong = tmp_path / "wrong.pth"
     torch.save(timm.create_model("resnet10t").state_dict(), wrong)
     cascade = CascadeFile(cascade=CascadeSpec.pair("test_efficientnet.r160_in1k", "resnet10t.c3_in1k", 0.5), models={
-        "test_efficientnet.r160_in1k": ModelFile(0.06, Provenance(weights="checkpoint", checkpoint=str(wrong))),
-        "resnet10t.c3_in1k": ModelFile(0.7, RANDOM)})
+        "test_efficientnet.r160_in1k": ModelRecord("test_efficientnet.r160_in1k", 0.06,
+                                                   provenance=Provenance(weights="checkpoint", checkpoint=str(wrong))),
+        "resnet10t.c3_in1k": ModelRecord("resnet10t.c3_in1k", 0.7, provenance=RANDOM)})
     cascade.save(tmp_path / "c.json")
     proc = run_main("predict", "--cascade", tmp_path / "c.json", "--images", photos, "--out", tmp_path / "p.csv")
     assert proc.returncode == 2 and "does not fit timm's test_efficientnet.r160_in1k" in proc.stderr and "first:" in proc.stderr

@@ -11,6 +11,7 @@ import pytest
 from saver_search.errors import SaverSearchError
 from saver_search.predictions import simulate
 from saver_search.predictions.simulate import ImageLatents, SimulatedZoo, simulate_predictions
+from saver_search.units import from_points
 from saver_search.zoo.tables import load_zoo
 
 
@@ -20,7 +21,7 @@ def sim() -> SimulatedZoo:
 
 
 def _right(sim: SimulatedZoo, name: str, top1: float, family: str, pretrain: str = "in1k") -> np.ndarray:
-    return np.asarray(sim.simulate(name, top1, 1.0, family, pretrain).predicted) == sim.labels
+    return np.asarray(sim.simulate(name, from_points(top1), 1.0, family, pretrain).predicted) == sim.labels
 
 
 def test_source_protocol(sim: SimulatedZoo) -> None:
@@ -52,14 +53,14 @@ def test_model_arrays_and_meta(sim: SimulatedZoo) -> None:
     "name", ["test_vit.r160_in1k", "mobilenetv3_small_050.lamb_in1k", "resnet50.tv_in1k", "eva02_large_patch14_448.mim_m38m_ft_in22k_in1k"]
 )
 def test_accuracy_is_the_published_top1(sim: SimulatedZoo, name: str) -> None:
-    accuracy = 100.0 * np.mean(sim.model(name).predicted == sim.labels)
-    assert accuracy == pytest.approx(load_zoo()[name].top1, abs=0.05)
+    accuracy = np.mean(sim.model(name).predicted == sim.labels)
+    assert accuracy == pytest.approx(load_zoo()[name].top1, abs=0.0005)
 
 
 @pytest.mark.parametrize("top1", [0.0, 0.01, 50.0, 99.99, 100.0])
 def test_extreme_accuracies_are_exact(top1: float) -> None:
     latents = ImageLatents(n_samples=10_000)
-    classes, probs = simulate_predictions(latents, "extreme", top1, "resnet", "in1k")
+    classes, probs = simulate_predictions(latents, "extreme", from_points(top1), "resnet", "in1k")
     assert np.sum(classes[0] == latents.labels) == round(top1 / 100 * 10_000)
     assert np.all(np.isfinite(probs))
 
@@ -99,7 +100,7 @@ def test_wrong_answers_sometimes_coincide(sim: SimulatedZoo) -> None:
 def test_confidence_separates_right_from_wrong_better_for_better_models(sim: SimulatedZoo) -> None:
     gaps = []
     for top1 in (60.0, 75.0, 90.0):
-        model = sim.simulate(f"m{top1}", top1, 1.0, "resnet")
+        model = sim.simulate(f"m{top1}", from_points(top1), 1.0, "resnet")
         right = model.predicted == sim.labels
         confidence = np.asarray(model.confidence)
         assert confidence[right].mean() > confidence[~right].mean() + 0.2

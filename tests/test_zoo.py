@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -29,7 +30,7 @@ def test_table_loads_with_consistent_entries() -> None:
     assert len(models) > 1000
     for name, entry in models.items():
         assert name == entry.name == f"{entry.arch}.{entry.tag}"
-        assert 0 < entry.top1 < 100 and entry.published_gmacs > 0 and entry.params_m > 0 and entry.img_size > 0
+        assert 0 < entry.top1 < 1 and entry.published_gmacs > 0 and entry.params_m > 0 and entry.img_size > 0
         assert entry.family and entry.pretrain
     top1 = [entry.top1 for entry in models.values()]
     assert top1 == sorted(top1, reverse=True)
@@ -44,7 +45,7 @@ def test_one_row_per_tag_matching_the_published_results() -> None:
     assert len(results) == 1556
     models = load_zoo()
     assert set(models) == {row["model"] for row in results}
-    published = {(row["model"], int(row["img_size"])): float(row["top1"]) for row in results}
+    published = {(row["model"], int(row["img_size"])): float(row["top1"]) / 100 for row in results}  # percent
     for name, entry in models.items():
         assert published[(name, entry.img_size)] == pytest.approx(entry.top1, abs=1e-9)
     # listed at 288 and 224; timm's pretrained cfg runs it at 224 by default
@@ -72,12 +73,17 @@ def test_default_tag_is_timms_default_pretrained_tag() -> None:
 def test_gmacs_prefer_the_counted_cost_table(monkeypatch: pytest.MonkeyPatch) -> None:
     entry = load_zoo()["resnet50.tv_in1k"]
     def table_with(img_size: int) -> Callable[[], dict[str, list[ModelCost]]]:
-        return lambda: {"resnet50.tv_in1k": [ModelCost("resnet50.tv_in1k", img_size, 4.25, 8.5, 25.6, "table")]}
+        return lambda: {"resnet50.tv_in1k": [ModelCost(name="resnet50.tv_in1k", img_size=img_size, gmacs=4.25,
+                                                       gflops=8.5, params_m=25.6, source="table")]}
 
-    monkeypatch.setattr(tables, "_load_table", table_with(entry.img_size))
-    assert entry.gmacs == 4.25
-    monkeypatch.setattr(tables, "_load_table", table_with(entry.img_size + 32))
-    assert entry.gmacs == entry.published_gmacs
+    try:
+        for img_size, expected in ((entry.img_size, 4.25), (entry.img_size + 32, entry.published_gmacs)):
+            monkeypatch.setattr(tables, "_load_table", table_with(img_size))
+            tables._zoo.cache_clear()
+            assert load_zoo()["resnet50.tv_in1k"].gmacs == expected
+    finally:
+        monkeypatch.undo()
+        tables._zoo.cache_clear()
 
 
 def test_zoo_and_simulator_do_not_import_torch_or_timm() -> None:
@@ -91,3 +97,29 @@ def test_zoo_and_simulator_do_not_import_torch_or_timm() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_one_model_record_travels_from_the_zoo_to_the_store_the_study_and_cascade_json(tmp_path: Path) -> None:
+    from saver_search.inference.cascade_file import CascadeFile, cascade_from_result
+    from saver_search.predictions.simulate import SimulatedZoo
+    from saver_search.predictions.store import PredictionStore
+    from saver_search.search.run import load_study, read_study, run_search
+    from saver_search.zoo.costs import get_cost
+    from saver_search.zoo.record import ModelRecord
+
+    zoo = SimulatedZoo()
+    target, first = "convnextv2_huge.fcmae_ft_in22k_in1k_384", "convnext_small.in12k_ft_in1k_384"
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    result = run_search(zoo, target, 0.5, candidates=[first], storage=storage, study_name="s")
+    _, info = read_study(load_study(storage, "s"))
+    cascade_file = CascadeFile.load(cascade_from_result(result).save(tmp_path / "cascade.json"))
+    for name in (first, target):
+        published = load_zoo()[name]
+        kept = [published, get_cost(name), zoo.meta(name), info.models[name], cascade_file.models[name]]
+        assert all(isinstance(record, ModelRecord) for record in kept)
+        assert {(r.name, r.gmacs, r.img_size) for r in kept} == {(name, published.gmacs, published.img_size)}
+        assert replace(cascade_file.models[name], provenance=None) == info.models[name]  # the file adds how to run it
+        assert info.models[name].top1 == published.top1 and info.models[name].params_m == published.params_m
+    store = PredictionStore.create(tmp_path / "store", ["a", "b"], [0, 1])
+    meta = store.add_model(first, [[0, 1]], [[0.9, 0.8]], gmacs=published.gmacs, source="test")
+    assert isinstance(meta, ModelRecord) and meta.record() == ModelRecord(first, published.gmacs)

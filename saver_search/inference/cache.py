@@ -35,8 +35,9 @@ from saver_search.files import atomic_write
 from saver_search.inference.images import load_rgb
 from saver_search.inference.models import Weights, file_sha256, load_model, resolve_amp, resolve_device
 from saver_search.inference.preprocess import DataConfig, normalize, resize_crop, to_tensor
-from saver_search.predictions.store import PredictionStore, Provenance, write_json_atomic
+from saver_search.predictions.store import PredictionStore, write_json_atomic
 from saver_search.zoo.costs import ModelCost
+from saver_search.zoo.record import Provenance
 
 TOP_K = 5
 SHARED_DECODE_MODELS = 4  # models loaded at once to share one pass of decoded images

@@ -2,7 +2,8 @@
 
 A versioned JSON file: the cascade itself (``cascade.CascadeSpec``, the one cascade type: stages first to last,
 each a list of member models, the target alone last; one threshold per stage but the last, in the score's units;
-the score; fitted temperatures), every model it names once (``models``: own GMACs and how to run it), and the
+the score; fitted temperatures), every model it names once (``models``: each its
+:class:`~saver_search.zoo.record.ModelRecord`: own GMACs, size, published top-1 and how to run it), and the
 figures the search expects. Written atomically by every search that asks (``--save-cascade``) and by ``export``
 from a stored study; validated on load, every problem one line.
 """
@@ -10,7 +11,7 @@ from a stored study; validated on load, every problem one line.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +22,10 @@ from saver_search.cascade.guarantee import make_split
 from saver_search.cascade.scores import SCORES, get_score
 from saver_search.errors import SaverSearchError
 from saver_search.files import atomic_write_text
-from saver_search.predictions.store import Provenance
+from saver_search.zoo.record import ModelRecord, Provenance
 
-FORMAT = "saver_search.cascade/2"
+FORMAT = "saver_search.cascade/3"  # 3: each model a ModelRecord; shares of images as fractions
 WEIGHTS = ("hub", "checkpoint", "random")
-
-
-@dataclass(frozen=True)
-class ModelFile:
-    """One model a cascade runs (a full timm tag names it): its own cost and how to run it (``store.Provenance``:
-    weights "hub", "checkpoint" (checked against its sha256 when recorded) or "random"; weights None: not recorded,
-    the runtime then needs a checkpoint for it; data config None: the tag's pretrained config)."""
-
-    gmacs: float
-    provenance: Provenance = field(default_factory=Provenance)
 
 
 @dataclass(frozen=True)
@@ -43,12 +34,19 @@ class CascadeFile:
     it), what the search expects of it (``expected``: the figures and which images gave them) and its study."""
 
     cascade: CascadeSpec
-    models: dict[str, ModelFile]
+    models: dict[str, ModelRecord]
     expected: dict[str, Any] = field(default_factory=dict)
     study: str | None = None
     format: str = FORMAT
 
     def __post_init__(self) -> None:
+        for name, model in self.models.items():
+            if model.name != name:
+                raise SaverSearchError(f"'models' keeps the record of model '{model.name}' under '{name}': the key "
+                                       "and the record's name must agree")
+        # each model's plain record; provenance not recorded: the runtime then needs a checkpoint for it
+        object.__setattr__(self, "models", {name: replace(model.record(), provenance=model.provenance or Provenance())
+                                            for name, model in self.models.items()})
         for index, members in enumerate(self.cascade.stages):
             for name in members:
                 if name not in self.models:
@@ -72,7 +70,7 @@ class CascadeFile:
 
     def to_json(self) -> str:
         return json.dumps({"format": self.format, "cascade": self.cascade.to_dict(),
-                           "models": {name: asdict(model) for name, model in self.models.items()},
+                           "models": {name: model.to_dict() for name, model in self.models.items()},
                            "expected": self.expected, "study": self.study}, indent=2)
 
     def save(self, path: str | Path) -> Path:
@@ -109,8 +107,9 @@ class CascadeFile:
         cascade = _cascade(data.get("cascade"), where)
         models = data.get("models")
         if not isinstance(models, dict):
-            raise SaverSearchError(f"{where}: 'models' must be an object: model tag -> {{gmacs, provenance}}")
-        described = {name: _model(entry, f"{where}: model '{name}'") for name, entry in models.items()}
+            raise SaverSearchError(f"{where}: 'models' must be an object: model tag -> its record (name, gmacs, "
+                                   "provenance, ...)")
+        described = {name: _model(name, entry, f"{where}: model '{name}'") for name, entry in models.items()}
         expected, study = data.get("expected") or {}, data.get("study")
         if not isinstance(expected, dict):
             raise SaverSearchError(f"{where}: 'expected' must be an object (the figures the search expects), got "
@@ -182,11 +181,23 @@ def _cascade(data: Any, where: str) -> CascadeSpec:
     return CascadeSpec.from_dict({**data, "temperatures": temperatures})
 
 
-def _model(data: Any, at: str) -> ModelFile:
+def _optional_number(data: dict, key: str, at: str, check: Any, expect: str) -> None:
+    value = data.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not check(value)):
+        raise SaverSearchError(f"{at}: '{key}' must be {expect} or null, got {value!r}")
+
+
+def _model(name: str, data: Any, at: str) -> ModelRecord:
+    """One entry of ``models``: a :class:`ModelRecord`, checked field by field."""
     if not isinstance(data, dict) or isinstance(data.get("gmacs"), bool) or \
             not isinstance(data.get("gmacs"), (int, float)) or not data["gmacs"] >= 0:
         raise SaverSearchError(f"{at} must be an object with its own 'gmacs' (a number >= 0) and its provenance")
-    _no_unknown(data, tuple(ModelFile.__dataclass_fields__), at)
+    _no_unknown(data, tuple(ModelRecord.__dataclass_fields__), at)
+    if data.get("name", name) != name:
+        raise SaverSearchError(f"{at}: its record names model {data['name']!r}; the key and 'name' must agree")
+    _optional_number(data, "img_size", at, lambda v: isinstance(v, int) and v > 0, "an integer > 0")
+    _optional_number(data, "params_m", at, lambda v: v > 0, "a number > 0")
+    _optional_number(data, "top1", at, lambda v: 0 <= v <= 1, "a fraction in [0, 1]")
     provenance = data.get("provenance") or {}
     if not isinstance(provenance, dict) or set(provenance) - set(Provenance.__dataclass_fields__):
         raise SaverSearchError(f"{at}: provenance must be an object with {', '.join(Provenance.__dataclass_fields__)}")
@@ -197,7 +208,8 @@ def _model(data: Any, at: str) -> ModelFile:
         raise SaverSearchError(f"{at}: weights must be one of {', '.join(WEIGHTS)} or null, got {provenance.get('weights')!r}")
     if provenance.get("weights") == "checkpoint" and not provenance.get("checkpoint"):
         raise SaverSearchError(f"{at}: weights 'checkpoint' but no 'checkpoint' file is named")
-    return ModelFile(gmacs=float(data["gmacs"]), provenance=Provenance(**provenance))
+    return ModelRecord(name=name, gmacs=float(data["gmacs"]), img_size=data.get("img_size"),
+                       params_m=data.get("params_m"), top1=data.get("top1"), provenance=Provenance(**provenance))
 
 
 def cascade_from_result(result: Any) -> CascadeFile:
@@ -206,11 +218,11 @@ def cascade_from_result(result: Any) -> CascadeFile:
     models = {}
     for members in best.cascade.stages:
         for name in members:
-            info = result.models.get(name)
-            provenance = (info.provenance if info is not None else None) or Provenance()
+            record = result.models.get(name) or ModelRecord(name=name, gmacs=result.target.gmacs)
+            provenance = record.provenance or Provenance()
             if provenance.weights is None and result.simulated:
                 provenance = replace(provenance, weights="hub")  # the simulated zoo names timm's pretrained tags
-            models[name] = ModelFile(gmacs=info.gmacs if info is not None else result.target.gmacs, provenance=provenance)
+            models[name] = replace(record.record(), provenance=provenance)
     shown = best.reported
     expected = {  # shares of images as fractions, as in every figure and JSON output
         "images": "test (held-out)" if best.test is not None else "calibration (in-sample, optimistic)",

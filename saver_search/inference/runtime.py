@@ -31,10 +31,11 @@ import torch
 from saver_search.cascade.evaluate import CascadeSpec
 from saver_search.cascade.scores import get_score
 from saver_search.errors import InvalidParameter, SaverSearchError
-from saver_search.inference.cascade_file import CascadeFile, ModelFile
+from saver_search.inference.cascade_file import CascadeFile
 from saver_search.inference.images import UNLABELLED
 from saver_search.inference.models import Weights, file_sha256, load_model, resolve_amp, resolve_device
 from saver_search.inference.preprocess import DataConfig, normalize, resize_crop
+from saver_search.zoo.record import ModelRecord
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def _mean(probabilities: list[torch.Tensor]) -> torch.Tensor:
     return probabilities[0] if len(probabilities) == 1 else sum(probabilities[1:], probabilities[0]) / len(probabilities)
 
 
-def _weights(name: str, model: ModelFile, override: str | Path | None) -> Weights:
+def _weights(name: str, model: ModelRecord, override: str | Path | None) -> Weights:
     """Where a model's weights come from; a checkpoint's content must match the sha256 the cascade recorded."""
     recorded = model.provenance
     if override is not None or recorded.weights == "checkpoint":

@@ -3,7 +3,7 @@
 Without ImageNet or weights, the search still needs per-image predictions to score companions.
 ``SimulatedZoo`` makes them up so that they behave like real ones:
 
-* every model gets exactly its published top-1 right: the ``round(top1% * n)`` images with the
+* every model gets exactly its published top-1 right: the ``round(top1 * n)`` images with the
   highest value of its correctness latent;
 * the latent is hierarchical, so models err together: a per-image ease every model feels, a factor
   per architecture family, one per pretraining data (other than plain ImageNet-1k), and noise of
@@ -152,7 +152,7 @@ def simulate_predictions(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k classes (int32) and probabilities (float32), rank-major ``(k, n)``, of one simulated model.
 
-    The model gets exactly ``round(top1 / 100 * n)`` images right; ``name`` seeds its own noise.
+    The model gets exactly ``round(top1 * n)`` images right (``top1`` a fraction); ``name`` seeds its own noise.
     """
     n = latents.n_samples
     rng = np.random.default_rng(stable_seed(latents.seed, "model", name))
@@ -164,7 +164,7 @@ def simulate_predictions(
     for weight, values in shared:
         model_ease += np.sqrt(weight) * values
 
-    n_correct = min(max(round(top1 / 100.0 * n), 0), n)
+    n_correct = min(max(round(top1 * n), 0), n)
     margin = model_ease - _threshold(model_ease, n_correct)
     correct = margin > 0
 
@@ -308,6 +308,6 @@ class SimulatedZoo:
         img_size: int | None = None,
         params: SimParams = DEFAULT_PARAMS,
     ) -> ModelPredictions:
-        """Simulate any model on this zoo's images (not kept): published top-1 in %, cost in GMACs."""
+        """Simulate any model on this zoo's images (not kept): published top-1 (a fraction), cost in GMACs."""
         classes, probs = simulate_predictions(self._latents, name, top1, family, pretrain, params)
         return ModelPredictions(self._meta(name, gmacs, classes.shape[0], img_size), classes, probs)

@@ -5,7 +5,8 @@ Layout of a store folder::
     STORE/dataset.json           format, n_samples, n_classes, source, created
     STORE/sample_ids.npy         (n,) unicode sample ids (file names), fixed once per store
     STORE/labels.npy             (n,) int32 ground-truth class indices
-    STORE/models/NAME/meta.json  name, arch, source, created, gmacs, img_size, k, has_logits
+    STORE/models/NAME/meta.json  the model's record (name, gmacs, img_size, params_m, top1, provenance) and
+                                 arch, source, created, k, has_logits
     STORE/models/NAME/classes.npy  (k, n) int32 top-k classes, best first
     STORE/models/NAME/probs.npy    (k, n) float32 their probabilities
     STORE/models/NAME/logits.npy   (n, n_classes) float16, optional
@@ -31,47 +32,23 @@ import numpy as np
 from saver_search.errors import CorruptStore, SaverSearchError
 from saver_search.files import atomic_write_text
 from saver_search.zoo.names import resolve_model_name
+from saver_search.zoo.record import ModelRecord, Provenance
 
 FORMAT = "saver_search.store/1"
 PROBABILITY_TOLERANCE = 1e-3
 
 
-@dataclass(frozen=True)
-class Provenance:
-    """How a model was run, enough to run it again the same way (the store, the study and cascade.json carry it).
+@dataclass(frozen=True, kw_only=True)
+class ModelMeta(ModelRecord):
+    """A model as a store keeps it: its :class:`ModelRecord` (cost, size and, for models the store ran itself with
+    ``cache``, their provenance) and the store's own facts: top-k kept per image (``has_logits``: full logits too),
+    where the predictions came from, when, and the timm architecture."""
 
-    ``weights``: "hub" (timm's pretrained weights of the tag), "checkpoint" (the file ``checkpoint``, whose
-    ``checkpoint_sha256`` is recorded) or "random" (seeded init); None: not recorded. ``data_config``: the timm data
-    config used (``preprocess.DataConfig`` fields); ``amp``: autocast precision ("bf16", "fp16", "none");
-    ``device``: the device kind ("cpu", "cuda").
-    """
-
-    weights: str | None = None
-    checkpoint: str | None = None
-    checkpoint_sha256: str | None = None
-    data_config: dict | None = None
-    amp: str | None = None
-    device: str | None = None
-
-    @classmethod
-    def from_dict(cls, data: Any) -> "Provenance | None":
-        return None if data is None else cls(**data)
-
-
-@dataclass(frozen=True)
-class ModelMeta:
-    """What a store knows about one model besides its predictions: cost, size, top-k kept per image
-    (``has_logits``: full logits too) and, for models the store ran itself with ``cache``, their provenance."""
-
-    name: str
-    gmacs: float
     k: int
     source: str
     created: str
     arch: str | None = None
-    img_size: int | None = None
     has_logits: bool = False
-    provenance: Provenance | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +165,10 @@ def _model_meta(data: dict, path: Path) -> "ModelMeta":
         created=_field(data, "created", path, str, default=""),
         arch=_field(data, "arch", path, (str, type(None)), expect="a timm architecture or null", default=None),
         img_size=_field(data, "img_size", path, (int, type(None)), optional_int, "an integer > 0 or null", None),
+        params_m=_field(data, "params_m", path, (int, float, type(None)), lambda v: v is None or v > 0,
+                        "a number > 0 or null", None),
+        top1=_field(data, "top1", path, (int, float, type(None)), lambda v: v is None or 0 <= v <= 1,
+                    "a fraction in [0, 1] or null", None),
         has_logits=_field(data, "has_logits", path, bool, expect="true or false", default=False),
         provenance=provenance,
     )

@@ -31,8 +31,8 @@ from saver_search.search.keys import (
     CANDIDATE_PARAM, CURVE_ATTR, OUTCOME_ATTR, PATH_ATTR, PREFIX_PARAM, SCORE_PARAM, SHAPE_PARAM, THRESHOLD_PARAM,
 )
 from saver_search.search.space import SearchSpace, Shape, space_shapes
-from saver_search.search.spec import ModelInfo
-from saver_search.zoo.tables import table_cost
+from saver_search.zoo.record import ModelRecord
+from saver_search.zoo.tables import table_cost, zoo_entry
 
 STAGE_SEPARATOR = " -> "
 MEMBER_SEPARATOR = " + "
@@ -488,9 +488,10 @@ def target_alone_outcome(target: TargetInfo, calibration_images: int, test_image
                    test=test, interval=None, feasible=True)
 
 
-def model_info(meta: ModelMeta) -> ModelInfo:
-    """A model's own GMACs and input size (as the data records them) and its parameters (from the cost table,
-    for timm tags it has)."""
-    cost = table_cost(meta.name, meta.img_size)
-    return ModelInfo(gmacs=meta.gmacs, img_size=meta.img_size or (cost.img_size if cost else None),
-                     params_m=cost.params_m if cost else None, provenance=meta.provenance)
+def model_record(meta: ModelMeta) -> ModelRecord:
+    """The record a study keeps of a model: its cost, input size and provenance as the data records them, and
+    what the data leaves out from the shipped tables, for timm tags they list (parameters, published top-1)."""
+    cost, published = table_cost(meta.name, meta.img_size), zoo_entry(meta.name)
+    return replace(meta.record(), img_size=meta.img_size or (cost.img_size if cost else None),
+                   params_m=meta.params_m or (cost.params_m if cost else None),
+                   top1=meta.top1 if meta.top1 is not None else (published.top1 if published else None))

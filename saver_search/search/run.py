@@ -32,14 +32,15 @@ from saver_search.cascade.scores import get_score
 from saver_search.errors import InvalidParameter, SaverSearchError
 from saver_search.predictions.sources import PredictionSource, model_meta
 from saver_search.search.keys import CERTIFIED_ATTR, OUTCOME_ATTR, PATH_ATTR
-from saver_search.search.objective import CascadeObjective, model_info, target_alone_outcome
+from saver_search.search.objective import CascadeObjective, model_record, target_alone_outcome
 from saver_search.search.space import SearchSpace
-from saver_search.search.spec import SPEC_FORMAT, ModelInfo, StudyInfo, StudySpec, data_fingerprint
+from saver_search.search.spec import SPEC_FORMAT, StudyInfo, StudySpec, data_fingerprint
 from saver_search.search.storages import open_storage, storage_exists
 from saver_search.search.study import (
     Progress, StudyWorker, candidate_progress, create_or_load, read_info, read_spec, trial_work, work_progress,
 )
 from saver_search.units import from_points, points
+from saver_search.zoo.record import ModelRecord
 
 DEFAULT_SAMPLED_TRIALS = 300  # a sampled pair search's trials
 N_ALTERNATIVES = 5
@@ -79,7 +80,7 @@ class SearchResult:
     space: str
     cost: str = "gmacs"
     note: str | None = None
-    models: dict[str, ModelInfo] = field(default_factory=dict)
+    models: dict[str, ModelRecord] = field(default_factory=dict)
     ran_here: int | None = None
 
     @property
@@ -373,7 +374,7 @@ def prepare_search(
     )
     target_info = objective.target_info
     info = StudyInfo(
-        models={name: model_info(model_meta(source, name)) for name in [target, *names]},
+        models={name: model_record(model_meta(source, name)) for name in [target, *names]},
         data=source.description, simulated=source.simulated, space=space.source, target_gmacs=target_info.gmacs,
         target_accuracy=target_info.accuracy, target_test_accuracy=target_info.test_accuracy,
         target_latency_ms=target_info.latency_ms, calibration_images=int(split.calibration.size),

@@ -1,6 +1,6 @@
 """The one study spec and the facts beside it: what must match for two runs to share a study (:class:`StudySpec`,
 with a content fingerprint of the data, never a path), what a study records about its data and models for reports
-(:class:`StudyInfo`, :class:`ModelInfo`).
+(:class:`StudyInfo`, with each model's :class:`~saver_search.zoo.record.ModelRecord`).
 
 The process that creates a study writes its spec once, before queueing the work (:mod:`saver_search.search.study`);
 every later process reads it and compares it whole, naming the first key that differs.
@@ -16,8 +16,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from saver_search.errors import StudyMismatch
-from saver_search.predictions.store import Provenance
 from saver_search.search.space import searches_cascades
+from saver_search.zoo.record import ModelRecord
 
 SPEC_FORMAT = 3  # 3: every share of images a fraction (saver_search.units)
 
@@ -92,17 +92,6 @@ class StudySpec:
 
 
 @dataclass(frozen=True)
-class ModelInfo:
-    """A model's own cost and size (GMACs per image, input side in pixels, parameters in millions; None: unknown)
-    and, for models a store ran itself, how to run it again."""
-
-    gmacs: float
-    img_size: int | None
-    params_m: float | None
-    provenance: Provenance | None = None
-
-
-@dataclass(frozen=True)
 class StudyInfo:
     """What a study records about its data and target besides its identity (written once, never compared)."""
 
@@ -118,7 +107,7 @@ class StudyInfo:
     stratified: bool
     created: str
     version: str
-    models: dict[str, ModelInfo] = field(default_factory=dict)
+    models: dict[str, ModelRecord] = field(default_factory=dict)  # every model the study reads
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -126,8 +115,7 @@ class StudyInfo:
     @classmethod
     def from_json(cls, text: str) -> "StudyInfo":
         data = json.loads(text)
-        data["models"] = {name: ModelInfo(**{**info, "provenance": Provenance.from_dict(info.get("provenance"))})
-                          for name, info in data.get("models", {}).items()}
+        data["models"] = {name: ModelRecord.from_dict(info) for name, info in data.get("models", {}).items()}
         return cls(**data)
 
 

@@ -2,9 +2,10 @@
 the counted cost table.
 
 Read from the package's ``data/zoo.csv`` (built by ``scripts/build_zoo_table.py``) and ``data/costs.csv`` (built by
-``scripts/build_cost_table.py``), both through ``importlib.resources``. This module imports nothing of the package
-but the standard library, so every other zoo module may use it (it cuts the old costs -> flops -> costs and names ->
-zoo -> costs cycle) and the search can list and price the zoo instantly, without torch or timm.
+``scripts/build_cost_table.py``), both through ``importlib.resources``. Each row is a
+:class:`~saver_search.zoo.record.ModelRecord`. This module imports only the standard library, the record and the
+units, so every other zoo module may use it (it cuts the old costs -> flops -> costs and names -> zoo -> costs
+cycle) and the search can list and price the zoo instantly, without torch or timm.
 """
 
 from __future__ import annotations
@@ -15,48 +16,39 @@ from functools import cache, lru_cache
 from importlib.resources import files
 from typing import Iterable
 
+from saver_search.units import from_points
+from saver_search.zoo.record import ModelRecord
+
 TABLE_COLUMNS = ("name", "img_size", "gmacs", "gflops", "params_m")
 
 
-@dataclass(frozen=True)
-class ModelCost:
-    """Inference cost of one image through a model.
+@dataclass(frozen=True, kw_only=True)
+class ModelCost(ModelRecord):
+    """A model's cost of one image, as a :class:`ModelRecord` with GFLOPs and where the figures came from:
+    ``source`` "table" (the shipped table), "counted" (live) or "cache".
 
-    ``img_size`` is the square input side (the height, for the few models whose default input is
-    not square); ``source`` says where the figure came from: "table", "counted" or "cache".
+    ``img_size`` is the square input side (the height, for the few models whose default input is not square).
     """
 
-    name: str
-    img_size: int
-    gmacs: float
     gflops: float
-    params_m: float
     source: str
 
 
-@dataclass(frozen=True)
-class ZooEntry:
-    """One pretrained timm classifier and its published ImageNet-1k figures; ``gpu_images_per_s`` is timm's
-    published forward throughput at ``img_size`` and batch ``gpu_batch_size`` on one RTX 5090 under AMP."""
+@dataclass(frozen=True, kw_only=True)
+class ZooEntry(ModelRecord):
+    """One pretrained timm classifier, as a :class:`ModelRecord` with timm's published ImageNet-1k figures:
+    ``top1`` (a fraction), ``published_gmacs`` (``gmacs`` and ``params_m`` are the project's counted figures from
+    ``data/costs.csv`` where it has them, else the published ones) and ``gpu_images_per_s``, timm's forward throughput at ``img_size``
+    and batch ``gpu_batch_size`` on one RTX 5090 under AMP."""
 
-    name: str
     arch: str
     tag: str
-    img_size: int
-    top1: float
     published_gmacs: float
-    params_m: float
     family: str
     pretrain: str
     is_default_tag: bool
     gpu_images_per_s: float
     gpu_batch_size: int
-
-    @property
-    def gmacs(self) -> float:
-        """GMACs per image: the project's counted figure (``data/costs.csv``) if it has one, else timm's published one."""
-        counted = table_cost(self.name, self.img_size)
-        return self.published_gmacs if counted is None else counted.gmacs
 
 
 def _data_lines(name: str) -> Iterable[str]:
@@ -71,14 +63,17 @@ def _data_lines(name: str) -> Iterable[str]:
 def _zoo() -> dict[str, ZooEntry]:
     zoo = {}
     for row in csv.DictReader(_data_lines("zoo.csv")):
+        img_size, published_gmacs = int(row["img_size"]), float(row["published_gmacs"])
+        counted = table_cost(row["name"], img_size)
         zoo[row["name"]] = ZooEntry(
             name=row["name"],
+            gmacs=published_gmacs if counted is None else counted.gmacs,
             arch=row["arch"],
             tag=row["tag"],
-            img_size=int(row["img_size"]),
-            top1=float(row["top1"]),
-            published_gmacs=float(row["published_gmacs"]),
-            params_m=float(row["params_m"]),
+            img_size=img_size,
+            top1=from_points(float(row["top1"])),
+            published_gmacs=published_gmacs,
+            params_m=float(row["params_m"]) if counted is None else counted.params_m,
             family=row["family"],
             pretrain=row["pretrain"],
             is_default_tag=row["is_default_tag"] == "true",
@@ -96,6 +91,11 @@ def _default_tags() -> dict[str, str]:
 def load_zoo() -> dict[str, ZooEntry]:
     """Every zoo model by full name (``arch.tag``), best top-1 first."""
     return dict(_zoo())
+
+
+def zoo_entry(name: str) -> ZooEntry | None:
+    """The zoo's row of a full tag, if the zoo lists it."""
+    return _zoo().get(name)
 
 
 def default_tag(arch: str) -> str | None:
