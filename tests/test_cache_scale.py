@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_main
+from conftest import REPO, run_main, shared_folder
 
 from saver_search.cli.main import main
 from saver_search.inference import cache as caching
@@ -36,31 +36,32 @@ OPTIONS = caching.RunOptions(batch_size=4, workers=0, device="cpu", chunk_size=8
 pytestmark = pytest.mark.usefixtures("offline")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """60 JPEGs: random crops, flips and sizes of real skimage photos, in ImageNet synset folders."""
-    root = tmp_path_factory.mktemp("photos")
-    make_images(root, 60)
-    return root
+    """60 JPEGs: random crops, flips and sizes of real skimage photos, in ImageNet synset folders (made once per
+    run, shared with test_ray)."""
+    return shared_folder(tmp_path_factory, "cache-scale-photos", lambda root: make_images(root, 60))
 
 
 def new_store(path: Path, photos: Path) -> PredictionStore:
     return open_or_create_store(path, list_images(photos, None), workers=0).store
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The local engine's store of the three models, run on one thread."""
-    path = tmp_path_factory.mktemp("reference") / "store"
-    store = new_store(path, photos)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for name in MODELS:
-            assert caching.cache_model(store, photos, get_cost(name), Weights(pretrained=False), OPTIONS).status == "cached"
-    finally:
-        torch.set_num_threads(threads)
-    return path
+    """The local engine's store of the three models, run on one thread (made once per run, shared with test_ray)."""
+    def make(root: Path) -> None:
+        store = new_store(root / "store", photos)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for name in MODELS:
+                cached = caching.cache_model(store, photos, get_cost(name), Weights(pretrained=False), OPTIONS)
+                assert cached.status == "cached"
+        finally:
+            torch.set_num_threads(threads)
+
+    return shared_folder(tmp_path_factory, "cache-scale-reference", make) / "store"
 
 
 def assert_same_store(path: Path, reference: Path) -> None:

@@ -15,7 +15,7 @@ from nbclient import NotebookClient
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "explore_search.ipynb"
 MIN_FIGURES = 5
 MIN_PNG_BYTES = 10_000
-SMALLER = "TRIALS, BUDGETS = 20, [0.25, 1.0]  # the test's parameters: every cell runs, on less work"
+SMALLER = "TRIALS, BUDGETS = 20, [1.0]  # the test's parameters: every cell runs, on less work"
 
 
 def kernel_manager(folder: Path) -> AsyncKernelManager:

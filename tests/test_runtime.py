@@ -100,21 +100,24 @@ def test_real_weights_same_answer_offline_and_online(photos: Path, tmp_path: Pat
     lite0, lite2 = lite_checkpoint(tmp_path, 0), lite_checkpoint(tmp_path, 2)
     weights = ["--checkpoint", f"efficientnet_lite0={lite0}", "--checkpoint", f"efficientnet_lite2={lite2}",
                "--no-pretrained", "--batch-size", 16]
-    # label each image by lite2's own answer (agreement with the target), so that lite0 is worse on some images
-    first = run_main("cache", "--data", tmp_path / "by-folder", "--images", photos, "--models", "efficientnet_lite2",
-                    "--checkpoint", f"efficientnet_lite2={lite2}", "--no-pretrained")
-    assert first.returncode == 0, first.stderr
-    by_folder = PredictionStore(tmp_path / "by-folder")
-    lite2_answers = by_folder.model(by_folder.model_names()[0]).predicted
-    labels = tmp_path / "labels.csv"
-    labels.write_text("file_name,label\n" + "".join(f"{i},{int(c)}\n" for i, c in zip(by_folder.sample_ids, lite2_answers)))
-    store_path = tmp_path / "store"
-    cached = run_main("cache", "--data", store_path, "--images", photos, "--labels", labels,
+    cached = run_main("cache", "--data", tmp_path / "by-folder", "--images", photos,
                      "--models", "efficientnet_lite0,efficientnet_lite2", *weights)
     assert cached.returncode == 0, cached.stderr
-    store = PredictionStore(store_path)
-    names = store.model_names()
+    # label each image by lite2's own answer (agreement with the target), so that lite0 is worse on some images:
+    # the same predictions, in a store whose labels are lite2's answers (as `cache --labels` would make it)
+    by_folder = PredictionStore(tmp_path / "by-folder")
+    names = by_folder.model_names()
     target = next(n for n in names if n.startswith("efficientnet_lite2"))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file_name,label\n" + "".join(
+        f"{i},{int(c)}\n" for i, c in zip(by_folder.sample_ids, by_folder.model(target).predicted)))
+    store_path = tmp_path / "store"
+    store = PredictionStore.create(store_path, by_folder.sample_ids, by_folder.model(target).predicted)
+    for name in names:
+        model, meta = by_folder.model(name), by_folder.model(name).meta
+        store.add_model(name, model.classes, model.probs, gmacs=meta.gmacs, source=meta.source, arch=meta.arch,
+                        img_size=meta.img_size, logits=by_folder.logits(name) if meta.has_logits else None,
+                        provenance=meta.provenance)
     searched = run_main("--data", store_path, "--target", target, "--max-drop", "20", "--calibration", "all",
                        "--guarantee", "none", "--save-cascade", tmp_path / "cascade.json", "--json")
     assert searched.returncode == 0, searched.stderr

@@ -27,14 +27,16 @@ def read_column(path, column, kind):
 
 def brute_force_sweep(confidence, first_correct, target_correct):
     """Every distinct threshold evaluated from its own exit mask (chunked matrix products): the thresholds, and at
-    each the images answered right and the images that exit at the first stage."""
+    each the images answered right and the images that exit at the first stage. One product per chunk gives both:
+    right = target's right + exits @ (first right - target right), exits = exits @ 1."""
     thresholds = np.unique(np.concatenate((confidence, [0.0])))
-    correct, n_exit = [], []
+    columns = np.stack([first_correct - target_correct, np.ones_like(first_correct)], axis=1).astype(np.float32)
+    counts = []
     for chunk in np.array_split(thresholds, max(1, thresholds.size // 500)):
         exits = (confidence[None, :] > chunk[:, None]).astype(np.float32)
-        correct.append(np.rint(exits @ first_correct + (1 - exits) @ target_correct))
-        n_exit.append(exits.sum(axis=1))
-    return thresholds, np.concatenate(correct), np.concatenate(n_exit)
+        counts.append(np.rint(exits @ columns))
+    counts = np.concatenate(counts)
+    return thresholds, counts[:, 0] + target_correct.sum(), counts[:, 1]
 
 
 def cheapest_feasible(sweep, n_target_correct, g_first, g_target, max_drop):
