@@ -19,10 +19,13 @@ import torch
 from conftest import REPO, run_main, shared_folder
 
 from saver_search.cli.main import main
+from saver_search.cli.plan import to_text as plan_text
 from saver_search.inference import cache as caching
 from saver_search.inference.images import list_images, open_or_create_store
 from saver_search.inference.models import Weights
+from saver_search.predictions.simulate import SimulatedZoo
 from saver_search.predictions.store import PredictionStore
+from saver_search.search.plan import CachingPlan, plan_caching
 from saver_search.zoo.costs import get_cost
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -97,7 +100,7 @@ def default_plan(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     return json.loads(proc.stdout), out
 
 
-def test_plan_lists_the_default_answer_first_and_gpu_hours_cut_it(default_plan, tmp_path: Path, capsys) -> None:
+def test_plan_lists_the_default_answer_first(default_plan, capsys) -> None:
     code, out, _ = cli(capsys, "search", "--target", "convnextv2_huge", "--max-drop", "0.5", "--json")
     answer = [stage["models"] for stage in json.loads(out)["best"]["stages"]]
     plan, models_file = default_plan
@@ -113,14 +116,25 @@ def test_plan_lists_the_default_answer_first_and_gpu_hours_cut_it(default_plan, 
     listed = [line for line in models_file.read_text().splitlines() if not line.startswith("#")]
     assert listed == names
 
-    limit = sum(hours[:len(members)]) + 1e-9  # room for the answer's cascade only
-    code, out, err = cli(capsys, "plan", "--target", "convnextv2_huge", "--max-drop", "0.5", "--gpu-hours", limit,
-                         "--out", tmp_path / "cut.txt")
-    assert code == 0, err
-    assert f"total: {len(members)} models" in out and "ESTIMATE (simulated accuracies" in out
-    assert f"{len(names) - len(members)} models of the ranked cascades left out" in out
-    kept = [line for line in (tmp_path / "cut.txt").read_text().splitlines() if not line.startswith("#")]
-    assert kept == names[:len(members)]
+
+@pytest.fixture(scope="module")
+def small_plan() -> tuple[SimulatedZoo, CachingPlan]:
+    """A smaller simulated zoo (5,000 images) and its default plan, for the plan's rules (the CLI's plan of the
+    default zoo is ``default_plan``)."""
+    zoo = SimulatedZoo(n_samples=5_000)
+    return zoo, plan_caching("convnextv2_huge", 0.5, source=zoo)
+
+
+def test_gpu_hours_keep_whole_cascades_best_first(small_plan) -> None:
+    zoo, full = small_plan
+    names, hours = [m.name for m in full.models], [m.gpu_hours for m in full.models]
+    answer = sum(m.role in ("target", "answer") for m in full.models)
+    cut = plan_caching("convnextv2_huge", 0.5, source=zoo, gpu_hours=sum(hours[:answer]) + 1e-9)  # the answer only
+    text = "\n".join(plan_text(cut))
+    assert f"total: {answer} models" in text and "ESTIMATE (simulated accuracies" in text
+    assert f"{len(names) - answer} models of the ranked cascades left out" in text
+    assert [m.name for m in cut.models] == names[:answer]
+    assert [line for line in cut.models_file().splitlines() if not line.startswith("#")] == names[:answer]
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -249,28 +263,20 @@ def test_a_shared_pass_interrupted_resumes_each_model_from_its_own_chunks(photos
     assert_same_store(tmp_path / "s", tmp_path / "reference")
 
 
-def test_plan_prices_models_a_store_already_has_at_no_gpu_time(default_plan, tmp_path: Path, capsys) -> None:
-    from conftest import make_store
-
-    first = default_plan[0]
-    companion = first["models"][1]["name"]
-    make_store(tmp_path / "store", n=20, models={companion: (0.8, 25.0)})
-    code, out, err = cli(capsys, "plan", "--target", "convnextv2_huge", "--max-drop", "0.5", "--json", "--out",
-                         tmp_path / "b.txt", "--data", tmp_path / "store")
-    assert code == 0, err
-    second = json.loads(out)
-    assert [m["name"] for m in second["models"]] == [m["name"] for m in first["models"]]
-    assert second["models"][1]["cached"] and second["models"][1]["gpu_hours"] == 0.0
-    assert second["gpu_hours"] == pytest.approx(first["gpu_hours"] - first["models"][1]["gpu_hours"])
-    code, _, err = cli(capsys, "plan", "--target", "convnextv2_huge", "--max-drop", "0.5", "--data", tmp_path / "none")
+def test_plan_prices_models_a_store_already_has_at_no_gpu_time(small_plan, capsys) -> None:
+    zoo, first = small_plan
+    companion = first.models[1].name
+    second = plan_caching("convnextv2_huge", 0.5, source=zoo, cached=[companion])
+    assert [m.name for m in second.models] == [m.name for m in first.models]
+    assert second.models[1].cached and second.models[1].gpu_hours == 0.0
+    assert second.gpu_hours == pytest.approx(first.gpu_hours - first.models[1].gpu_hours)
+    assert "(1 already in --data, at no GPU time)" in "\n".join(plan_text(second))
+    code, _, err = cli(capsys, "plan", "--target", "convnextv2_huge", "--max-drop", "0.5", "--data", "/nonexistent/s")
     assert code == 2 and "no prediction store at" in err and "--data" in err
 
 
 def test_plan_a_cached_target_fits_any_gpu_hours() -> None:
     """The target already in the store takes no GPU time, so a limit below its own caching time is not refused."""
-    from saver_search.predictions.simulate import SimulatedZoo
-    from saver_search.search.plan import plan_caching
-
     target = "convnextv2_huge.fcmae_ft_in22k_in1k_384"
     plan = plan_caching("convnextv2_huge", 0.5, source=SimulatedZoo(n_samples=5_000), gpu_hours=0.001, cached=[target])
     assert plan.models[0].name == target and plan.models[0].cached and plan.models[0].gpu_hours == 0.0
