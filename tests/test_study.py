@@ -393,3 +393,44 @@ def test_a_double_ctrl_c_still_prints_one_line_and_keeps_the_study_resumable(sto
     assert len(lines) == 1 and lines[0].startswith("interrupted: ") and "Traceback" not in stderr, stderr
     assert run_main(*search_args(store, storage)).returncode == 0
     assert complete_per_candidate(trials_of(storage)) == Counter(CANDIDATES)
+
+
+def test_a_ctrl_c_inside_the_journal_lock_leaves_no_lock_the_cleanup_waits_for(tmp_path, monkeypatch):
+    """A Ctrl-C right after ``flock`` returns, before Optuna's ``try: ... finally: release()``: the caller never
+    releases, and the cleanup that follows writes to the journal again. Its ``acquire`` must not wait for this
+    process's own lock (a double Ctrl-C once hung a worker so for 15 minutes); ``release`` frees the journal."""
+    import fcntl
+    import os
+    import threading
+
+    from saver_search.search.storages import FlockLock
+
+    journal = tmp_path / "j.journal"
+    lock, real_flock = FlockLock(str(journal)), fcntl.flock
+
+    def flock_then_interrupt(fd: int, operation: int) -> None:
+        real_flock(fd, operation)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fcntl, "flock", flock_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        lock.acquire()
+    monkeypatch.undo()
+
+    def journal_is_locked() -> bool:
+        other = os.open(journal, os.O_RDONLY)  # another open file: conflicts even within this process
+        try:
+            real_flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            real_flock(other, fcntl.LOCK_UN)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(other)
+
+    assert journal_is_locked()
+    acquired = threading.Event()
+    threading.Thread(target=lambda: lock.acquire() and acquired.set(), daemon=True).start()
+    assert acquired.wait(timeout=10), "the cleanup's acquire waits for this process's own lock"
+    lock.release()
+    assert not journal_is_locked()

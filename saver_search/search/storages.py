@@ -27,7 +27,12 @@ RACE_MARKERS = ("already exists", "unique constraint", "duplicate key", "databas
 
 class FlockLock:
     """A journal file lock held with ``flock(2)`` on the journal itself: the kernel drops it when its process
-    dies, so a killed worker never leaves a stale lock (Optuna's file locks wait 30 s for one)."""
+    dies, so a killed worker never leaves a stale lock (Optuna's file locks wait 30 s for one).
+
+    One open file per lock, kept until released: a Ctrl-C can land between ``flock`` and the caller's ``release``
+    (Optuna's ``acquire(); try: ... finally: release()`` never releases an interrupted ``acquire``), and the
+    cleanup that follows writes to the journal again. A second ``flock`` on a new open file of the journal would
+    wait for this very process forever; on the kept one it returns at once."""
 
     def __init__(self, path: str) -> None:
         self._path = path
@@ -36,18 +41,19 @@ class FlockLock:
     def acquire(self) -> bool:
         import fcntl
 
-        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        self._fd = fd
+        if self._fd is None:
+            self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
         return True
 
     def release(self) -> None:
         import fcntl
 
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
+        fd = self._fd
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)  # unlocked before it is forgotten: an interrupt here leaves no lock
             self._fd = None
+            os.close(fd)
 
 
 def open_storage(storage: str | BaseStorage | None, *, sqlite_wal: bool = False) -> BaseStorage | None:
