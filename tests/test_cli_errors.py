@@ -292,3 +292,23 @@ def test_empty_space_yaml_is_an_error(store, tmp_path):
 def test_unknown_target_suggests_the_architecture_it_contains():
     proc = run_main("--target", "efficientnet_b7", "--max-drop", "0.5")
     assert_user_error(proc, "unknown model 'efficientnet_b7'", "did you mean tf_efficientnet_b7.")
+
+
+def test_main_in_process_leaves_ctrl_c_as_it_found_it(monkeypatch):
+    """The CLI ignores a second Ctrl-C while it cleans up; called in a process that goes on (a test, a notebook),
+    ``main`` restores the caller's handler afterwards, interrupted or not (a forked child of a pytest worker once
+    inherited the ignored Ctrl-C, and a study could no longer be interrupted)."""
+    import signal
+
+    from saver_search.cli import costs
+
+    def interrupted(args) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C inside the command
+
+    before = signal.getsignal(signal.SIGINT)
+    assert run_main("costs", "--list", "resnet50.a1*").returncode == 0
+    assert signal.getsignal(signal.SIGINT) is before
+    monkeypatch.setattr(costs, "run", interrupted)
+    proc = run_main("costs", "--list", "resnet50.a1*")
+    assert proc.returncode == 130 and proc.stderr.startswith("interrupted")
+    assert signal.getsignal(signal.SIGINT) is before

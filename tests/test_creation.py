@@ -54,6 +54,7 @@ STEPS = {
 
 def _interrupted(data: ArraySource, storage: str, space: SearchSpace, step: str, sig: int) -> None:
     """In a forked child: run the search, sending ``sig`` to itself at ``step`` of the study's life; never returns."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a fresh process, whatever the worker has
     method, when, counts, nth = STEPS[step]
     seen = Counter()
 

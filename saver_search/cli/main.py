@@ -121,17 +121,24 @@ def _dispatch(args_list: list[str]) -> None:
     args = parser.parse_args(args_list)
     args.argv = args_list[1:]
     run: Callable[[argparse.Namespace], int | None] = args.func
-    if threading.current_thread() is threading.main_thread():
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if in_main_thread else None
+    if in_main_thread:
         signal.signal(signal.SIGINT, _interrupt_once)
     try:
-        code = run(args)
-    except SaverSearchError as err:
-        print(f"error: {cli_message(err)}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt as interrupt:
-        print(str(interrupt) or "interrupted: finished work is kept; rerun the same command to resume.", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(code or 0)
+        try:
+            code = run(args)
+        except SaverSearchError as err:
+            print(f"error: {cli_message(err)}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt as interrupt:
+            print(str(interrupt) or "interrupted: finished work is kept; rerun the same command to resume.",
+                  file=sys.stderr)
+            sys.exit(130)
+        sys.exit(code or 0)
+    finally:  # main() called in a process that goes on (a test, a notebook) leaves its Ctrl-C as it found it
+        if in_main_thread and previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _interrupt_once(signum: int, frame: Any) -> None:
