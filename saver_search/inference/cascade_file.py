@@ -208,8 +208,7 @@ def _model(name: str, data: Any, at: str) -> ModelRecord:
         raise SaverSearchError(f"{at}: weights must be one of {', '.join(WEIGHTS)} or null, got {provenance.get('weights')!r}")
     if provenance.get("weights") == "checkpoint" and not provenance.get("checkpoint"):
         raise SaverSearchError(f"{at}: weights 'checkpoint' but no 'checkpoint' file is named")
-    return ModelRecord(name=name, gmacs=float(data["gmacs"]), img_size=data.get("img_size"),
-                       params_m=data.get("params_m"), top1=data.get("top1"), provenance=Provenance(**provenance))
+    return ModelRecord.from_dict({**data, "name": name, "gmacs": float(data["gmacs"]), "provenance": provenance})
 
 
 def cascade_from_result(result: Any) -> CascadeFile:
@@ -222,7 +221,7 @@ def cascade_from_result(result: Any) -> CascadeFile:
             provenance = record.provenance or Provenance()
             if provenance.weights is None and result.simulated:
                 provenance = replace(provenance, weights="hub")  # the simulated zoo names timm's pretrained tags
-            models[name] = replace(record.record(), provenance=provenance)
+            models[name] = replace(record, provenance=provenance)
     shown = best.reported
     expected = {  # shares of images as fractions, as in every figure and JSON output
         "images": "test (held-out)" if best.test is not None else "calibration (in-sample, optimistic)",

@@ -353,9 +353,9 @@ def prepare_search(
                                "give fewer stages or more <candidates>")
     learn_then_test = level is not None and space.threshold_mode == "exact" and not pareto
     split = make_split(np.asarray(source.labels), fraction, split_seed, selection if learn_then_test else None)
-    objective = CascadeObjective(source, target, names, from_points(max_drop), space, pareto, split, level, bound,
-                                 latency_ms)
-    if from_points(max_drop) >= objective.target_info.accuracy:
+    budget = from_points(max_drop)
+    objective = CascadeObjective(source, target, names, budget, space, pareto, split, level, bound, latency_ms)
+    if budget >= objective.target_info.accuracy:
         raise InvalidParameter("max_drop", f"is {max_drop:g} top-1 points, at least the target's own top-1 "
                                f"({points(objective.target_info.accuracy):.1f} %): any cascade keeps such a budget; it is "
                                "given in top-1 points, e.g. 0.5")

@@ -38,8 +38,8 @@ class ModelCost(ModelRecord):
 class ZooEntry(ModelRecord):
     """One pretrained timm classifier, as a :class:`ModelRecord` with timm's published ImageNet-1k figures:
     ``top1`` (a fraction), ``published_gmacs`` (``gmacs`` and ``params_m`` are the project's counted figures from
-    ``data/costs.csv`` where it has them, else the published ones) and ``gpu_images_per_s``, timm's forward throughput at ``img_size``
-    and batch ``gpu_batch_size`` on one RTX 5090 under AMP."""
+    ``data/costs.csv`` where it has them, else the published ones) and ``gpu_images_per_s``, timm's forward
+    throughput at ``img_size`` and batch ``gpu_batch_size`` on one RTX 5090 under AMP."""
 
     arch: str
     tag: str
