@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, LogLocator
 
 from saver_search.cascade.results import Outcome
+from saver_search.report.tables import drop, percent, top1
 from saver_search.report.trace import SearchTrace, best_per_candidate, best_so_far, pareto_front
 from saver_search.search.run import SearchResult
 from saver_search.units import points
@@ -63,13 +64,13 @@ def _zoom_on_budget(ax: Axes, trace: SearchTrace) -> None:
 
 
 def _target_label(trace: SearchTrace) -> str:
-    return f"target alone: {points(trace.info.target_accuracy):.2f} %, {trace.info.target_gmacs:.3g} GMACs"
+    return f"target alone: {top1(trace.info.target_accuracy)} %, {trace.info.target_gmacs:.3g} GMACs"
 
 
 def _budget_line(ax: Axes, trace: SearchTrace) -> None:
     """The lowest calibration accuracy within the budget, as a dashed horizontal line."""
     ax.axhline(points(trace.min_accuracy), color=TARGET_COLOR, ls="--", lw=1.2,
-               label=f"budget: target - {trace.spec.max_drop:g} pts = {points(trace.min_accuracy):.2f} %")
+               label=f"budget: target - {trace.spec.max_drop:g} pts = {top1(trace.min_accuracy)} %")
 
 
 def _target_gmacs_line(ax: Axes, trace: SearchTrace, vertical: bool = False) -> None:
@@ -99,9 +100,9 @@ def _held_out_note(ax: Axes, trace: SearchTrace) -> None:
     text = f"answer on {best.test.images:,} held-out test images: {best.test.gmacs:.3g} GMACs"
     if best.interval is not None:
         text += f" [{best.interval.gmacs[0]:.3g}, {best.interval.gmacs[1]:.3g}]"
-    text += f", drop {points(best.test.drop):+.2f} pts"
+    text += f", drop {drop(best.test.drop)} pts"
     if best.interval is not None:
-        text += f" [{points(best.interval.drop[0]):+.2f}, {points(best.interval.drop[1]):+.2f}]"
+        text += f" [{drop(best.interval.drop[0])}, {drop(best.interval.drop[1])}]"
     ax.text(0.01, 0.99, text, transform=ax.transAxes, va="top", fontsize="small", color="0.2")
 
 
@@ -147,7 +148,7 @@ def plot_candidates(trace: SearchTrace, top: int = TOP_BARS) -> Figure:
     for name, outcome in zip(names, best[::-1]):
         shown = outcome.reported
         where = "test" if outcome.test is not None else "in-sample"
-        ax.annotate(f" {points(shown.reduction):.1f} % saved ({where}; threshold{'s' * (len(outcome.thresholds) > 1)} "
+        ax.annotate(f" {percent(shown.reduction)} % saved ({where}; threshold{'s' * (len(outcome.thresholds) > 1)} "
                     f"{', '.join(f'{t:.3f}' for t in outcome.thresholds)})",
                     (max(shown.gmacs, outcome.calibration.gmacs), name), va="center", fontsize="small")
     _target_gmacs_line(ax, trace, vertical=True)
@@ -179,7 +180,7 @@ def plot_curves(trace: SearchTrace, top: int = TOP_CURVES) -> Figure:
             acc_ax.plot(outcome.thresholds[0], points(outcome.calibration.accuracy), "o", color=color, mec="black", ms=8)
             cost_ax.plot(outcome.thresholds[0], outcome.calibration.gmacs, "o", color=color, mec="black", ms=8)
     acc_ax.axhline(points(trace.info.target_accuracy), color=TARGET_COLOR, lw=1, alpha=0.7,
-                   label=f"target {points(trace.info.target_accuracy):.2f} %")
+                   label=f"target {top1(trace.info.target_accuracy)} %")
     _budget_line(acc_ax, trace)
     _target_gmacs_line(cost_ax, trace)
     acc_ax.set(ylabel=f"{ACCURACY}\n({trace.images_label})",
