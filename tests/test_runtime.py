@@ -263,13 +263,15 @@ def two_stage_file() -> dict:
     (lambda d: d["cascade"].update(score="nope"), "score 'nope' is not one of maxprob"),
     (lambda d: d["models"][FIRST].update(provenance={"weights": "checkpoint", "checkpoint": "/nowhere/x.pth"}),
      "checkpoint /nowhere/x.pth"),
-    (lambda d: d["models"][FIRST].update(provenance={"weights": "magic"}), "weights must be one of hub, checkpoint, random"),
+    (lambda d: d["models"][FIRST].update(provenance={"weights": "magic"}), "field 'provenance.weights' must be one of hub, checkpoint, random"),
     (lambda d: d["models"][FIRST].update(colour="red"), "unknown field 'colour'"),
-    (lambda d: d["models"][FIRST].pop("gmacs"), "must be an object with its own 'gmacs'"),
+    (lambda d: d["models"][FIRST].pop("gmacs"), "field 'gmacs' is missing"),
+    (lambda d: d["models"][FIRST].update(gmacs=True), "field 'gmacs' must be a number > 0"),
+    (lambda d: d["models"][FIRST].update(provenance={"weights": "checkpoint"}), "no 'checkpoint' file is named"),
     (lambda d: d.update(format="saver_search.cascade/2"), "this saver_search reads 'saver_search.cascade/3'"),
     (lambda d: d["models"][FIRST].update(name=LAST), "its record names model"),
-    (lambda d: d["models"][FIRST].update(top1=86.2), "'top1' must be a fraction in [0, 1]"),
-    (lambda d: d["models"][FIRST].update(img_size="big"), "'img_size' must be an integer > 0"),
+    (lambda d: d["models"][FIRST].update(top1=86.2), "field 'top1' must be a fraction in [0, 1]"),
+    (lambda d: d["models"][FIRST].update(img_size="big"), "field 'img_size' must be an integer > 0"),
 ])
 def test_bad_cascade_files_are_one_line_errors(tmp_path: Path, photos: Path, edit, fragment) -> None:
     data = two_stage_file()

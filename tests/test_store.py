@@ -5,6 +5,7 @@ import pytest
 from conftest import make_store
 
 from saver_search.errors import SaverSearchError
+from saver_search.inference.cascade_file import FORMAT, CascadeFile
 from saver_search.predictions.store import PredictionStore, topk_from_probabilities
 
 
@@ -101,3 +102,21 @@ def test_metadata_recorded(tmp_path):
     store.add_model("m.a", np.zeros((1, 10), int), np.full((1, 10), 0.5), gmacs=1.5, source="unit", arch="resnet18", img_size=160)
     meta = json.loads((tmp_path / "s" / "models" / "m.a" / "meta.json").read_text())
     assert meta["arch"] == "resnet18" and meta["img_size"] == 160 and meta["source"] == "unit" and meta["created"]
+
+
+@pytest.mark.parametrize("field, bad", [("gmacs", "cheap"), ("gmacs", True), ("img_size", 2.5), ("params_m", -1),
+                                        ("top1", 86.2), ("provenance", {"weights": "magic"}),
+                                        ("provenance", {"weights": "checkpoint"}), ("colour", "red")])
+def test_a_damaged_model_record_is_refused_alike_by_a_store_and_cascade_json(tmp_path, field, bad):
+    make_store(tmp_path / "s", n=10, models={"m.a": (0.5, 1.0)})
+    meta_path = tmp_path / "s" / "models" / "m.a" / "meta.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), field: bad}))
+    with pytest.raises(SaverSearchError) as from_store:
+        PredictionStore(tmp_path / "s").meta("m.a")
+    record = {"gmacs": 1.0, field: bad}
+    cascade = {"format": FORMAT, "cascade": {"stages": [["m.a"], ["big.b"]], "thresholds": [0.5], "score": "maxprob"},
+               "models": {"m.a": record, "big.b": {"gmacs": 9.0}}}
+    with pytest.raises(SaverSearchError) as from_cascade:
+        CascadeFile.from_dict(cascade, "c.json")
+    problem = str(from_cascade.value).split("model 'm.a': ")[1].split(" (known")[0]  # the record's own words
+    assert problem in str(from_store.value) and problem.split("'")[1].split(".")[0] == field

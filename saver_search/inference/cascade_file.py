@@ -22,10 +22,9 @@ from saver_search.cascade.guarantee import make_split
 from saver_search.cascade.scores import SCORES, get_score
 from saver_search.errors import SaverSearchError
 from saver_search.files import atomic_write_text
-from saver_search.zoo.record import ModelRecord, Provenance
+from saver_search.zoo.record import ModelRecord, Provenance, RecordProblem
 
 FORMAT = "saver_search.cascade/3"  # 3: each model a ModelRecord; shares of images as fractions
-WEIGHTS = ("hub", "checkpoint", "random")
 
 
 @dataclass(frozen=True)
@@ -181,34 +180,14 @@ def _cascade(data: Any, where: str) -> CascadeSpec:
     return CascadeSpec.from_dict({**data, "temperatures": temperatures})
 
 
-def _optional_number(data: dict, key: str, at: str, check: Any, expect: str) -> None:
-    value = data.get(key)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not check(value)):
-        raise SaverSearchError(f"{at}: '{key}' must be {expect} or null, got {value!r}")
-
-
 def _model(name: str, data: Any, at: str) -> ModelRecord:
-    """One entry of ``models``: a :class:`ModelRecord`, checked field by field."""
-    if not isinstance(data, dict) or isinstance(data.get("gmacs"), bool) or \
-            not isinstance(data.get("gmacs"), (int, float)) or not data["gmacs"] >= 0:
-        raise SaverSearchError(f"{at} must be an object with its own 'gmacs' (a number >= 0) and its provenance")
-    _no_unknown(data, tuple(ModelRecord.__dataclass_fields__), at)
-    if data.get("name", name) != name:
+    """One entry of ``models``: a :class:`ModelRecord`, every field checked by the record's own rules."""
+    if isinstance(data, dict) and data.get("name", name) != name:
         raise SaverSearchError(f"{at}: its record names model {data['name']!r}; the key and 'name' must agree")
-    _optional_number(data, "img_size", at, lambda v: isinstance(v, int) and v > 0, "an integer > 0")
-    _optional_number(data, "params_m", at, lambda v: v > 0, "a number > 0")
-    _optional_number(data, "top1", at, lambda v: 0 <= v <= 1, "a fraction in [0, 1]")
-    provenance = data.get("provenance") or {}
-    if not isinstance(provenance, dict) or set(provenance) - set(Provenance.__dataclass_fields__):
-        raise SaverSearchError(f"{at}: provenance must be an object with {', '.join(Provenance.__dataclass_fields__)}")
-    if not isinstance(provenance.get("data_config") or {}, dict):
-        raise SaverSearchError(f"{at}: provenance data_config must be an object of timm data config fields (input_size, "
-                               f"crop_pct, interpolation, mean, std, ...) or null, got {provenance['data_config']!r}")
-    if provenance.get("weights") not in (*WEIGHTS, None):
-        raise SaverSearchError(f"{at}: weights must be one of {', '.join(WEIGHTS)} or null, got {provenance.get('weights')!r}")
-    if provenance.get("weights") == "checkpoint" and not provenance.get("checkpoint"):
-        raise SaverSearchError(f"{at}: weights 'checkpoint' but no 'checkpoint' file is named")
-    return ModelRecord.from_dict({**data, "name": name, "gmacs": float(data["gmacs"]), "provenance": provenance})
+    try:
+        return ModelRecord.checked({"name": name, **data} if isinstance(data, dict) else data)
+    except RecordProblem as err:
+        raise SaverSearchError(f"{at}: {err}") from err
 
 
 def cascade_from_result(result: Any) -> CascadeFile:

@@ -25,14 +25,16 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import ClassVar, Iterator
 
 import numpy as np
 
 from saver_search.errors import CorruptStore, SaverSearchError
 from saver_search.files import atomic_write_text
 from saver_search.zoo.names import resolve_model_name
-from saver_search.zoo.record import ModelRecord, Provenance
+from saver_search.zoo.record import (
+    FieldRule, ModelRecord, Provenance, RecordProblem, check_fields, is_integer, optional,
+)
 
 FORMAT = "saver_search.store/1"
 PROBABILITY_TOLERANCE = 1e-3
@@ -49,6 +51,15 @@ class ModelMeta(ModelRecord):
     created: str
     arch: str | None = None
     has_logits: bool = False
+
+    FIELDS: ClassVar[dict[str, FieldRule]] = {
+        **ModelRecord.FIELDS,
+        "k": FieldRule(lambda v: is_integer(v) and v >= 1, "an integer >= 1", required=True),
+        "source": FieldRule(lambda v: isinstance(v, str), "a text"),
+        "created": FieldRule(lambda v: isinstance(v, str), "a text"),
+        "arch": FieldRule(optional(lambda v: isinstance(v, str)), "a timm architecture or null"),
+        "has_logits": FieldRule(lambda v: isinstance(v, bool), "true or false"),
+    }
 
 
 @dataclass(frozen=True)
@@ -131,47 +142,21 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _field(data: dict, key: str, path: Path, kind: type | tuple[type, ...], check=None, expect: str = "",
-           default: Any = ...) -> Any:
-    """``data[key]`` of a store file, typed and ranged; one line naming the file and the field otherwise."""
-    if key not in data:
-        if default is not ...:
-            return default
-        raise _damaged(path, f"field '{key}' is missing")
-    value = data[key]
-    bad_type = isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))
-    if bad_type or not isinstance(value, kind) or (check is not None and not check(value)):
-        raise _damaged(path, f"field '{key}' must be {expect or getattr(kind, '__name__', kind)}, got {value!r}")
-    return value
+DATASET_FIELDS = {
+    "format": FieldRule(lambda v: v == FORMAT, FORMAT, required=True),
+    "n_samples": FieldRule(lambda v: is_integer(v) and v >= 1, "an integer >= 1", required=True),
+    "n_classes": FieldRule(lambda v: is_integer(v) and v >= 1, "an integer >= 1", required=True),
+    "source": FieldRule(lambda v: isinstance(v, str), "a text"),
+    "created": FieldRule(lambda v: isinstance(v, str), "a text"),
+}
 
 
 def _model_meta(data: dict, path: Path) -> "ModelMeta":
-    """A model's meta.json, every field typed and ranged."""
-    known = set(ModelMeta.__dataclass_fields__)
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise _damaged(path, f"unknown field '{unknown[0]}'")
-    optional_int = lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0)  # noqa: E731
-    provenance = _field(data, "provenance", path, (dict, type(None)), expect="an object or null", default=None)
+    """A model's meta.json, every field typed and ranged by :attr:`ModelMeta.FIELDS`."""
     try:
-        provenance = Provenance.from_dict(provenance)
-    except TypeError as err:
-        raise _damaged(path, f"field 'provenance' has unknown keys: {err}") from err
-    return ModelMeta(
-        name=_field(data, "name", path, str, lambda v: bool(v), "a model name"),
-        gmacs=float(_field(data, "gmacs", path, (int, float), lambda v: np.isfinite(v) and v > 0, "a number > 0")),
-        k=_field(data, "k", path, int, lambda v: v >= 1, "an integer >= 1"),
-        source=_field(data, "source", path, str, default=""),
-        created=_field(data, "created", path, str, default=""),
-        arch=_field(data, "arch", path, (str, type(None)), expect="a timm architecture or null", default=None),
-        img_size=_field(data, "img_size", path, (int, type(None)), optional_int, "an integer > 0 or null", None),
-        params_m=_field(data, "params_m", path, (int, float, type(None)), lambda v: v is None or v > 0,
-                        "a number > 0 or null", None),
-        top1=_field(data, "top1", path, (int, float, type(None)), lambda v: v is None or 0 <= v <= 1,
-                    "a fraction in [0, 1] or null", None),
-        has_logits=_field(data, "has_logits", path, bool, expect="true or false", default=False),
-        provenance=provenance,
-    )
+        return ModelMeta.checked({"source": "", "created": "", **data})
+    except RecordProblem as err:
+        raise _damaged(path, str(err)) from err
 
 
 @contextmanager
@@ -262,9 +247,13 @@ class PredictionStore:
             raise SaverSearchError(f"{self.path} is not a prediction store (no dataset.json)") from None
         if info.get("format") != FORMAT:
             raise SaverSearchError(f"{self.path}/dataset.json has format {info.get('format')!r}, expected {FORMAT!r}")
-        self.n_classes: int = _field(info, "n_classes", description, int, lambda v: v >= 1, "an integer >= 1")
-        self.n_samples: int = _field(info, "n_samples", description, int, lambda v: v >= 1, "an integer >= 1")
-        self.source: str = str(info.get("source", ""))
+        try:
+            check_fields(info, DATASET_FIELDS)
+        except RecordProblem as err:
+            raise _damaged(description, str(err)) from err
+        self.n_classes: int = info["n_classes"]
+        self.n_samples: int = info["n_samples"]
+        self.source: str = info.get("source", "")
         self.sample_ids = _load_array(self.path / "sample_ids.npy")
         self.labels: np.ndarray = _load_array(self.path / "labels.npy")
         if self.sample_ids.shape != (self.n_samples,) or self.labels.shape != (self.n_samples,):
