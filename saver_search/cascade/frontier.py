@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 
 Members = tuple[str, ...]
-BIG_LEVEL = 1 << 40
+BIG_LEVEL = 1 << 30  # a level no frontier has (levels are int32)
 
 
 @dataclass(frozen=True)
@@ -102,11 +102,22 @@ class Frontier:
         """One level: per structure, the cheapest cascade with at most ``allowed`` more errors than the target."""
         return cls(prefix, options, rows, 1, float(allowed))
 
-    def level_of(self, plus: np.ndarray, minus: np.ndarray) -> np.ndarray:
-        risk = (plus - minus) + self.weight * np.sqrt(plus + minus)
+    def level_of(self, gap: np.ndarray, discordant: np.ndarray) -> np.ndarray:
+        """The risk level of cascades with these gaps and discordant selection images."""
+        if self.weight == 0:
+            risk = gap.astype(np.float64)
+        else:  # in place: this runs over every cut of every structure
+            risk = np.sqrt(discordant, dtype=np.float64)
+            risk *= self.weight
+            risk += gap
         if self.levels == 1:
-            return np.where(risk <= self.step + 1e-9, 0, 1)
-        return np.maximum(np.ceil((risk - self.low) / self.step - 1e-9), 0).astype(np.int64)
+            return (risk > self.step + 1e-9).astype(np.int32)
+        risk -= self.low
+        risk /= self.step
+        risk -= 1e-9
+        np.ceil(risk, out=risk)
+        np.clip(risk, 0.0, self.levels, out=risk)  # every level from ``levels`` up is off the frontier alike
+        return risk.astype(np.int32)
 
     def stages(self, row: int) -> tuple[Members, ...]:
         return (*self.prefix, self.options.members[int(self.rows[row])])
@@ -138,23 +149,27 @@ class Frontier:
             return 0
         options = self.rows[scored]
         order = self.options.order[options]
-        order = order[prefix.reach[order]].reshape(scored.size, r)
-        conf = np.take_along_axis(self.options.confidence[options], order, axis=1)
-        gain = target_right[order].astype(np.int8) - np.take_along_axis(self.options.right[options], order, axis=1)
-        plus = np.zeros((scored.size, r + 1), dtype=np.int64)
-        minus = np.zeros((scored.size, r + 1), dtype=np.int64)
-        np.cumsum(gain == 1, axis=1, out=plus[:, 1:])
-        np.cumsum(gain == -1, axis=1, out=minus[:, 1:])
-        plus += prefix.plus
-        minus += prefix.minus
-        level = self.level_of(plus, minus)
+        if r < n:
+            order = order[prefix.reach[order]].reshape(scored.size, r)
+        flat = order + (options * n)[:, None]  # one gather from the whole table, no copy of the rows first
+        conf = self.options.confidence.ravel()[flat]
+        gain = target_right[order].astype(np.int8) - self.options.right.ravel()[flat]  # +1: only the target right
+        # gap (plus - minus) and discordant images (plus + minus) after exiting the m most confident, m = 0..r
+        gap = np.empty((scored.size, r + 1), dtype=np.int32)
+        discordant = np.empty((scored.size, r + 1), dtype=np.int32)
+        gap[:, 0], discordant[:, 0] = 0, 0
+        np.cumsum(gain, axis=1, out=gap[:, 1:])
+        np.cumsum(gain != 0, axis=1, out=discordant[:, 1:])
+        gap += prefix.plus - prefix.minus
+        discordant += prefix.plus + prefix.minus
+        level = self.level_of(gap, discordant)
         if r > 1:  # a cut between equal confidences cannot be made
             level[:, 1:r][conf[:, :-1] <= conf[:, 1:]] = BIG_LEVEL
         # per row the cheapest cut at each level is the last cut at that level or below: where the running minimum
         # from the right steps up (and the last cut, where every image exits)
         from_right = np.minimum.accumulate(level[:, ::-1], axis=1)[:, ::-1]
-        steps = np.zeros(level.shape, dtype=bool)
-        steps[:, :-1] = from_right[:, :-1] < from_right[:, 1:]
+        steps = np.empty(level.shape, dtype=bool)
+        np.less(from_right[:, :-1], from_right[:, 1:], out=steps[:, :-1])
         steps[:, -1] = True
         steps &= level < self.levels
         row, cut = np.nonzero(steps)
@@ -163,17 +178,17 @@ class Frontier:
         target_row = scored[row]
         better = cost < self.cost[target_row, lev]  # (row, level) pairs are unique: one cut per step
         row, cut, lev, cost, target_row = row[better], cut[better], lev[better], cost[better], target_row[better]
-        nothing, everything = cut == 0, cut == r
-        inner = np.clip(cut, 1, max(r - 1, 1))
+        inner = np.minimum(np.maximum(cut, 1), max(r - 1, 1))
         threshold = (conf[row, inner - 1] + conf[row, np.minimum(inner, r - 1)]) / 2.0
         lowest = conf[row, r - 1]
         everyone = np.where(lowest > self.options.floor, (lowest + self.options.floor) / 2.0, self.options.floor)
-        threshold = np.where(nothing, conf[row, 0], np.where(everything, everyone, threshold))
+        threshold = np.where(cut == 0, conf[row, 0], np.where(cut == r, everyone, threshold))
         self.cost[target_row, lev] = cost
         self.thresholds[target_row, lev, :-1] = prefix.thresholds
         self.thresholds[target_row, lev, -1] = threshold
-        self.plus[target_row, lev] = plus[row, cut]
-        self.minus[target_row, lev] = minus[row, cut]
+        gap, discordant = gap[row, cut], discordant[row, cut]
+        self.plus[target_row, lev] = (discordant + gap) // 2
+        self.minus[target_row, lev] = (discordant - gap) // 2
         return int(scored.size)
 
 
