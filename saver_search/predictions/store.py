@@ -33,10 +33,12 @@ from saver_search.errors import CorruptStore, SaverSearchError
 from saver_search.files import atomic_write_text
 from saver_search.zoo.names import resolve_model_name
 from saver_search.zoo.record import (
-    FieldRule, ModelRecord, Provenance, RecordProblem, check_fields, is_integer, optional,
+    FieldRule, ModelRecord, Provenance, RecordProblem, check_fields, is_integer, is_text, optional,
 )
 
 FORMAT = "saver_search.store/1"
+COUNT = FieldRule(lambda v: is_integer(v) and v >= 1, "an integer >= 1", required=True)  # store files' field rules
+TEXT = FieldRule(is_text, "a text")
 PROBABILITY_TOLERANCE = 1e-3
 
 
@@ -54,10 +56,10 @@ class ModelMeta(ModelRecord):
 
     FIELDS: ClassVar[dict[str, FieldRule]] = {
         **ModelRecord.FIELDS,
-        "k": FieldRule(lambda v: is_integer(v) and v >= 1, "an integer >= 1", required=True),
-        "source": FieldRule(lambda v: isinstance(v, str), "a text"),
-        "created": FieldRule(lambda v: isinstance(v, str), "a text"),
-        "arch": FieldRule(optional(lambda v: isinstance(v, str)), "a timm architecture or null"),
+        "k": COUNT,
+        "source": TEXT,
+        "created": TEXT,
+        "arch": FieldRule(optional(is_text), "a timm architecture or null"),
         "has_logits": FieldRule(lambda v: isinstance(v, bool), "true or false"),
     }
 
@@ -144,10 +146,10 @@ def _read_json(path: Path) -> dict:
 
 DATASET_FIELDS = {
     "format": FieldRule(lambda v: v == FORMAT, FORMAT, required=True),
-    "n_samples": FieldRule(lambda v: is_integer(v) and v >= 1, "an integer >= 1", required=True),
-    "n_classes": FieldRule(lambda v: is_integer(v) and v >= 1, "an integer >= 1", required=True),
-    "source": FieldRule(lambda v: isinstance(v, str), "a text"),
-    "created": FieldRule(lambda v: isinstance(v, str), "a text"),
+    "n_samples": COUNT,
+    "n_classes": COUNT,
+    "source": TEXT,
+    "created": TEXT,
 }
 
 

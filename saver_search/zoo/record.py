@@ -60,7 +60,7 @@ def check_fields(data: Any, rules: Mapping[str, FieldRule], prefix: str = "") ->
             raise RecordProblem(f"field '{prefix}{key}' must be {rule.expect}, got {data[key]!r}")
 
 
-def _text(value: Any) -> bool:
+def is_text(value: Any) -> bool:
     return isinstance(value, str)
 
 
@@ -83,13 +83,13 @@ class Provenance:
 
     FIELDS: ClassVar[dict[str, FieldRule]] = {
         "weights": FieldRule(optional(lambda v: v in WEIGHTS), f"one of {', '.join(WEIGHTS)} or null"),
-        "checkpoint": FieldRule(optional(_text), "a file path or null"),
-        "checkpoint_sha256": FieldRule(optional(_text), "a sha256 in hex or null"),
+        "checkpoint": FieldRule(optional(is_text), "a file path or null"),
+        "checkpoint_sha256": FieldRule(optional(is_text), "a sha256 in hex or null"),
         "data_config": FieldRule(optional(lambda v: isinstance(v, dict)),
                                  "an object of timm data config fields (input_size, crop_pct, interpolation, mean, std, "
                                  "...) or null"),
-        "amp": FieldRule(optional(_text), "an autocast precision (bf16, fp16, none) or null"),
-        "device": FieldRule(optional(_text), "a device kind (cpu, cuda) or null"),
+        "amp": FieldRule(optional(is_text), "an autocast precision (bf16, fp16, none) or null"),
+        "device": FieldRule(optional(is_text), "a device kind (cpu, cuda) or null"),
     }
 
     @classmethod
@@ -123,7 +123,7 @@ class ModelRecord:
     provenance: Provenance | None = None
 
     FIELDS: ClassVar[dict[str, FieldRule]] = {
-        "name": FieldRule(lambda v: isinstance(v, str) and bool(v), "a model name", required=True),
+        "name": FieldRule(lambda v: is_text(v) and bool(v), "a model name", required=True),
         "gmacs": FieldRule(lambda v: is_number(v) and v > 0, "a number > 0", required=True),
         "img_size": FieldRule(optional(lambda v: is_integer(v) and v > 0), "an integer > 0 or null"),
         "params_m": FieldRule(optional(lambda v: is_number(v) and v > 0), "a number > 0 or null"),
@@ -136,8 +136,7 @@ class ModelRecord:
         """A record read from a file, every field typed and ranged by ``cls.FIELDS`` (a subclass adds its own);
         :class:`RecordProblem` names the first that is not."""
         check_fields(data, cls.FIELDS)
-        values = {**data, "provenance": Provenance.checked(data.get("provenance"))}
-        return cls(**{**values, "gmacs": float(values["gmacs"])})
+        return cls(**{**data, "gmacs": float(data["gmacs"]), "provenance": Provenance.checked(data.get("provenance"))})
 
     def record(self) -> "ModelRecord":
         """The plain record of this model, without what a table or a store adds to it."""
