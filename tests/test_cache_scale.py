@@ -166,6 +166,7 @@ def test_cache_reads_a_models_file(photos: Path, tmp_path: Path, capsys) -> None
 # ---------------------------------------------------------------- several devices on one machine
 
 
+@pytest.mark.slow
 def test_two_cpu_devices_share_the_models_and_store_the_same_bytes(photos: Path, reference: Path, tmp_path: Path,
                                                                   capsys, monkeypatch) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: 2)  # each of the two workers then runs one thread, as the reference
@@ -177,6 +178,7 @@ def test_two_cpu_devices_share_the_models_and_store_the_same_bytes(photos: Path,
     assert_same_store(tmp_path / "s", reference)
 
 
+@pytest.mark.slow
 def test_a_device_workers_error_is_one_line_and_finished_chunks_are_kept(photos: Path, tmp_path: Path, capsys):
     images = tmp_path / "images"
     shutil.copytree(photos, images)
@@ -235,6 +237,7 @@ def test_models_that_resize_alike_share_one_decoding_pass_and_store_the_same_byt
     assert_same_store(*(path for path, _ in stores.values()))
 
 
+@pytest.mark.slow
 def test_a_shared_pass_interrupted_resumes_each_model_from_its_own_chunks(photos: Path, tmp_path: Path,
                                                                         monkeypatch) -> None:
     alike = [(get_cost(name), Weights(pretrained=False))

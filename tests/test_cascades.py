@@ -301,6 +301,7 @@ def _store(path, source: ArraySource) -> PredictionStore:
     return store
 
 
+@pytest.mark.slow
 def test_the_same_answer_with_one_two_or_four_workers_and_after_a_kill_and_resume(tmp_path, monkeypatch):
     import signal
     import subprocess

@@ -83,6 +83,7 @@ def cluster_processes(temp: str) -> list[int]:
     return sorted(found)
 
 
+@pytest.mark.slow
 def test_ray_actors_killed_mid_run_are_replaced_and_every_chunk_is_written_once(
         ray_cluster: str, photos: Path, reference: Path, tmp_path: Path, monkeypatch) -> None:
     from saver_search.inference.ray_engine import RayEngine
@@ -117,6 +118,7 @@ def test_ray_actors_killed_mid_run_are_replaced_and_every_chunk_is_written_once(
     assert_same_store(tmp_path / "s", reference_one)
 
 
+@pytest.mark.slow
 def test_a_killed_ray_driver_resumes_on_rerun_to_the_same_store(ray_cluster: str, photos: Path, reference: Path,
                                                                 tmp_path: Path, capsys) -> None:
     store = tmp_path / "s"

@@ -247,6 +247,7 @@ def test_cli_table_says_which_figures_are_which(store):
     assert "test (held-out)" not in in_sample.stdout
 
 
+@pytest.mark.slow
 def test_default_run_is_simulated_and_says_so_everywhere():
     proc = run_main("--target", "convnextv2_huge", "--max-drop", "0.5", "--trials", "15", "--json")
     assert proc.returncode == 0, proc.stderr
