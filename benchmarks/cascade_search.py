@@ -13,10 +13,13 @@
    and with committees of up to 2, and its speed-up in GMACs beside the paper's 5.4x.
 4. Timings and peak memory (resident set size) of whole commands in fresh processes: the default command (pairs),
    ``--stages 2..3`` and ``--stages 2..4 --committee 2``.
+5. With ``--seeds N`` (only this part): the default-guarantee answer's held-out GMACs over N calibration/test splits
+   (``split_seed`` 0..N-1) for pairs (maxprob, margin and the list maxprob,margin), ``--stages 2..3`` and
+   ``--committee 2``; how often each wider space is costlier on the test images than the narrower one it holds.
 
 Everything here is SIMULATED (timm's published top-1 accuracies, not measured on images).
 
-Usage: python benchmarks/cascade_search.py [--quick]
+Usage: python benchmarks/cascade_search.py [--quick | --seeds N]
 """
 
 from __future__ import annotations
@@ -149,11 +152,39 @@ def timings() -> None:
               f"{peak_kb / 2**20:.2f} GB  (aim {aim})")
 
 
+def across_split_seeds(n_seeds: int) -> None:
+    spaces = {"pairs maxprob": dict(scores=("maxprob",)), "pairs margin": dict(scores=("margin",)),
+              "pairs maxprob,margin": dict(scores=("maxprob", "margin")), "2..3": dict(max_stages=3),
+              "2, committee 2": dict(committee_members=2)}
+    wider = [("pairs maxprob,margin", "pairs maxprob"), ("pairs maxprob,margin", "pairs margin"),
+             ("2..3", "pairs maxprob"), ("2, committee 2", "pairs maxprob")]
+    print(f"5. held-out GMACs (test) of the default-guarantee answer over {n_seeds} split seeds (SIMULATED)\n")
+    print("| split seed | " + " | ".join(spaces) + " |")
+    print("|---:|" + "---:|" * len(spaces))
+    found: dict[str, list[float]] = {name: [] for name in spaces}
+    for seed in range(n_seeds):
+        for name, overrides in spaces.items():
+            space = load_space().with_overrides(min_stages=2, **overrides)
+            result = run_search(SimulatedZoo(), "convnextv2_huge", 0.5, space, split_seed=seed)
+            found[name].append(result.best.reported.gmacs)
+        print(f"| {seed} | " + " | ".join(f"{found[name][-1]:.3f}" for name in spaces) + " |")
+    print("| mean | " + " | ".join(f"{np.mean(found[name]):.3f}" for name in spaces) + " |\n")
+    for broad, narrow in wider:
+        a, b = np.array(found[broad]), np.array(found[narrow])
+        print(f"   {broad} vs {narrow}: costlier on the test images in {int((a > b + 1e-9).sum())} of {n_seeds} "
+              f"splits, cheaper in {int((a < b - 1e-9).sum())}, mean {a.mean():.3f} vs {b.mean():.3f}")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="maxprob only in the default table")
+    parser.add_argument("--seeds", type=int, default=0, help="only part 5, over this many split seeds")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a script may; the library never does
+    if args.seeds:
+        across_split_seeds(args.seeds)
+        return
     versus_enumeration(SimulatedZoo())
     default_table(args.quick)
     wisdom_of_committees()
