@@ -1,6 +1,6 @@
 """``cache --engine ray`` on a local Ray cluster: killed actors replaced, a killed driver resumed, and both end in
-the same bytes as the local engine. The tests share one cluster, so they live in this one file, which one pytest worker runs
-(``--dist loadfile``); its teardown stops that cluster's processes only."""
+the same bytes as the local engine. The tests share one cluster, so they live in this one file, which one pytest
+worker runs (``--dist loadfile``); its teardown stops that cluster's processes only."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO
-from test_cache_scale import CACHE_FLAGS, MODELS, OPTIONS, assert_same_store, cli, new_store, photos, reference
+from test_cache_scale import CACHE_FLAGS, MODELS, OPTIONS, PHOTOS, assert_same_store, cli, new_store, photos, reference
 
 from saver_search.inference import cache as caching
 from saver_search.inference.models import Weights
@@ -109,7 +109,7 @@ def test_ray_actors_killed_mid_run_are_replaced_and_every_chunk_is_written_once(
         engine.close()
     assert summary.status == "cached" and restarts >= 1
     indices = np.concatenate(written)
-    assert sorted(indices.tolist()) == list(range(60))  # each image written exactly once
+    assert sorted(indices.tolist()) == list(range(PHOTOS))  # each image written exactly once
     reference_one = tmp_path / "reference"
     shutil.copytree(reference, reference_one)
     for other in MODELS:
