@@ -162,10 +162,11 @@ def across_split_seeds(n_seeds: int) -> None:
     print("| split seed | " + " | ".join(spaces) + " |")
     print("|---:|" + "---:|" * len(spaces))
     found: dict[str, list[float]] = {name: [] for name in spaces}
+    space = load_space()
     for seed in range(n_seeds):
         for name, overrides in spaces.items():
-            space = load_space().with_overrides(min_stages=2, **overrides)
-            result = run_search(SimulatedZoo(), "convnextv2_huge", 0.5, space, split_seed=seed)
+            result = run_search(SimulatedZoo(), "convnextv2_huge", 0.5, space.with_overrides(min_stages=2, **overrides),
+                                split_seed=seed)
             found[name].append(result.best.reported.gmacs)
         print(f"| {seed} | " + " | ".join(f"{found[name][-1]:.3f}" for name in spaces) + " |")
     print("| mean | " + " | ".join(f"{np.mean(found[name]):.3f}" for name in spaces) + " |\n")

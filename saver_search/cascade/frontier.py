@@ -94,8 +94,8 @@ class Frontier:
         shape = (self.rows.size, levels)
         self.cost = np.full(shape, np.inf)
         self.thresholds = np.zeros((*shape, len(prefix) + 1))
-        self.plus = np.zeros(shape, dtype=np.int64)
-        self.minus = np.zeros(shape, dtype=np.int64)
+        self.gap = np.zeros(shape, dtype=np.int64)
+        self.discordant = np.zeros(shape, dtype=np.int64)
 
     @classmethod
     def plug_in(cls, prefix: tuple[Members, ...], options: StageOptions, rows: np.ndarray, allowed: int) -> "Frontier":
@@ -128,9 +128,8 @@ class Frontier:
         for level in range(self.levels):
             cost = float(self.cost[row, level])
             if np.isfinite(cost) and (not out or cost < out[-1].gmacs):
-                p, m = int(self.plus[row, level]), int(self.minus[row, level])
-                out.append(Point(self.stages(row), tuple(float(t) for t in self.thresholds[row, level]), p - m, p + m,
-                                 level, cost))
+                out.append(Point(self.stages(row), tuple(float(t) for t in self.thresholds[row, level]),
+                                 int(self.gap[row, level]), int(self.discordant[row, level]), level, cost))
         return out
 
     def extend(self, prefix: "Prefix", own: np.ndarray, target_right: np.ndarray, target_gmacs: float,
@@ -186,9 +185,8 @@ class Frontier:
         self.cost[target_row, lev] = cost
         self.thresholds[target_row, lev, :-1] = prefix.thresholds
         self.thresholds[target_row, lev, -1] = threshold
-        gap, discordant = gap[row, cut], discordant[row, cut]
-        self.plus[target_row, lev] = (discordant + gap) // 2
-        self.minus[target_row, lev] = (discordant - gap) // 2
+        self.gap[target_row, lev] = gap[row, cut]
+        self.discordant[target_row, lev] = discordant[row, cut]
         return int(scored.size)
 
 
